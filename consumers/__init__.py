@@ -1,0 +1,1 @@
+"""Consumers: transcript sink, conversation view, latency metrics, analytics."""

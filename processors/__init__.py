@@ -1,0 +1,1 @@
+"""Stream processors: pure stage cores plus thin faust agents around them."""

@@ -1,0 +1,1 @@
+"""Edge producers: files, replay, load generator, microphone, WebSocket gateway."""

@@ -1,0 +1,76 @@
+"""The one exception root of streamscribe, with a subclass per stage.
+
+::
+
+    StreamscribeError
+    ├── ContractError            a message or payload breaks the contract (decode, schema)
+    ├── ProducerError            the edge could not read its input or deliver to Kafka
+    ├── ProcessorError           a stream stage failed
+    │   ├── ValidationError      a chunk was rejected (NaN, bad length, unknown rate, ...)
+    │   ├── SegmenterError       reassembly / VAD / endpointing failed
+    │   └── AsrError             the ASR model failed on an utterance
+    ├── SinkError                a consumer could not store or serve a result
+    └── BrokerError              the local broker could not be fetched, started or stopped
+
+An error about a message carries where it came from (topic, partition, offset) and its
+raw bytes, so that a dead letter can be written from the exception alone.
+"""
+
+from __future__ import annotations
+
+
+class StreamscribeError(Exception):
+    """Root of every error streamscribe raises on purpose."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw: bytes | None = None,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = message
+        self.raw = raw
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+    def at(self, topic: str, partition: int, offset: int) -> StreamscribeError:
+        """Attach the message position; returns ``self`` for ``raise err.at(...)``."""
+        self.topic, self.partition, self.offset = topic, partition, offset
+        return self
+
+
+class ContractError(StreamscribeError):
+    """A message or payload does not follow the contract (undecodable, wrong schema)."""
+
+
+class ProducerError(StreamscribeError):
+    """The edge could not read its input or deliver it."""
+
+
+class ProcessorError(StreamscribeError):
+    """A stream stage failed."""
+
+
+class ValidationError(ProcessorError):
+    """A chunk was rejected by validation; the session carries on without it."""
+
+
+class SegmenterError(ProcessorError):
+    """Reassembly, VAD or endpointing failed."""
+
+
+class AsrError(ProcessorError):
+    """The ASR model failed on an utterance."""
+
+
+class SinkError(StreamscribeError):
+    """A consumer could not store or serve results."""
+
+
+class BrokerError(StreamscribeError):
+    """The local broker could not be fetched, started or stopped."""

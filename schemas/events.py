@@ -1,0 +1,189 @@
+"""JSON side types: ``SessionEvent``, ``DeadLetter``, ``LatencyRecord``, ``Alert``.
+
+Example::
+
+    >>> d = DeadLetter.from_raw(b"\\xff", reason="not Avro", stage="segmenter",
+    ...                         source_topic="streamscribe.audio", partition=0, offset=7)
+    >>> DeadLetter.decode(d.encode()).raw
+    b'\\xff'
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+from streamscribe.schemas.errors import ContractError, StreamscribeError
+from streamscribe.schemas.json_codec import decode_json, encode_json
+
+EVENT_SESSION_START: Final = "session_start"
+EVENT_SPEECH_START: Final = "speech_start"
+EVENT_SPEECH_END: Final = "speech_end"
+EVENT_GAP: Final = "gap"
+EVENT_SESSION_END: Final = "session_end"
+EVENT_IDLE_TIMEOUT: Final = "idle_timeout"
+SESSION_EVENT_KINDS: Final = (
+    EVENT_SESSION_START,
+    EVENT_SPEECH_START,
+    EVENT_SPEECH_END,
+    EVENT_GAP,
+    EVENT_SESSION_END,
+    EVENT_IDLE_TIMEOUT,
+)
+
+
+def now_us() -> int:
+    """Wall clock, epoch microseconds (the unit of every timestamp in the contract)."""
+    return time.time_ns() // 1000
+
+
+def _decode(cls: type[Any], data: bytes, schema: str) -> Any:
+    doc = decode_json(data, schema)
+    try:
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+    except TypeError as exc:
+        raise ContractError(f"{schema}: {exc}", raw=bytes(data)) from exc
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """Something that happened to a session's channel, at a stream time."""
+
+    session_id: str
+    channel: int
+    kind: str
+    at_ms: float
+    utterance: int | None = None
+    wall_us: int = field(default_factory=now_us)
+    details: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = 1
+
+    @property
+    def key(self) -> bytes:
+        return self.session_id.encode()
+
+    def encode(self) -> bytes:
+        return encode_json(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> SessionEvent:
+        return _decode(cls, data, "session_event")  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message a stage could not handle, with where it came from and why."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    stage: str
+    error_type: str
+    raw_base64: str
+    key: str | None = None
+    session_id: str | None = None
+    at_us: int = field(default_factory=now_us)
+    schema_version: int = 1
+
+    @property
+    def raw(self) -> bytes:
+        return base64.b64decode(self.raw_base64)
+
+    @classmethod
+    def from_raw(
+        cls,
+        raw: bytes | None,
+        *,
+        reason: str,
+        stage: str,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None = None,
+        error_type: str = "ContractError",
+        session_id: str | None = None,
+    ) -> DeadLetter:
+        return cls(
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            reason=reason,
+            stage=stage,
+            error_type=error_type,
+            raw_base64=base64.b64encode(raw or b"").decode(),
+            key=key.decode("utf-8", "replace") if key is not None else None,
+            session_id=session_id,
+        )
+
+    @classmethod
+    def from_error(
+        cls, err: StreamscribeError, *, stage: str, key: bytes | None = None,
+        session_id: str | None = None,
+    ) -> DeadLetter:
+        return cls.from_raw(
+            err.raw,
+            reason=err.reason,
+            stage=stage,
+            source_topic=err.topic or "",
+            partition=err.partition if err.partition is not None else -1,
+            offset=err.offset if err.offset is not None else -1,
+            key=key,
+            error_type=type(err).__name__,
+            session_id=session_id,
+        )
+
+    def encode(self) -> bytes:
+        return encode_json(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> DeadLetter:
+        return _decode(cls, data, "dead_letter")  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class LatencyRecord:
+    """Per-utterance stage latencies (ms), computed from a final's timestamps."""
+
+    session_id: str
+    channel: int
+    utterance: int
+    stages_ms: dict[str, float]
+    end_to_end_ms: float
+    clamped: list[str] = field(default_factory=list)
+    schema_version: int = 1
+
+    def encode(self) -> bytes:
+        return encode_json(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> LatencyRecord:
+        return _decode(cls, data, "latency_record")  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A configured phrase found in a final transcript."""
+
+    session_id: str
+    channel: int
+    role: str
+    utterance: int
+    phrase: str
+    text: str
+    start_ms: float
+    at_us: int = field(default_factory=now_us)
+    schema_version: int = 1
+
+    @property
+    def key(self) -> bytes:
+        return self.session_id.encode()
+
+    def encode(self) -> bytes:
+        return encode_json(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Alert:
+        return _decode(cls, data, "alert")  # type: ignore[no-any-return]

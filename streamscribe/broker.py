@@ -1,0 +1,365 @@
+"""The local one-node Apache Kafka broker (KRaft), run from the official Maven Central jars.
+
+No Docker needed: ``streamscribe broker start`` fetches ``org.apache.kafka:kafka_2.13`` with
+Maven (``streamscribe/pom.xml``) into an ignored cache folder once, writes a one-node
+broker+controller config, formats the storage on first start, starts the JVM in the
+background (pid file + log file in the data dir) and waits until the broker answers a
+metadata request *and* its group and transaction coordinators are loaded.
+
+Example::
+
+    from streamscribe.broker import LocalBroker
+    from streamscribe.settings import Settings
+
+    broker = LocalBroker(Settings.from_env().with_overrides(broker_port=19092))
+    broker.start()            # returns the bootstrap address, "127.0.0.1:19092"
+    broker.stop()             # clean shutdown, then SIGKILL if it must; no process left
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from streamscribe.schemas.errors import BrokerError
+from streamscribe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+JVM_HEAP = ("-Xms256m", "-Xmx768m")
+DOCKER_HINT = "or use Docker instead: `docker compose up` (see README)"
+
+LOG4J2_PROPERTIES = """\
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.controller.name = org.apache.kafka.controller
+logger.controller.level = INFO
+"""
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    kafka_version: str
+    data_dir: Path
+
+    def describe(self) -> str:
+        state = f"running (pid {self.pid})" if self.running else "stopped"
+        return (
+            f"Apache Kafka {self.kafka_version} (KRaft, one node) at {self.bootstrap}: {state}; "
+            f"data in {self.data_dir}"
+        )
+
+
+class LocalBroker:
+    """Fetch, configure, start, probe and stop a one-node KRaft broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = settings.broker_port
+        self.controller_port = settings.controller_port
+        self.data_dir = Path(settings.broker_data_dir).resolve()
+        self.libs_dir = Path(settings.broker_cache_dir).resolve() / settings.kafka_version / "libs"
+        self.version = settings.kafka_version
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_dirs(self) -> Path:
+        return self.data_dir / "logs"
+
+    # ------------------------------------------------------------------ jars
+    def ensure_jars(self) -> Path:
+        """Fetch the broker jars with Maven once; reuse the cache afterwards."""
+        marker = self.libs_dir / f"kafka_2.13-{self.version}.jar"
+        if marker.exists():
+            return self.libs_dir
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError(
+                "Maven (mvn) is not installed: it fetches the Kafka jars from Maven Central. "
+                f"Install it (apt-get install maven), {DOCKER_HINT}"
+            )
+        self._require_java()
+        pom = resources.files("streamscribe").joinpath("pom.xml")
+        staging = self.libs_dir.with_name("libs.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        with resources.as_file(pom) as pom_path:
+            cmd = [
+                mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+                f"-Dkafka.version={self.version}",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not (staging / marker.name).exists():
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            raise BrokerError("fetching the Kafka jars with Maven failed: " + " | ".join(tail))
+        shutil.rmtree(self.libs_dir, ignore_errors=True)
+        staging.rename(self.libs_dir)
+        return self.libs_dir
+
+    @staticmethod
+    def _require_java() -> str:
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError(
+                "Java is not installed: the local Kafka broker needs a JRE 17+ "
+                f"(apt-get install openjdk-17-jre-headless), {DOCKER_HINT}"
+            )
+        return java
+
+    def _classpath(self) -> str:
+        return str(self.libs_dir / "*")
+
+    # ---------------------------------------------------------------- config
+    def write_config(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.log_dirs),
+            "num.partitions": str(self.settings.partitions),
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "8",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "message.max.bytes": "2097152",
+            "log.retention.hours": "168",
+        }
+        text = "".join(f"{k}={v}\n" for k, v in props.items())
+        self.config_file.write_text("# written by streamscribe broker start\n" + text)
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+
+    def _formatted(self) -> bool:
+        return (self.log_dirs / "meta.properties").exists()
+
+    def format_storage(self) -> None:
+        java = self._require_java()
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cmd = [
+            java, "-cp", self._classpath(),
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file),
+            "--ignore-formatted",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise BrokerError(f"formatting Kafka storage failed: {proc.stderr.strip()[-400:]}")
+
+    # --------------------------------------------------------------- process
+    def _read_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _pid_alive(pid) and _is_kafka(pid) else None
+
+    def status(self) -> BrokerStatus:
+        pid = self._read_pid()
+        return BrokerStatus(pid is not None, pid, self.bootstrap, self.version, self.data_dir)
+
+    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
+        """Start (or find running) and wait until ready; returns the bootstrap address."""
+        if self._read_pid() is not None:
+            wait_until_ready(self.bootstrap, timeout_s)
+            return self.bootstrap
+        for port in (self.port, self.controller_port):
+            if _port_open(port):
+                raise BrokerError(
+                    f"port {port} is already in use by another process; "
+                    "choose another with --port"
+                )
+        java = self._require_java()
+        self.ensure_jars()
+        self.write_config()
+        if not self._formatted():
+            self.format_storage()
+        log_fh = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
+        cmd = [
+            java, *JVM_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp", self._classpath(), "kafka.Kafka", str(self.config_file),
+        ]
+        proc = subprocess.Popen(
+            cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.data_dir,
+        )
+        log_fh.close()
+        self.pid_file.write_text(str(proc.pid))
+        try:
+            wait_until_ready(self.bootstrap, timeout_s, proc=proc, log_file=self.log_file)
+        except BaseException:
+            self.stop()
+            raise
+        return self.bootstrap
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """Stop cleanly (SIGTERM), then SIGKILL after ``timeout_s``. True if one was running."""
+        pid = self._read_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _pid_alive(pid):
+            _reap(pid)
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            log.warning("broker pid %s did not stop in %.0f s; killing it", pid, timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _pid_alive(pid):
+                _reap(pid)
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def wait_until_ready(
+    bootstrap: str,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+    *,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_file: Path | None = None,
+) -> None:
+    """Wait until metadata answers and the group and transaction coordinators are loaded."""
+    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka.admin import AdminClient
+
+    deadline = time.monotonic() + timeout_s
+
+    def check_alive() -> None:
+        if proc is not None and proc.poll() is not None:
+            tail = ""
+            if log_file and log_file.exists():
+                tail = " | ".join(log_file.read_text(errors="replace").splitlines()[-5:])
+            raise BrokerError(f"the Kafka JVM exited with code {proc.returncode}: {tail}")
+        if time.monotonic() > deadline:
+            raise BrokerError(f"Kafka at {bootstrap} not ready after {timeout_s:.0f} s")
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    while True:
+        check_alive()
+        try:
+            md = admin.list_topics(timeout=2)
+            if md.brokers:
+                break
+        except KafkaException:
+            time.sleep(0.3)
+    while True:  # group coordinator: DescribeGroups needs FindCoordinator to succeed
+        check_alive()
+        fut = admin.describe_consumer_groups(["streamscribe-readiness-probe"])
+        try:
+            fut["streamscribe-readiness-probe"].result(timeout=5)
+            break
+        except KafkaException:
+            time.sleep(0.3)
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": "streamscribe-readiness-probe",
+            "log_level": 0,
+        }
+    )
+    while True:  # transaction coordinator (also creates __transaction_state)
+        check_alive()
+        try:
+            producer.init_transactions(10)
+            break
+        except KafkaException:
+            time.sleep(0.3)
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(FileNotFoundError):
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        if state == "Z":
+            _reap(pid)
+            return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _is_kafka(pid: int) -> bool:
+    try:
+        return b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for tests and throwaway brokers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,92 @@
+"""Topic administration: create the pipeline's topics idempotently, list them with counts.
+
+Example::
+
+    from streamscribe.kafka_admin import create_topics
+    from streamscribe.schemas.topics import Topics
+    create_topics("127.0.0.1:9092", Topics("streamscribe.").specs(partitions=4))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamscribe.schemas.errors import BrokerError
+from streamscribe.schemas.topics import TopicSpec
+
+ADMIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    partitions: int
+    messages: int
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+
+
+def create_topics(bootstrap: str, specs: list[TopicSpec]) -> dict[str, str]:
+    """Create missing topics; existing ones are left as they are. Returns name -> outcome."""
+    admin = admin_client(bootstrap)
+    new = [
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.configs)
+        for s in specs
+    ]
+    outcome: dict[str, str] = {}
+    for name, fut in admin.create_topics(new, request_timeout=ADMIN_TIMEOUT_S).items():
+        try:
+            fut.result(timeout=ADMIN_TIMEOUT_S)
+            outcome[name] = "created"
+        except KafkaException as exc:
+            err = exc.args[0]
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                outcome[name] = "exists"
+            else:
+                raise BrokerError(f"creating topic {name} failed: {err}") from exc
+    return outcome
+
+
+def describe_topics(bootstrap: str, names: list[str] | None = None) -> list[TopicInfo]:
+    """Topics with partition counts and message counts (sum of high - low watermarks)."""
+    from confluent_kafka import Consumer
+
+    admin = admin_client(bootstrap)
+    try:
+        md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    except KafkaException as exc:
+        raise BrokerError(f"no Kafka broker answers at {bootstrap}: {exc}") from exc
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "streamscribe-admin", "log_level": 0}
+    )
+    try:
+        infos = []
+        for name in sorted(md.topics):
+            if names is not None and name not in names:
+                continue
+            if name.startswith("__"):
+                continue
+            total = 0
+            for p in md.topics[name].partitions:
+                lo, hi = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                total += hi - lo
+            infos.append(TopicInfo(name, len(md.topics[name].partitions), total))
+        return infos
+    finally:
+        consumer.close()
+
+
+def delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = admin_client(bootstrap)
+    for fut in admin.delete_topics(names, request_timeout=ADMIN_TIMEOUT_S).values():
+        try:
+            fut.result(timeout=ADMIN_TIMEOUT_S)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+                raise

@@ -1,0 +1,127 @@
+"""The one settings object, read once from the environment and passed down.
+
+Every knob is an environment variable with the ``STREAMSCRIBE_`` prefix (plus the standard
+``KAFKA_BOOTSTRAP_SERVERS``). Nothing else in the code base reads ``os.environ`` for
+configuration; CLI flags override fields with :func:`dataclasses.replace`.
+
+Example::
+
+    >>> from streamscribe.settings import Settings
+    >>> s = Settings.from_env({"STREAMSCRIBE_TOPIC_PREFIX": "t1."})
+    >>> s.topic_prefix
+    't1.'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "STREAMSCRIBE_"
+DEFAULT_BROKER_PORT = 9092
+KAFKA_VERSION = "4.3.1"
+
+
+def _project_root() -> Path:
+    """The checkout when run from one (its ignored ``.cache`` holds state), else ~/.cache."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").exists():
+        return root
+    return Path.home() / ".cache" / "streamscribe-home"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of streamscribe; frozen, built once by :meth:`from_env`."""
+
+    # Kafka
+    bootstrap_servers: str | None = None  # None = the local broker on broker_port
+    topic_prefix: str = "streamscribe."
+    partitions: int = 4
+
+    # Local broker
+    broker_port: int = DEFAULT_BROKER_PORT
+    broker_controller_port: int = 0  # 0 = broker_port + 1
+    broker_data_dir: Path = _project_root() / ".cache" / "kafka-data"
+    broker_cache_dir: Path = _project_root() / ".cache" / "kafka"
+    kafka_version: str = KAFKA_VERSION
+
+    # Producers
+    chunk_ms: int = 100
+    linger_ms: int = 5
+    flush_timeout_s: float = 30.0
+
+    # Processors (faust worker)
+    group_id: str = "streamscribe-processors"
+    worker_data_dir: Path = _project_root() / ".cache" / "worker"
+    worker_web_port: int = 6066
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    jitter_window_chunks: int = 8
+    gap_timeout_ms: int = 1000
+    max_payload_bytes: int = 1_048_576
+    vad_threshold: float = 0.5
+    vad_neg_threshold: float = 0.35
+    min_silence_ms: int = 300
+    min_speech_ms: int = 250
+    pre_roll_ms: int = 200
+    max_utterance_s: float = 20.0
+    update_interval_s: float = 0.5
+    idle_timeout_s: float = 30.0
+    energy_gate_dbfs: float = -70.0
+    ort_intra_threads: int = 1
+    asr_workers: int = 2
+    max_error_rate: float = 0.2
+
+    # Consumers
+    db_url: str = "sqlite:///" + str(_project_root() / ".cache" / "transcripts.db")
+    metrics_port: int = 9108
+    sla_ms: float = 450.0
+    sla_violation_rate: float = 0.05
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address to use: the given cluster, else the local broker."""
+        return self.bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def controller_port(self) -> int:
+        return self.broker_controller_port or self.broker_port + 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.type, raw, f.name)
+        if "bootstrap_servers" not in values and env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            values["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        return cls(**values)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with the given fields replaced; ``None`` values are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _coerce(type_name: Any, raw: str, name: str) -> Any:
+    t = str(type_name)
+    try:
+        if t.startswith("int"):
+            return int(raw)
+        if t.startswith("float"):
+            return float(raw)
+        if t.startswith("bool"):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if t.startswith("Path"):
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+    return raw
