@@ -137,7 +137,9 @@ def _streams(
     """(audio-time due, tie-breaker, outgoing) for every message, merged in due order."""
     counter = itertools.count()
 
-    def one(plan: SessionPlan, channel: int, stream_no: int) -> Iterator[tuple[float, int, Outgoing]]:
+    def one(
+        plan: SessionPlan, channel: int, stream_no: int
+    ) -> Iterator[tuple[float, int, Outgoing]]:
         meta = SessionMeta(
             source=plan.path,
             language=job.language,

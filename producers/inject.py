@@ -114,9 +114,7 @@ class Injector:
                 out.extend(copies)
                 out.append(Outgoing(key, chunk=held))
                 held = None
-            elif (
-                not chunk.end_of_stream and self.spec.reorder and rng.random() < self.spec.reorder
-            ):
+            elif not chunk.end_of_stream and self.spec.reorder and rng.random() < self.spec.reorder:
                 held = chunk
                 self.counts["reorder"] += 1
                 out.extend(copies[1:])

@@ -83,9 +83,7 @@ class AudioChunk:
         try:
             return cls(
                 session_meta=(
-                    SessionMeta(**{**meta, "roles": tuple(meta.get("roles", ()))})
-                    if meta
-                    else None
+                    SessionMeta(**{**meta, "roles": tuple(meta.get("roles", ()))}) if meta else None
                 ),
                 **{k: v for k, v in rec.items() if k in _FIELDS},
             )

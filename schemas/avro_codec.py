@@ -28,8 +28,12 @@ HEADER_BYTES: Final = 3
 
 @cache
 def load_schema(filename: str) -> Any:
-    """Parse an ``.avsc`` file shipped in ``schemas/avro``."""
-    text = resources.files("streamscribe.schemas").joinpath("avro", filename).read_text()
+    """Parse an ``.avsc`` file shipped in ``schemas/avro`` (or at an absolute path)."""
+    if filename.startswith("/"):
+        with open(filename) as fh:
+            text = fh.read()
+    else:
+        text = resources.files("streamscribe.schemas").joinpath("avro", filename).read_text()
     return fastavro.parse_schema(json.loads(text))
 
 

@@ -120,7 +120,11 @@ class DeadLetter:
 
     @classmethod
     def from_error(
-        cls, err: StreamscribeError, *, stage: str, key: bytes | None = None,
+        cls,
+        err: StreamscribeError,
+        *,
+        stage: str,
+        key: bytes | None = None,
         session_id: str | None = None,
     ) -> DeadLetter:
         return cls.from_raw(

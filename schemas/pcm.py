@@ -108,7 +108,7 @@ def decode_payload(data: bytes, encoding: str) -> Float32Array:
             raw=data,
         )
     if encoding == PCM_S16LE:
-        return (np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(32768.0))
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(32768.0)
     if encoding == PCM_MULAW:
         return mulaw_decode(data).astype(np.float32) / np.float32(32768.0)
     return np.frombuffer(data, dtype="<f4").astype(np.float32)

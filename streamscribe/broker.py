@@ -126,8 +126,14 @@ class LocalBroker:
         staging.parent.mkdir(parents=True, exist_ok=True)
         with resources.as_file(pom) as pom_path:
             cmd = [
-                mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
-                f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom_path),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
                 f"-Dkafka.version={self.version}",
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -190,9 +196,16 @@ class LocalBroker:
         java = self._require_java()
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         cmd = [
-            java, "-cp", self._classpath(),
+            java,
+            "-cp",
+            self._classpath(),
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.config_file),
             "--ignore-formatted",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -219,8 +232,7 @@ class LocalBroker:
         for port in (self.port, self.controller_port):
             if _port_open(port):
                 raise BrokerError(
-                    f"port {port} is already in use by another process; "
-                    "choose another with --port"
+                    f"port {port} is already in use by another process; choose another with --port"
                 )
         java = self._require_java()
         self.ensure_jars()
@@ -229,14 +241,24 @@ class LocalBroker:
             self.format_storage()
         log_fh = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         cmd = [
-            java, *JVM_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            java,
+            *JVM_HEAP,
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.data_dir}",
-            "-cp", self._classpath(), "kafka.Kafka", str(self.config_file),
+            "-cp",
+            self._classpath(),
+            "kafka.Kafka",
+            str(self.config_file),
         ]
         proc = subprocess.Popen(
-            cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=self.data_dir,
+            cmd,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.data_dir,
         )
         log_fh.close()
         self.pid_file.write_text(str(proc.pid))

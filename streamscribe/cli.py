@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _service_registrars() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
+def _service_registrars() -> list[
+    Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
+]:
     from streamscribe import commands
 
     return commands.REGISTRARS

@@ -47,8 +47,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
         print(f"session {sid}: {report.chunks_by_session.get(sid, 0)} chunks")
     if report.delivery.failed or report.delivery.undelivered:
         print(
-            f"error: {report.delivery.failed + report.delivery.undelivered} messages "
-            "not delivered",
+            f"error: {report.delivery.failed + report.delivery.undelivered} messages not delivered",
             file=sys.stderr,
         )
         return 1

@@ -44,7 +44,10 @@ def _decoder_for(kind: str | None) -> Callable[[bytes], dict[str, Any]]:
 
     decoders: dict[str | None, Callable[[bytes], dict[str, Any]]] = {
         AUDIO: lambda v: {"type": "AudioChunk", **AudioChunk.decode(v).summary()},
-        UTTERANCES: lambda v: {"type": "UtteranceMessage", **UtteranceMessage.decode(v).summary_view()},
+        UTTERANCES: lambda v: {
+            "type": "UtteranceMessage",
+            **UtteranceMessage.decode(v).summary_view(),
+        },
         TRANSCRIPTS: lambda v: {"type": "TranscriptEvent", **decode_transcript(v).to_dict()},
         EVENTS: lambda v: {"type": "SessionEvent", **asdict(SessionEvent.decode(v))},
         DEADLETTER: lambda v: {"type": "DeadLetter", **asdict(DeadLetter.decode(v))},
@@ -97,7 +100,10 @@ def tail_messages(bootstrap: str, opts: TailOptions, topics: Topics) -> Iterator
         while opts.max_messages is None or count < opts.max_messages:
             msg = consumer.poll(POLL_S)
             if msg is None:
-                if opts.idle_timeout_s is not None and time.monotonic() - last > opts.idle_timeout_s:
+                if (
+                    opts.idle_timeout_s is not None
+                    and time.monotonic() - last > opts.idle_timeout_s
+                ):
                     return
                 continue
             if msg.error():

@@ -68,7 +68,9 @@ class Proc:
             if needle in self.log_text():
                 return
             if not self.alive():
-                raise RuntimeError(f"process exited ({self.popen.returncode}):\n{self.log_text()[-3000:]}")
+                raise RuntimeError(
+                    f"process exited ({self.popen.returncode}):\n{self.log_text()[-3000:]}"
+                )
             time.sleep(0.2)
         raise TimeoutError(f"{needle!r} not seen in {timeout_s} s:\n{self.log_text()[-3000:]}")
 

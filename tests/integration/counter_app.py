@@ -18,7 +18,9 @@ from typing import Any
 import faust
 
 
-def make_app(bootstrap: str, topic_name: str, app_id: str, data_dir: str, delay_s: float) -> faust.App:
+def make_app(
+    bootstrap: str, topic_name: str, app_id: str, data_dir: str, delay_s: float
+) -> faust.App:
     app = faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",

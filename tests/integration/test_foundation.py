@@ -35,10 +35,18 @@ def _produce(bootstrap: str, topic: str) -> None:
     assert (stats.sent, stats.delivered, stats.failed) == (N_MESSAGES, N_MESSAGES, 0)
 
 
-def _read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[tuple[bytes, bytes, int]]:
+def _read_all(
+    bootstrap: str, topic: str, timeout_s: float = 30.0
+) -> list[tuple[bytes, bytes, int]]:
     """(key, value, partition) of every message in ``topic`` from the beginning."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "log_level": 0})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
     md = c.list_topics(topic, timeout=10).topics[topic]
     ends = {}
     for p in md.partitions:
@@ -66,7 +74,9 @@ def _table_state(bootstrap: str, changelog: str) -> dict[str, dict[str, int]]:
     return state
 
 
-def _wait_state(bootstrap: str, changelog: str, done, timeout_s: float) -> dict[str, dict[str, int]]:
+def _wait_state(
+    bootstrap: str, changelog: str, done, timeout_s: float
+) -> dict[str, dict[str, int]]:
     deadline = time.monotonic() + timeout_s
     state: dict[str, dict[str, int]] = {}
     while time.monotonic() < deadline:
@@ -110,8 +120,10 @@ def test_faust_table_survives_sigkill(kafka_bootstrap: str, tmp_path: Path) -> N
     first = Proc(args, tmp_path / "worker1.log")
     try:
         partial = _wait_state(
-            kafka_bootstrap, changelog,
-            lambda s: sum(v.get("n", 0) for v in s.values()) >= 2000, 180,
+            kafka_bootstrap,
+            changelog,
+            lambda s: sum(v.get("n", 0) for v in s.values()) >= 2000,
+            180,
         )
         applied_before = sum(v.get("n", 0) for v in partial.values())
         assert 2000 <= applied_before < N_MESSAGES, "kill must happen mid-stream"
@@ -122,9 +134,12 @@ def test_faust_table_survives_sigkill(kafka_bootstrap: str, tmp_path: Path) -> N
     second = Proc(args, tmp_path / "worker2.log")
     try:
         final = _wait_state(
-            kafka_bootstrap, changelog,
-            lambda s: len(s) == N_KEYS and all(v.get("last") == N_MESSAGES // N_KEYS - 1
-                                                for v in s.values()),
+            kafka_bootstrap,
+            changelog,
+            lambda s: (
+                len(s) == N_KEYS
+                and all(v.get("last") == N_MESSAGES // N_KEYS - 1 for v in s.values())
+            ),
             240,
         )
         resumed_in = time.monotonic() - t_restart

@@ -1,0 +1,468 @@
+"""Pure ASR core: Moonshine tiny-en (ONNX Runtime, ORT format) with greedy KV-cache decoding.
+
+No Kafka, no faust: one :class:`MoonshineAsr` per worker process maps 16 kHz mono float32
+audio to a :class:`Decoded` transcript. Nothing is loaded at import time; build the model
+with :meth:`MoonshineAsr.load`.
+
+Model files come from installed wheels, never from the network:
+
+* encoder / merged decoder (wheel ``moonshine-voice``):
+  ``moonshine_voice/assets/tiny-en/{encoder_model,decoder_model_merged}.ort``;
+* tokenizer: ``moonshine_onnx/assets/tokenizer.json`` (wheel ``useful-moonshine-onnx``,
+  32768 tokens, ``<s>`` = 1 starts decoding, ``</s>`` = 2 ends it).
+
+Model signature (read from the sessions at load time and checked)::
+
+    encoder  in : input_values [B, samples] f32, attention_mask [B, samples] i64
+             out: last_hidden_state [B, frames, 288] f32
+    decoder  in : input_ids [B, T] i64, encoder_hidden_states [B, frames, 288] f32,
+                  encoder_attention_mask [B, samples] i64  (sample-level, like the encoder's),
+                  past_key_values.{0..5}.{decoder,encoder}.{key,value} [B, 8, len, 36] f32,
+                  use_cache_branch [1] bool
+             out: logits [B, T, 32768] f32,
+                  present.{0..5}.{decoder,encoder}.{key,value} [B, 8, len, 36] f32
+
+Decoding: step 0 feeds ``<s>`` with empty (length-0) caches and ``use_cache_branch=False``;
+every later step feeds the last token, ``use_cache_branch=True``, the growing
+``present.*.decoder.*`` of the previous step and the ``present.*.encoder.*`` of step 0.
+The number of generated tokens is capped in proportion to the audio length
+(:class:`DecodeConfig`), so a decoder stuck in a loop on noise or silence stops.
+
+Errors (all under the project root ``streamscribe.schemas.errors``)::
+
+    StreamscribeError
+    └── ProcessorError
+        └── AsrError                 the ASR model failed on an utterance
+            ├── AsrModelError        model / tokenizer files missing, unreadable or unexpected
+            └── AsrInputError        audio is not 1-D, not finite, or too long
+
+Example:
+    >>> import numpy as np
+    >>> from streamscribe.processors.asr import MoonshineAsr, read_audio_16k, bundled_recording
+    >>> asr = MoonshineAsr.load(intra_threads=1)
+    >>> asr.transcribe(read_audio_16k(bundled_recording("beckett.wav"))).text
+    'Ever tried, ever failed, no matter, try again, fail again, fail better.'
+    >>> asr.transcribe(np.zeros(0, dtype=np.float32)).text
+    ''
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from streamscribe.schemas.errors import AsrError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    import tokenizers
+
+__all__ = [
+    "BOS_TOKEN_ID",
+    "EOS_TOKEN_ID",
+    "MIN_AUDIO_SAMPLES",
+    "SAMPLE_RATE",
+    "AsrError",
+    "AsrInputError",
+    "AsrModelError",
+    "DecodeConfig",
+    "Decoded",
+    "ModelFiles",
+    "MoonshineAsr",
+    "bundled_recording",
+    "read_audio_16k",
+]
+
+SAMPLE_RATE: Final = 16_000
+"""The only sample rate the model accepts (Hz)."""
+
+BOS_TOKEN_ID: Final = 1
+"""``<s>``: the decoder start token."""
+
+EOS_TOKEN_ID: Final = 2
+"""``</s>``: the end-of-transcript token."""
+
+ENCODER_MIN_SAMPLES: Final = 895
+"""Fewest samples the encoder's conv front end accepts (from its output-shape formula
+``(((n - 127) // 64 + 1 - 7) // 3 + 1 - 3) // 2 + 1 >= 1``)."""
+
+MIN_AUDIO_SAMPLES: Final = SAMPLE_RATE // 10
+"""Non-empty audio shorter than this (0.1 s, Moonshine's documented minimum) is zero-padded
+to it before encoding, when :attr:`DecodeConfig.min_audio_s` lets it reach the model."""
+
+_REPLACEMENT_CHAR: Final = "\ufffd"
+
+_LOGITS: Final = "logits"
+
+
+class AsrModelError(AsrError):
+    """Model or tokenizer files are missing, unreadable or do not have the expected signature."""
+
+
+class AsrInputError(AsrError):
+    """The audio given to :meth:`MoonshineAsr.transcribe` is unusable (shape, values, length)."""
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Greedy-decoding limits.
+
+    The token budget for ``s`` seconds of audio is
+    ``min(max_tokens, ceil(tokens_per_second * s) + extra_tokens)``; reaching it without
+    ``</s>`` marks the result ``truncated``. Read speech runs at about 3.5 tokens/s.
+
+    Audio shorter than ``min_audio_s`` is not run through the model and yields an empty
+    transcript: no word fits in it, and the model answers such slivers with a hallucinated
+    "You". Audio longer than ``max_audio_s`` is rejected (segment it first).
+    """
+
+    tokens_per_second: float = 6.5
+    extra_tokens: int = 6
+    max_tokens: int = 448
+    min_audio_s: float = 0.1
+    max_audio_s: float = 64.0
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_second <= 0 or self.extra_tokens < 0 or self.max_tokens < 1:
+            raise ValueError(f"invalid token budget: {self}")
+        if not 0.0 <= self.min_audio_s < self.max_audio_s:
+            raise ValueError(f"need 0 <= min_audio_s < max_audio_s: {self}")
+
+    def token_budget(self, n_samples: int) -> int:
+        """Most tokens (``</s>`` excluded) that may be generated for ``n_samples`` of audio.
+
+        >>> DecodeConfig().token_budget(SAMPLE_RATE * 10)
+        71
+        """
+        seconds = n_samples / SAMPLE_RATE
+        return min(self.max_tokens, math.ceil(self.tokens_per_second * seconds) + self.extra_tokens)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One transcript.
+
+    ``token_ids`` excludes ``<s>`` and ``</s>``. ``mean_logprob`` is the mean natural-log
+    probability of every chosen token including the closing ``</s>`` (0.0 when the model
+    was not run: empty audio or audio under ``min_audio_s``); ``confidence =
+    exp(mean_logprob)`` in (0, 1].
+    ``truncated`` is True when the token budget ran out before ``</s>``.
+    """
+
+    text: str
+    token_ids: list[int]
+    mean_logprob: float
+    confidence: float
+    truncated: bool
+    encode_s: float
+    decode_s: float
+    audio_s: float
+
+    @property
+    def compute_s(self) -> float:
+        """Wall time spent in the model (encode + decode)."""
+        return self.encode_s + self.decode_s
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where the model and tokenizer live on disk."""
+
+    encoder: Path
+    decoder: Path
+    tokenizer: Path
+
+    @classmethod
+    def bundled(cls) -> ModelFiles:
+        """The tiny-en files shipped in the moonshine-voice / useful-moonshine-onnx wheels."""
+        try:
+            voice = importlib.resources.files("moonshine_voice") / "assets" / "tiny-en"
+            onnx = importlib.resources.files("moonshine_onnx") / "assets"
+        except ModuleNotFoundError as exc:
+            raise AsrModelError(f"model wheel not installed: {exc.name}") from exc
+        return cls(
+            encoder=Path(str(voice / "encoder_model.ort")),
+            decoder=Path(str(voice / "decoder_model_merged.ort")),
+            tokenizer=Path(str(onnx / "tokenizer.json")),
+        )
+
+
+def bundled_recording(name: str) -> Path:
+    """Path of a real recording shipped in ``moonshine_voice/assets`` (e.g. ``beckett.wav``).
+
+    >>> bundled_recording("beckett.wav").name
+    'beckett.wav'
+    """
+    path = Path(str(importlib.resources.files("moonshine_voice") / "assets" / name))
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return path
+
+
+def read_audio_16k(path: str | Path) -> npt.NDArray[np.float32]:
+    """Read a sound file as mono float32 at 16 kHz (mixes down and resamples if needed).
+
+    >>> read_audio_16k(bundled_recording("beckett.wav")).shape
+    (159414,)
+    """
+    import soundfile
+
+    audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        import librosa
+
+        mono = librosa.resample(mono, orig_sr=rate, target_sr=SAMPLE_RATE)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _CacheLayout:
+    """Names of the KV-cache tensors, read from the decoder signature."""
+
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    past_names: tuple[str, ...]
+    present_names: tuple[str, ...]
+    decoder_present: tuple[str, ...]
+
+    @classmethod
+    def from_session(cls, decoder: ort.InferenceSession) -> _CacheLayout:
+        inputs = {i.name: i for i in decoder.get_inputs()}
+        outputs = [o.name for o in decoder.get_outputs()]
+        required = {
+            "input_ids",
+            "encoder_hidden_states",
+            "encoder_attention_mask",
+            "use_cache_branch",
+        }
+        missing = required - inputs.keys()
+        if missing or not outputs or outputs[0] != _LOGITS:
+            raise AsrModelError(f"unexpected decoder signature: missing {sorted(missing)}")
+        past = tuple(n for n in inputs if n.startswith("past_key_values."))
+        present = tuple("present." + n.removeprefix("past_key_values.") for n in past)
+        if not past or any(n not in outputs for n in present):
+            raise AsrModelError("decoder has no matching past_key_values / present outputs")
+        shape = inputs[past[0]].shape
+        if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+            raise AsrModelError(f"unexpected KV-cache shape {shape}")
+        layers = 1 + max(int(n.split(".")[1]) for n in past)
+        return cls(
+            num_layers=layers,
+            num_heads=shape[1],
+            head_dim=shape[3],
+            past_names=past,
+            present_names=present,
+            decoder_present=tuple(n for n in present if ".decoder." in n),
+        )
+
+
+class MoonshineAsr:
+    """Moonshine tiny-en speech recogniser: one shared instance per worker.
+
+    :meth:`transcribe` keeps all per-call state local, so one instance may be used from
+    several threads at once (ONNX Runtime sessions are thread-safe for ``run``); each call
+    then uses ``intra_threads`` cores.
+
+    Example:
+        >>> asr = MoonshineAsr.load(intra_threads=1)
+        >>> _ = asr.warm_up()
+        >>> d = asr.transcribe(read_audio_16k(bundled_recording("beckett.wav")))
+        >>> d.text.lower().startswith("ever tried"), 0.0 < d.confidence <= 1.0
+        (True, True)
+    """
+
+    def __init__(
+        self,
+        encoder: ort.InferenceSession,
+        decoder: ort.InferenceSession,
+        tokenizer: tokenizers.Tokenizer,
+        config: DecodeConfig | None = None,
+    ) -> None:
+        self._encoder = encoder
+        self._decoder = decoder
+        self._tokenizer = tokenizer
+        self.config = config or DecodeConfig()
+        enc_inputs = {i.name for i in encoder.get_inputs()}
+        if not {"input_values", "attention_mask"} <= enc_inputs:
+            raise AsrModelError(f"unexpected encoder inputs {sorted(enc_inputs)}")
+        self._layout = _CacheLayout.from_session(decoder)
+        self._step_outputs = [_LOGITS, *self._layout.decoder_present]
+        self._first_outputs = [_LOGITS, *self._layout.present_names]
+        for token, expected in (("<s>", BOS_TOKEN_ID), ("</s>", EOS_TOKEN_ID)):
+            if tokenizer.token_to_id(token) != expected:
+                raise AsrModelError(f"tokenizer maps {token} to {tokenizer.token_to_id(token)}")
+
+    @classmethod
+    def load(
+        cls,
+        intra_threads: int = 1,
+        *,
+        files: ModelFiles | None = None,
+        config: DecodeConfig | None = None,
+    ) -> MoonshineAsr:
+        """Build the sessions (CPU, sequential, ``inter_op=1``) and the tokenizer.
+
+        ``intra_threads`` is ONNX Runtime's ``intra_op_num_threads`` for both sessions.
+        """
+        import onnxruntime as ort
+        import tokenizers
+
+        if intra_threads < 1:
+            raise ValueError(f"intra_threads must be >= 1, got {intra_threads}")
+        files = files or ModelFiles.bundled()
+        for path in (files.encoder, files.decoder, files.tokenizer):
+            if not path.is_file():
+                raise AsrModelError(f"model file missing: {path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = ["CPUExecutionProvider"]
+        try:
+            encoder = ort.InferenceSession(str(files.encoder), options, providers=providers)
+            decoder = ort.InferenceSession(str(files.decoder), options, providers=providers)
+            tokenizer = tokenizers.Tokenizer.from_file(str(files.tokenizer))
+        except Exception as exc:  # ORT and tokenizers raise their own (untyped) errors
+            raise AsrModelError(f"cannot load model: {exc}") from exc
+        return cls(encoder, decoder, tokenizer, config)
+
+    @property
+    def input_names(self) -> dict[str, list[str]]:
+        """Input tensor names of the encoder and decoder sessions."""
+        return {
+            "encoder": [i.name for i in self._encoder.get_inputs()],
+            "decoder": [i.name for i in self._decoder.get_inputs()],
+        }
+
+    @property
+    def output_names(self) -> dict[str, list[str]]:
+        """Output tensor names of the encoder and decoder sessions."""
+        return {
+            "encoder": [o.name for o in self._encoder.get_outputs()],
+            "decoder": [o.name for o in self._decoder.get_outputs()],
+        }
+
+    def warm_up(self) -> float:
+        """Run one short transcription so first-call allocations are paid; returns seconds."""
+        start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        self.transcribe((0.01 * rng.standard_normal(SAMPLE_RATE)).astype(np.float32))
+        return time.perf_counter() - start
+
+    def transcribe(self, audio: npt.NDArray[np.floating[Any]]) -> Decoded:
+        """Transcribe one utterance of mono 16 kHz audio (float, nominally in [-1, 1]).
+
+        Empty audio, or audio shorter than ``config.min_audio_s``, returns an empty
+        transcript without running the model; other audio shorter than
+        :data:`MIN_AUDIO_SAMPLES` is zero-padded. Byte-fallback fragments that do not form
+        valid UTF-8 (U+FFFD) are dropped from ``text``. Raises
+        :class:`AsrInputError` for audio that is not 1-D, not finite or longer than
+        ``config.max_audio_s``, and :class:`AsrError` if ONNX Runtime fails.
+        """
+        samples = self._validate(audio)
+        n = samples.shape[0]
+        if n == 0 or n < self.config.min_audio_s * SAMPLE_RATE:
+            return Decoded("", [], 0.0, 1.0, False, 0.0, 0.0, n / SAMPLE_RATE)
+        if n < MIN_AUDIO_SAMPLES:
+            samples = np.pad(samples, (0, MIN_AUDIO_SAMPLES - n))
+        budget = self.config.token_budget(n)
+        x = samples[np.newaxis, :]
+        mask = np.ones_like(x, dtype=np.int64)
+        try:
+            t0 = time.perf_counter()
+            (hidden,) = self._encoder.run(
+                ["last_hidden_state"], {"input_values": x, "attention_mask": mask}
+            )
+            t1 = time.perf_counter()
+            token_ids, logprobs, truncated = self._greedy(hidden, mask, budget)
+            t2 = time.perf_counter()
+        except AsrError:
+            raise
+        except Exception as exc:  # onnxruntime raises untyped RuntimeError subclasses
+            raise AsrError(f"ONNX Runtime failed on {n} samples: {exc}") from exc
+        mean_logprob = float(np.mean(logprobs))
+        text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
+        text = " ".join(text.replace(_REPLACEMENT_CHAR, "").split())
+        return Decoded(
+            text=text,
+            token_ids=token_ids,
+            mean_logprob=mean_logprob,
+            confidence=math.exp(mean_logprob),
+            truncated=truncated,
+            encode_s=t1 - t0,
+            decode_s=t2 - t1,
+            audio_s=n / SAMPLE_RATE,
+        )
+
+    def _validate(self, audio: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+        if not isinstance(audio, np.ndarray):
+            raise AsrInputError(f"audio must be a numpy array, got {type(audio).__name__}")
+        if audio.ndim != 1:
+            raise AsrInputError(f"audio must be 1-D mono, got shape {audio.shape}")
+        if not np.issubdtype(audio.dtype, np.floating):
+            raise AsrInputError(f"audio must be floating point, got {audio.dtype}")
+        if audio.shape[0] > self.config.max_audio_s * SAMPLE_RATE:
+            raise AsrInputError(
+                f"audio of {audio.shape[0] / SAMPLE_RATE:.1f} s exceeds "
+                f"max_audio_s={self.config.max_audio_s}; segment it first"
+            )
+        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        if not np.isfinite(samples).all():
+            raise AsrInputError("audio contains NaN or infinite samples")
+        return samples
+
+    def _greedy(
+        self,
+        hidden: npt.NDArray[np.float32],
+        mask: npt.NDArray[np.int64],
+        budget: int,
+    ) -> tuple[list[int], list[float], bool]:
+        """Greedy decoding of one utterance with the KV cache; all state is local."""
+        layout = self._layout
+        empty = np.zeros((1, layout.num_heads, 0, layout.head_dim), dtype=np.float32)
+        feed: dict[str, Any] = dict.fromkeys(layout.past_names, empty)
+        feed["encoder_hidden_states"] = hidden
+        feed["encoder_attention_mask"] = mask
+        feed["use_cache_branch"] = np.array([False])
+        feed["input_ids"] = np.array([[BOS_TOKEN_ID]], dtype=np.int64)
+
+        outputs = self._decoder.run(self._first_outputs, feed)
+        names: list[str] = self._first_outputs
+        token_ids: list[int] = []
+        logprobs: list[float] = []
+        feed["use_cache_branch"] = np.array([True])
+        while True:
+            token, logprob = _argmax_logprob(outputs[0][0, -1])
+            logprobs.append(logprob)
+            if token == EOS_TOKEN_ID:
+                return token_ids, logprobs, False
+            token_ids.append(token)
+            if len(token_ids) >= budget:
+                return token_ids, logprobs, True
+            _feed_back(feed, names, outputs)
+            feed["input_ids"] = np.array([[token]], dtype=np.int64)
+            names = self._step_outputs
+            outputs = self._decoder.run(names, feed)
+
+
+def _feed_back(feed: dict[str, Any], names: list[str], outputs: list[Any]) -> None:
+    """Copy ``present.X`` outputs into the ``past_key_values.X`` inputs (logits skipped)."""
+    for name, value in zip(names[1:], outputs[1:], strict=True):
+        feed["past_key_values." + name.removeprefix("present.")] = value
+
+
+def _argmax_logprob(logits: npt.NDArray[np.float32]) -> tuple[int, float]:
+    """Greedy token and its log-softmax probability (computed in float64)."""
+    token = int(np.argmax(logits))
+    top = float(logits[token])
+    log_norm = top + math.log(float(np.exp(logits.astype(np.float64) - top).sum()))
+    return token, top - log_norm
