@@ -77,8 +77,8 @@ class DeadLetter:
     """A message a stage could not handle, with where it came from and why."""
 
     source_topic: str
-    partition: int
-    offset: int
+    source_partition: int
+    source_offset: int
     reason: str
     stage: str
     error_type: str
@@ -108,8 +108,8 @@ class DeadLetter:
     ) -> DeadLetter:
         return cls(
             source_topic=source_topic,
-            partition=partition,
-            offset=offset,
+            source_partition=partition,
+            source_offset=offset,
             reason=reason,
             stage=stage,
             error_type=error_type,

@@ -1,5 +1,8 @@
 """Topic names, partitioning and configs: the map of the pipeline.
 
+Audio, utterances and transcripts use ``LogAppendTime``, so each record's timestamp says
+when the broker stored it: the latency stages around the broker are measured there.
+
 Every topic is keyed by session id and has the same partition count, so that a session's
 chunks, utterances and transcripts sit on partitions with the same number (co-partitioned)
 and the faust tables of a stage live beside the stream that feeds them.
@@ -74,20 +77,30 @@ class Topics:
         """All pipeline topics with their configs. Audio is kept 7 days for replay."""
         keep_week = {"retention.ms": str(7 * DAY_MS)}
         keep_month = {"retention.ms": str(30 * DAY_MS)}
+        # Record timestamps are the broker's append time: the latency stages edge->broker and
+        # broker->processor are then measured, not the producer client's clock.
+        broker_time = {"message.timestamp.type": "LogAppendTime"}
         return [
             TopicSpec(
                 self.audio,
                 partitions,
-                {**keep_week, "max.message.bytes": "2097152", "compression.type": "producer"},
+                {
+                    **keep_week,
+                    **broker_time,
+                    "max.message.bytes": "2097152",
+                    "compression.type": "producer",
+                },
                 "AudioChunk (Avro), key = session id",
             ),
             TopicSpec(
                 self.utterances,
                 partitions,
-                {**keep_week, "max.message.bytes": "2097152"},
+                {**keep_week, **broker_time, "max.message.bytes": "2097152"},
                 "UtteranceMessage (Avro): speech-so-far deltas and finals, 16 kHz PCM16",
             ),
-            TopicSpec(self.transcripts, partitions, keep_month, "TranscriptEvent JSON"),
+            TopicSpec(
+                self.transcripts, partitions, {**keep_month, **broker_time}, "TranscriptEvent JSON"
+            ),
             TopicSpec(self.events, partitions, keep_week, "SessionEvent JSON"),
             TopicSpec(self.deadletter, partitions, keep_month, "DeadLetter JSON"),
             TopicSpec(self.alerts, partitions, keep_month, "Alert JSON"),

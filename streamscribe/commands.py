@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from streamscribe.schemas.errors import StreamscribeError
 from streamscribe.settings import Settings
 
 SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]
@@ -135,4 +136,88 @@ def add_tail(sub: SubParsers) -> None:
     p.set_defaults(handler=cmd_tail)
 
 
-REGISTRARS: list[Callable[[SubParsers], None]] = [add_produce, add_mic, add_tail]
+# -------------------------------------------------------------------------------- worker
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.processors.worker import STAGES, run_worker, spawn_workers
+
+    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise CommandError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    settings = settings.with_overrides(group_id=args.group_id)
+    if args.workers and args.workers > 1 and args.instance_index is None:
+        argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+        if "--workers" in sys.argv:
+            i = sys.argv.index("--workers")
+            argv = sys.argv[1:i] + sys.argv[i + 2 :]
+        return spawn_workers(args.workers, argv)
+    index = args.instance_index or 0
+    instance = f"{settings.group_id}-worker-{index}"
+    run_worker(
+        settings,
+        stages=stages,
+        instance=instance,
+        from_earliest=args.from_earliest,
+        log_level=args.worker_log_level,
+    )
+    return 0
+
+
+def add_worker(sub: SubParsers) -> None:
+    p = sub.add_parser("worker", help="run the faust stream processors")
+    p.add_argument("--group-id", help="consumer group = faust app id (default from settings)")
+    p.add_argument(
+        "--from-earliest",
+        action="store_true",
+        help="a new group starts at the earliest offset (re-process history)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes to run")
+    p.add_argument("--stages", help="comma list of stages (default segmenter,recognizer)")
+    p.add_argument("--instance-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-log-level", default="info", help="faust log level (default info)")
+    p.set_defaults(handler=cmd_worker)
+
+
+# ------------------------------------------------------------------------ segment (offline)
+def cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from streamscribe.processors.segmenter import SegmenterConfig, segment_file
+
+    config = SegmenterConfig.from_settings(settings)
+    for path in args.files:
+        _check_audio_path(path)
+        for span in segment_file(path, config=config, chunk_ms=args.chunk_ms):
+            d = span.to_dict()
+            if args.format == "json":
+                print(json.dumps(d))
+            else:
+                print(f"{d['file']}\tch{d['channel']}\t{d['start_ms']:.0f}\t{d['end_ms']:.0f}")
+    return 0
+
+
+def add_segment(sub: SubParsers) -> None:
+    p = sub.add_parser("segment", help="the segmenter core offline: utterances of files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--chunk-ms", type=int, default=100)
+    p.set_defaults(handler=cmd_segment)
+
+
+def _check_audio_path(path: str) -> None:
+    from streamscribe.producers.source import read_audio
+
+    read_audio(path)  # one-line ProducerError for a missing or unreadable file
+
+
+class CommandError(StreamscribeError):
+    """A command was asked for something it cannot do."""
+
+
+REGISTRARS: list[Callable[[SubParsers], None]] = [
+    add_produce,
+    add_mic,
+    add_tail,
+    add_worker,
+    add_segment,
+]

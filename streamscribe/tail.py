@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from streamscribe.schemas.audio import AudioChunk
+from streamscribe.schemas.control import Tick, is_tick
 from streamscribe.schemas.errors import BrokerError, ContractError
 from streamscribe.schemas.events import Alert, DeadLetter, SessionEvent
 from streamscribe.schemas.topics import (
@@ -43,7 +44,7 @@ def _decoder_for(kind: str | None) -> Callable[[bytes], dict[str, Any]]:
     from dataclasses import asdict
 
     decoders: dict[str | None, Callable[[bytes], dict[str, Any]]] = {
-        AUDIO: lambda v: {"type": "AudioChunk", **AudioChunk.decode(v).summary()},
+        AUDIO: _audio_or_tick,
         UTTERANCES: lambda v: {
             "type": "UtteranceMessage",
             **UtteranceMessage.decode(v).summary_view(),
@@ -54,6 +55,14 @@ def _decoder_for(kind: str | None) -> Callable[[bytes], dict[str, Any]]:
         ALERTS: lambda v: {"type": "Alert", **asdict(Alert.decode(v))},
     }
     return decoders.get(kind, _raw_json)
+
+
+def _audio_or_tick(value: bytes) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    if is_tick(value):
+        return {"type": "Tick", **asdict(Tick.decode(value))}
+    return {"type": "AudioChunk", **AudioChunk.decode(value).summary()}
 
 
 def _raw_json(value: bytes) -> dict[str, Any]:

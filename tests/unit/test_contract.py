@@ -180,7 +180,7 @@ def test_side_types_round_trip() -> None:
         key=b"s",
     )
     back = DeadLetter.decode(dl.encode())
-    assert back.raw == b"\x00\xff" and back.offset == 9 and back.key == "s"
+    assert back.raw == b"\x00\xff" and back.source_offset == 9 and back.key == "s"
     lr = LatencyRecord(
         session_id="s", channel=0, utterance=1, stages_ms={"decode": 10.5}, end_to_end_ms=10.5
     )

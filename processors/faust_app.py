@@ -1,0 +1,138 @@
+"""The faust app of the processors: topics, tables and the helpers every agent shares.
+
+Delivery guarantee (at-least-once, made here for every stage):
+
+1. Agents run with ``concurrency=1`` (more loses in-flight messages on a crash, faust
+   issue 606) and read raw bytes (``value_serializer="raw"``): decoding happens in our
+   code, inside a ``try``, so an undecodable value becomes a dead letter, never a crash.
+2. A batch of events (``take_events``) is handled completely — outputs sent, table state
+   written — before faust acks it. An exception inside a faust agent would ack the
+   message anyway, so every event is handled inside its own ``try`` at the boundary and a
+   failure becomes a dead letter with topic/partition/offset and raw bytes.
+3. Faust flushes its producer (outputs and changelog writes) before it commits offsets, so
+   a committed offset means its outputs and state are in Kafka. A crash replays the events
+   after the last commit; their state may already be in the changelog, so every stage
+   dedupes replays on ids carried by the data (chunk ``seq``, utterance ``part``).
+4. A worker that cannot go on (e.g. ASR error budget exhausted) exits non-zero *before*
+   the batch is acked, so no audio is dropped silently.
+
+Table writes need faust's current event (it picks the changelog partition); when a batch is
+handled, :func:`event_scope` sets it to the event being handled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.streams import _current_event  # the context variable behind current_event()
+
+from streamscribe.schemas.errors import StreamscribeError
+from streamscribe.schemas.events import DeadLetter
+from streamscribe.schemas.topics import Topics
+from streamscribe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+@contextlib.contextmanager
+def event_scope(event: Any) -> Iterator[None]:
+    """Make ``event`` faust's current event (table writes and sends attach to it)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def make_app(settings: Settings, *, instance: str | None = None, from_earliest: bool = False) -> faust.App:
+    """The processors' faust app; its id is the consumer group (``settings.group_id``)."""
+    settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.group_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store="memory://",
+        datadir=str(settings.worker_data_dir),
+        topic_partitions=settings.partitions,
+        web_enabled=False,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_group_instance_id=instance,
+        consumer_auto_offset_reset="earliest" if from_earliest else "latest",
+        broker_commit_every=500,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_max_request_size=2_500_000,
+        stream_wait_empty=False,
+        topic_allow_declare=True,
+    )
+
+
+@dataclass
+class StageTopics:
+    """The faust topic objects of the pipeline (all raw bytes)."""
+
+    names: Topics
+    audio: faust.TopicT
+    utterances: faust.TopicT
+    transcripts: faust.TopicT
+    events: faust.TopicT
+    deadletter: faust.TopicT
+
+    @classmethod
+    def declare(cls, app: faust.App, settings: Settings) -> StageTopics:
+        names = Topics(settings.topic_prefix)
+        p = settings.partitions
+        return cls(
+            names=names,
+            audio=app.topic(names.audio, partitions=p, **RAW),
+            utterances=app.topic(names.utterances, partitions=p, **RAW),
+            transcripts=app.topic(names.transcripts, partitions=p, **RAW),
+            events=app.topic(names.events, partitions=p, **RAW),
+            deadletter=app.topic(names.deadletter, partitions=p, **RAW),
+        )
+
+
+async def send_dead_letter(
+    topics: StageTopics,
+    event: Any,
+    *,
+    stage: str,
+    reason: str,
+    error_type: str,
+    session_id: str | None = None,
+) -> None:
+    """Publish a dead letter for ``event`` (its topic/partition/offset, raw value)."""
+    msg = event.message
+    dl = DeadLetter.from_raw(
+        msg.value if isinstance(msg.value, bytes | bytearray) else None,
+        reason=reason,
+        stage=stage,
+        source_topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key if isinstance(msg.key, bytes | bytearray) else None,
+        error_type=error_type,
+        session_id=session_id,
+    )
+    log.warning(
+        "dead letter from %s[%s]@%s (%s): %s", msg.topic, msg.partition, msg.offset, stage, reason
+    )
+    await topics.deadletter.send(key=msg.key or b"", value=dl.encode())
+
+
+async def dead_letter_for(
+    topics: StageTopics, event: Any, err: StreamscribeError, *, stage: str,
+    session_id: str | None = None,
+) -> None:
+    await send_dead_letter(
+        topics, event, stage=stage, reason=err.reason, error_type=type(err).__name__,
+        session_id=session_id,
+    )
