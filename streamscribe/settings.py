@@ -76,6 +76,9 @@ class Settings:
     ort_intra_threads: int = 1
     asr_workers: int = 2
     max_error_rate: float = 0.2
+    partial_growth: float = 0.3  # partial decode when new audio >= growth * decoded audio
+    partial_stale_s: float = 1.5  # shed a partial whose update is older than this
+    asr_fail_lines: str = ""  # fault injection: comma list of line-id patterns that fail
 
     # Consumers
     db_url: str = "sqlite:///" + str(_project_root() / ".cache" / "transcripts.db")
