@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,29 @@ log = logging.getLogger(__name__)
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
+EXIT_STAGE_FAILURE = 4
+
+
+async def guarded(
+    handle: Callable[[list[Any]], Awaitable[None]], events: list[Any], stage: str
+) -> None:
+    """Run a batch handler; if it fails as a whole, exit before faust acks the batch.
+
+    Errors about one message are handled inside ``handle`` (dead letters). An exception
+    that escapes it is systemic (a bug, a broken model, Kafka gone): faust would ack the
+    batch and move on, losing it, so the process exits non-zero instead and the batch is
+    processed again after the restart.
+    """
+    try:
+        await handle(events)
+    except Exception:
+        log.critical(
+            "%s: batch of %d events failed; exiting before ack", stage, len(events), exc_info=True
+        )
+        logging.shutdown()
+        os._exit(EXIT_STAGE_FAILURE)
+
+
 @contextlib.contextmanager
 def event_scope(event: Any) -> Iterator[None]:
     """Make ``event`` faust's current event (table writes and sends attach to it)."""
@@ -52,7 +76,9 @@ def event_scope(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
-def make_app(settings: Settings, *, instance: str | None = None, from_earliest: bool = False) -> faust.App:
+def make_app(
+    settings: Settings, *, instance: str | None = None, from_earliest: bool = False
+) -> faust.App:
     """The processors' faust app; its id is the consumer group (``settings.group_id``)."""
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
@@ -129,10 +155,18 @@ async def send_dead_letter(
 
 
 async def dead_letter_for(
-    topics: StageTopics, event: Any, err: StreamscribeError, *, stage: str,
+    topics: StageTopics,
+    event: Any,
+    err: StreamscribeError,
+    *,
+    stage: str,
     session_id: str | None = None,
 ) -> None:
     await send_dead_letter(
-        topics, event, stage=stage, reason=err.reason, error_type=type(err).__name__,
+        topics,
+        event,
+        stage=stage,
+        reason=err.reason,
+        error_type=type(err).__name__,
         session_id=session_id,
     )

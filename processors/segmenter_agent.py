@@ -26,6 +26,7 @@ from streamscribe.processors.faust_app import (
     StageTopics,
     dead_letter_for,
     event_scope,
+    guarded,
     send_dead_letter,
 )
 from streamscribe.processors.reassembly import JitterConfig
@@ -38,8 +39,8 @@ from streamscribe.processors.stream_segmenter import (
     Stamps,
     StreamSegmenter,
 )
-from streamscribe.processors.validate import ValidationConfig, decode_checked
 from streamscribe.processors.vad import SileroVad
+from streamscribe.processors.validate import ValidationConfig, decode_checked
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import TICK_KEY, Tick, is_tick
 from streamscribe.schemas.errors import ContractError, StreamscribeError
@@ -49,8 +50,6 @@ from streamscribe.settings import Settings
 log = logging.getLogger(__name__)
 
 STAGE = "segmenter"
-BATCH_MAX = 256
-BATCH_WITHIN_S = 0.02
 
 
 class SegmenterStage:
@@ -66,17 +65,26 @@ class SegmenterStage:
         self.core: StreamSegmenter | None = None
         p = settings.partitions
         self.channels = app.Table(
-            "segmenter-channels", partitions=p, default=None, key_type=str, value_type=bytes,
+            "segmenter-channels",
+            partitions=p,
+            default=None,
+            value_type=bytes,
         )
         self.sessions = app.Table(
-            "segmenter-sessions", partitions=p, default=None, key_type=str, value_type=dict,
+            "segmenter-sessions",
+            partitions=p,
+            default=None,
         )
         self.stats = {"chunks": 0, "batches": 0, "dead_letters": 0}
 
         @app.agent(topics.audio, name="segmenter", concurrency=1)
         async def segmenter(stream: Any) -> None:
-            async for events in stream.take_events(BATCH_MAX, BATCH_WITHIN_S):
-                await self.handle(events)
+            # One event at a time: faust acks an event only when the loop asks for the next
+            # one, i.e. after it was fully handled. (``take_events`` batches lost events
+            # fetched while a batch was being handled right after a restart, in our crash
+            # test, so the stage does not use it; ``handle`` still takes a list.)
+            async for event in stream.events():
+                await guarded(self.handle, [event], STAGE)
 
         @app.timer(interval=max(0.5, settings.idle_timeout_s / 4))
         async def idle_ticks() -> None:
@@ -115,8 +123,9 @@ class SegmenterStage:
                     by_channel.setdefault(key, []).append(arrival)
                 except StreamscribeError as err:
                     self.stats["dead_letters"] += 1
-                    await dead_letter_for(self.topics, ev, err, stage=STAGE,
-                                          session_id=_key_text(ev))
+                    await dead_letter_for(
+                        self.topics, ev, err, stage=STAGE, session_id=_key_text(ev)
+                    )
         if by_channel:
             batches = [ChannelBatch(k, self.channels.get(str(k)), a) for k, a in by_channel.items()]
             loop = asyncio.get_running_loop()
@@ -140,8 +149,11 @@ class SegmenterStage:
                 raw=msg.value,
             )
         decode_checked(
-            chunk.payload, encoding=chunk.encoding, sample_rate=chunk.sample_rate,
-            n_samples=chunk.n_samples, config=self.validation,
+            chunk.payload,
+            encoding=chunk.encoding,
+            sample_rate=chunk.sample_rate,
+            n_samples=chunk.n_samples,
+            config=self.validation,
         )
         broker_us = int(msg.timestamp * 1_000_000) if msg.timestamp else received
         return Arrival(chunk, Stamps(chunk.captured_at_us, broker_us, received), ev)
@@ -150,14 +162,19 @@ class SegmenterStage:
         for ref, err in res.rejected:
             with event_scope(ref):
                 self.stats["dead_letters"] += 1
-                await dead_letter_for(self.topics, ref, err, stage=STAGE,
-                                      session_id=res.key.session_id)
+                await dead_letter_for(
+                    self.topics, ref, err, stage=STAGE, session_id=res.key.session_id
+                )
         if res.failed is not None:
             log.error("channel %s failed: %s", res.key, res.failed.reason)
             with event_scope(last_ref):
                 await send_dead_letter(
-                    self.topics, last_ref, stage=STAGE, reason=res.failed.reason,
-                    error_type=type(res.failed).__name__, session_id=res.key.session_id,
+                    self.topics,
+                    last_ref,
+                    stage=STAGE,
+                    reason=res.failed.reason,
+                    error_type=type(res.failed).__name__,
+                    session_id=res.key.session_id,
                 )
             return
         key = res.key.session_id.encode()
@@ -204,7 +221,8 @@ class SegmenterStage:
         partition = tick.message.partition
         deadline = time.time() - self.settings.idle_timeout_s
         idle = [
-            (sid, doc) for sid, doc in list(self.sessions.items())
+            (sid, doc)
+            for sid, doc in list(self.sessions.items())
             if doc and doc.get("p") == partition and doc.get("last", 0) < deadline
         ]
         core = await self.ensure_core()

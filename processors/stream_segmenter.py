@@ -121,8 +121,11 @@ class ChannelState:
         j = self.jitter.to_bytes()
         s = self.seg.to_bytes()
         head = json.dumps(
-            {"role": self.role, "parts": {str(k): v for k, v in self.parts.items()},
-             "degraded": self.degraded}
+            {
+                "role": self.role,
+                "parts": {str(k): v for k, v in self.parts.items()},
+                "degraded": self.degraded,
+            }
         ).encode()
         return STATE_MAGIC + _LENS.pack(len(j), len(s), len(head)) + j + s + head
 
@@ -179,11 +182,25 @@ class StreamSegmenter:
                 queue: list[tuple[Item, Arrival]] = []
                 for a in b.arrivals:
                     if first and a is b.arrivals[0]:
-                        res.events.append((self._event(b.key, EVENT_SESSION_START, 0.0, None, {
-                            "role": st.role, "sample_rate": a.chunk.sample_rate,
-                            "encoding": a.chunk.encoding,
-                            "meta": a.chunk.session_meta.to_dict()
-                            if a.chunk.session_meta else None}), a.ref))
+                        res.events.append(
+                            (
+                                self._event(
+                                    b.key,
+                                    EVENT_SESSION_START,
+                                    0.0,
+                                    None,
+                                    {
+                                        "role": st.role,
+                                        "sample_rate": a.chunk.sample_rate,
+                                        "encoding": a.chunk.encoding,
+                                        "meta": a.chunk.session_meta.to_dict()
+                                        if a.chunk.session_meta
+                                        else None,
+                                    },
+                                ),
+                                a.ref,
+                            )
+                        )
                     for item in st.jitter.push(_to_item(a.chunk)):
                         queue.append((item, a))
                 live.append((st, res, queue))
@@ -210,8 +227,18 @@ class StreamSegmenter:
         self._run_rounds([(st, res, queue)])
         stamps = Stamps(0, 0, self.clock())
         self._emit(st, res, st.seg.finish("idle"), Arrival(_EMPTY_CHUNK, stamps, ref), key)
-        res.events.append((self._event(key, EVENT_IDLE_TIMEOUT, st.seg.stream_samples / RATE * 1000,
-                                       None, st.jitter.counters.to_dict()), ref))
+        res.events.append(
+            (
+                self._event(
+                    key,
+                    EVENT_IDLE_TIMEOUT,
+                    st.seg.stream_samples / RATE * 1000,
+                    None,
+                    st.jitter.counters.to_dict(),
+                ),
+                ref,
+            )
+        )
         res.finished = True
         res.state = None
         return res
@@ -246,63 +273,143 @@ class StreamSegmenter:
     def _close_if_finished(self, st: ChannelState, res: ChannelResult) -> None:
         if st.jitter.finished and st.seg.ended:
             ref = None
-            res.events.append((self._event(res.key, EVENT_SESSION_END,
-                                           st.seg.stream_samples / RATE * 1000, None,
-                                           st.jitter.counters.to_dict()), ref))
+            res.events.append(
+                (
+                    self._event(
+                        res.key,
+                        EVENT_SESSION_END,
+                        st.seg.stream_samples / RATE * 1000,
+                        None,
+                        st.jitter.counters.to_dict(),
+                    ),
+                    ref,
+                )
+            )
             res.finished = True
             res.state = None
 
-    def _event(self, key: ChannelKey, kind: str, at_ms: float, utt: int | None,
-               details: dict[str, Any] | None = None) -> SessionEvent:
-        return SessionEvent(session_id=key.session_id, channel=key.channel, kind=kind,
-                            at_ms=round(at_ms, 3), utterance=utt, wall_us=self.clock(),
-                            details=details or {})
+    def _event(
+        self,
+        key: ChannelKey,
+        kind: str,
+        at_ms: float,
+        utt: int | None,
+        details: dict[str, Any] | None = None,
+    ) -> SessionEvent:
+        return SessionEvent(
+            session_id=key.session_id,
+            channel=key.channel,
+            kind=kind,
+            at_ms=round(at_ms, 3),
+            utterance=utt,
+            wall_us=self.clock(),
+            details=details or {},
+        )
 
-    def _emit(self, st: ChannelState, res: ChannelResult, events: list[Any], arrival: Arrival,
-              key: ChannelKey) -> None:
+    def _emit(
+        self,
+        st: ChannelState,
+        res: ChannelResult,
+        events: list[Any],
+        arrival: Arrival,
+        key: ChannelKey,
+    ) -> None:
         ref = arrival.ref
         for ev in events:
             if isinstance(ev, SpeechStarted):
-                res.events.append((self._event(key, EVENT_SPEECH_START, ev.start_ms,
-                                               ev.utterance), ref))
+                res.events.append(
+                    (self._event(key, EVENT_SPEECH_START, ev.start_ms, ev.utterance), ref)
+                )
             elif isinstance(ev, SpeechEnded):
-                res.events.append((self._event(key, EVENT_SPEECH_END, ev.end_sample / RATE * 1000,
-                                               ev.utterance, {"reason": ev.reason}), ref))
+                res.events.append(
+                    (
+                        self._event(
+                            key,
+                            EVENT_SPEECH_END,
+                            ev.end_sample / RATE * 1000,
+                            ev.utterance,
+                            {"reason": ev.reason},
+                        ),
+                        ref,
+                    )
+                )
             elif isinstance(ev, GapInserted):
                 st.degraded = True
-                res.events.append((self._event(key, EVENT_GAP, ev.start_sample / RATE * 1000, None,
-                                               {"samples_16k": ev.n_samples,
-                                                "source_samples": ev.source_samples}), ref))
+                res.events.append(
+                    (
+                        self._event(
+                            key,
+                            EVENT_GAP,
+                            ev.start_sample / RATE * 1000,
+                            None,
+                            {"samples_16k": ev.n_samples, "source_samples": ev.source_samples},
+                        ),
+                        ref,
+                    )
+                )
             elif isinstance(ev, UtteranceUpdate | UtteranceFinal):
                 res.utterances.append((self._message(st, key, ev, arrival), ref))
 
-    def _message(self, st: ChannelState, key: ChannelKey, ev: UtteranceUpdate | UtteranceFinal,
-                 arrival: Arrival) -> UtteranceMessage:
+    def _message(
+        self,
+        st: ChannelState,
+        key: ChannelKey,
+        ev: UtteranceUpdate | UtteranceFinal,
+        arrival: Arrival,
+    ) -> UtteranceMessage:
         part = st.parts.get(ev.utterance, 0)
         s = arrival.stamps
         common = dict(
-            session_id=key.session_id, channel=key.channel, role=st.role, utterance=ev.utterance,
-            part=part, start_sample=ev.start_sample, offset_sample=ev.offset_sample,
-            captured_at_us=s.captured_at_us, broker_at_us=s.broker_at_us,
-            received_at_us=s.received_at_us, decided_at_us=self.clock(),
+            session_id=key.session_id,
+            channel=key.channel,
+            role=st.role,
+            utterance=ev.utterance,
+            part=part,
+            start_sample=ev.start_sample,
+            offset_sample=ev.offset_sample,
+            captured_at_us=s.captured_at_us,
+            broker_at_us=s.broker_at_us,
+            received_at_us=s.received_at_us,
+            decided_at_us=self.clock(),
         )
         if isinstance(ev, UtteranceUpdate):
             st.parts[ev.utterance] = part + 1
-            return UtteranceMessage(kind=KIND_UPDATE, end_sample=ev.end_sample,
-                                    payload=ev.pcm16_delta, **common)  # type: ignore[arg-type]
+            return UtteranceMessage(
+                kind=KIND_UPDATE, end_sample=ev.end_sample, payload=ev.pcm16_delta, **common
+            )  # type: ignore[arg-type]
         st.parts.pop(ev.utterance, None)
         return UtteranceMessage(
-            kind=KIND_FINAL, end_sample=ev.end_sample, payload=ev.pcm16_tail, reason=ev.reason,
-            degraded=ev.degraded, summary_json=json.dumps(ev.summary.to_dict()),
+            kind=KIND_FINAL,
+            end_sample=ev.end_sample,
+            payload=ev.pcm16_tail,
+            reason=ev.reason,
+            degraded=ev.degraded,
+            summary_json=json.dumps(ev.summary.to_dict()),
             **common,  # type: ignore[arg-type]
         )
 
 
 def _to_item(c: AudioChunk) -> Chunk:
-    return Chunk(seq=c.seq, position=c.position, n_samples=c.n_samples,
-                 sample_rate=c.sample_rate, payload=c.payload, encoding=c.encoding,
-                 end_of_stream=c.end_of_stream)
+    return Chunk(
+        seq=c.seq,
+        position=c.position,
+        n_samples=c.n_samples,
+        sample_rate=c.sample_rate,
+        payload=c.payload,
+        encoding=c.encoding,
+        end_of_stream=c.end_of_stream,
+    )
 
 
-_EMPTY_CHUNK = AudioChunk(session_id="", channel=0, role="", seq=-1, position=0, n_samples=0,
-                          sample_rate=16000, encoding="pcm_s16le", captured_at_us=0, payload=b"")
+_EMPTY_CHUNK = AudioChunk(
+    session_id="",
+    channel=0,
+    role="",
+    seq=-1,
+    position=0,
+    n_samples=0,
+    sample_rate=16000,
+    encoding="pcm_s16le",
+    captured_at_us=0,
+    payload=b"",
+)

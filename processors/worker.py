@@ -45,9 +45,7 @@ def build_worker(
         from streamscribe.processors.recognizer_agent import RecognizerStage
 
         built.append(
-            RecognizerStage(
-                app, settings, topics, ThreadPoolExecutor(settings.asr_workers, "asr")
-            )
+            RecognizerStage(app, settings, topics, ThreadPoolExecutor(settings.asr_workers, "asr"))
         )
     return app, built
 
@@ -63,8 +61,30 @@ def run_worker(
     """Run one worker in this process until SIGTERM/SIGINT (faust's own main loop)."""
     instance = instance or f"{settings.group_id}-{socket.gethostname()}-0"
     app, _ = build_worker(settings, stages=stages, instance=instance, from_earliest=from_earliest)
+    ensure_changelog_topics(app, settings)
     sys.argv = [sys.argv[0], "worker", "-l", log_level, "--without-web"]
     app.main()
+
+
+def ensure_changelog_topics(app: faust.App, settings: Settings) -> None:
+    """Create the tables' changelog topics before faust starts.
+
+    faust creates them itself at start-up, but its consumer's metadata may not list them
+    yet when the first table write checks partition counts (``PartitionsMismatch``).
+    Created here, before the consumer exists, they are in its first metadata.
+    """
+    from streamscribe.kafka_admin import create_topics
+    from streamscribe.schemas.topics import TopicSpec
+
+    specs = [
+        TopicSpec(
+            f"{settings.group_id}-{name}-changelog",
+            settings.partitions,
+            {"cleanup.policy": "compact", "max.message.bytes": "2097152"},
+        )
+        for name in app.tables
+    ]
+    create_topics(settings.bootstrap, specs)
 
 
 def spawn_workers(n: int, argv: list[str]) -> int:

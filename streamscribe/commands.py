@@ -210,6 +210,39 @@ def _check_audio_path(path: str) -> None:
     read_audio(path)  # one-line ProducerError for a missing or unreadable file
 
 
+# --------------------------------------------------------------------- transcribe (offline)
+def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.processors.asr import MoonshineAsr
+    from streamscribe.processors.offline import format_json_lines, format_text, transcribe_file
+    from streamscribe.processors.segmenter import SegmenterConfig
+    from streamscribe.processors.vad import SileroVad
+
+    for path in args.files:
+        _check_audio_path(path)
+    asr = MoonshineAsr.load(intra_threads=settings.ort_intra_threads)
+    vad = SileroVad(intra_op_threads=settings.ort_intra_threads)
+    config = SegmenterConfig.from_settings(settings)
+    for path in args.files:
+        results = transcribe_file(path, asr=asr, config=config, vad=vad)
+        out = format_json_lines(results) if args.format == "json" else format_text(results)
+        if out:
+            print(out)
+    return 0
+
+
+def add_transcribe(sub: SubParsers) -> None:
+    p = sub.add_parser("transcribe", help="segment and transcribe files offline (no Kafka)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(handler=cmd_transcribe)
+
+
+def add_consumers(sub: SubParsers) -> None:
+    from streamscribe.consumers.commands import register
+
+    register(sub)
+
+
 class CommandError(StreamscribeError):
     """A command was asked for something it cannot do."""
 
@@ -220,4 +253,6 @@ REGISTRARS: list[Callable[[SubParsers], None]] = [
     add_tail,
     add_worker,
     add_segment,
+    add_transcribe,
+    add_consumers,
 ]

@@ -1,0 +1,284 @@
+"""CLI glue of the consumers: ``add_arguments_<name>(parser)`` and ``cmd_<name>(settings, args)``.
+
+The ``streamscribe`` parser (``streamscribe/cli.py``) owns the program; :func:`register`
+adds the six consumer commands to its subparsers in one call::
+
+    sink            [--db URL] [--group-id G] [--from-earliest] [--max-idle S] [--batch-size N]
+    sessions        [--db URL] [--limit N]
+    transcript      SESSION [--db URL] [--format text|json|srt]
+    metrics         [--port P] [--group-id G] [--from-earliest] [--window 1000|5m] [--max-idle S]
+    latency-report  [--db URL] [--since ISO|15m] [--png FILE] [--sla-ms MS] [--fail-on-violation]
+    alerts          (--phrases "a,b" | --phrases-file F) [--group-id G] [--from-earliest]
+                    [--max-idle S]
+
+Every ``cmd_*`` returns an exit code; bad input (unknown session, bad URL, unreadable
+file, bad duration) is one line on stderr and exit 2, never a traceback.
+
+Example::
+
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_arguments_transcript(p)
+    >>> p.parse_args(["call-1", "--format", "srt"]).format
+    'srt'
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from confluent_kafka import KafkaException
+
+from streamscribe.schemas.errors import StreamscribeError
+from streamscribe.settings import Settings
+
+Command = Callable[[Settings, argparse.Namespace], int]
+EXIT_BAD_INPUT: Final = 2
+EXIT_SLA_FAILED: Final = 3
+
+
+def _one_line_errors(name: str) -> Callable[[Command], Command]:
+    def wrap(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def run(settings: Settings, args: argparse.Namespace) -> int:
+            try:
+                return fn(settings, args)
+            except (StreamscribeError, KafkaException, ValueError, OSError) as exc:
+                sys.stderr.write(f"streamscribe {name}: error: {exc}\n")
+                return EXIT_BAD_INPUT
+
+        return run
+
+    return wrap
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="sqlite:///path.db or postgresql+psycopg://user@host/db (default STREAMSCRIBE_DB_URL)",
+    )
+
+
+def _consumer_args(p: argparse.ArgumentParser, default_group: str) -> None:
+    p.add_argument("--group-id", default=default_group, help=f"(default {default_group})")
+    p.add_argument(
+        "--from-earliest",
+        action="store_true",
+        help="a new group starts at the oldest message (default: only new ones)",
+    )
+    p.add_argument(
+        "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"
+    )
+
+
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------ sink
+def add_arguments_sink(p: argparse.ArgumentParser) -> None:
+    from streamscribe.consumers.sink import DEFAULT_BATCH_SIZE, DEFAULT_GROUP_ID
+
+    _db_arg(p)
+    _consumer_args(p, DEFAULT_GROUP_ID)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"messages per DB transaction (default {DEFAULT_BATCH_SIZE})",
+    )
+
+
+@_one_line_errors("sink")
+def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.consumers.sink import run_sink
+
+    stats = run_sink(
+        settings,
+        db_url=args.db,
+        group_id=args.group_id,
+        from_earliest=args.from_earliest,
+        max_idle_s=args.max_idle,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"stored {stats.finals_written} finals ({stats.finals_unchanged} unchanged replays), "
+        f"{stats.partials} partials, {stats.dead_letters} dead letters "
+        f"from {stats.messages} messages in {stats.batches} batches"
+    )
+    return 0
+
+
+# -------------------------------------------------------------------------------- sessions
+def add_arguments_sessions(p: argparse.ArgumentParser) -> None:
+    _db_arg(p)
+    p.add_argument("--limit", type=int, default=50, help="most recent N sessions (default 50)")
+
+
+@_one_line_errors("sessions")
+def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.consumers.conversation import list_sessions
+    from streamscribe.consumers.store import TranscriptStore
+
+    with TranscriptStore(args.db or settings.db_url, create=False) as store:
+        rows = list_sessions(store, args.limit)
+    print(f"{'session':36s} {'roles':24s} {'finals':>6s} {'length':>8s}  last seen (UTC)")
+    for s in rows:
+        roles = ",".join(s.roles[k] for k in sorted(s.roles, key=int))
+        print(
+            f"{s.session_id:36s} {roles:24s} {s.finals:6d} {s.end_ms / 1000:7.1f}s  "
+            f"{_iso(s.last_seen_us)}"
+        )
+    return 0
+
+
+# ------------------------------------------------------------------------------ transcript
+def add_arguments_transcript(p: argparse.ArgumentParser) -> None:
+    from streamscribe.consumers.conversation import FORMATS
+
+    p.add_argument("session", metavar="SESSION", help="session id (see `streamscribe sessions`)")
+    _db_arg(p)
+    p.add_argument("--format", choices=FORMATS, default="text", help="(default text)")
+
+
+@_one_line_errors("transcript")
+def cmd_transcript(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.consumers.conversation import load_conversation
+    from streamscribe.consumers.store import TranscriptStore
+
+    with TranscriptStore(args.db or settings.db_url, create=False) as store:
+        conv = load_conversation(store, args.session)
+    print(conv.render(args.format))
+    return 0
+
+
+# --------------------------------------------------------------------------------- metrics
+def add_arguments_metrics(p: argparse.ArgumentParser) -> None:
+    from streamscribe.consumers.metrics import DEFAULT_GROUP_ID, DEFAULT_WINDOW
+
+    p.add_argument("--port", type=int, help="port of /metrics (default STREAMSCRIBE_METRICS_PORT)")
+    _consumer_args(p, DEFAULT_GROUP_ID)
+    p.add_argument(
+        "--window",
+        default=DEFAULT_WINDOW,
+        help=f"sliding window: N finals or a duration like 5m (default {DEFAULT_WINDOW})",
+    )
+
+
+@_one_line_errors("metrics")
+def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.consumers.latency import parse_window
+    from streamscribe.consumers.metrics import run_metrics
+
+    parse_window(args.window)  # a bad window is bad input, before anything starts
+    stats = run_metrics(
+        settings,
+        port=args.port,
+        group_id=args.group_id,
+        from_earliest=args.from_earliest,
+        window=args.window,
+        max_idle_s=args.max_idle,
+    )
+    print(f"observed {stats.finals} finals, {stats.latency_records} with timestamps")
+    return 0
+
+
+# -------------------------------------------------------------------------- latency-report
+def add_arguments_latency_report(p: argparse.ArgumentParser) -> None:
+    _db_arg(p)
+    p.add_argument("--since", help="only finals stored since an ISO time or a duration ago (15m)")
+    p.add_argument("--png", metavar="FILE", help="also plot per-stage distributions")
+    p.add_argument("--sla-ms", type=float, help="SLA threshold (default STREAMSCRIBE_SLA_MS)")
+    p.add_argument(
+        "--sla-stage",
+        default=None,
+        help="series checked besides end_to_end (default eos_to_final: decided -> published)",
+    )
+    p.add_argument(
+        "--fail-on-violation",
+        action="store_true",
+        help=f"exit {EXIT_SLA_FAILED} when the SLA verdict is FAIL",
+    )
+
+
+@_one_line_errors("latency-report")
+def cmd_latency_report(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.consumers.latency import ALL_SERIES, DEFAULT_SLA_SPAN, END_TO_END, SlaSpec
+    from streamscribe.consumers.report import build_report, format_report, parse_since, plot_report
+    from streamscribe.consumers.store import TranscriptStore
+
+    stage = args.sla_stage or DEFAULT_SLA_SPAN
+    if stage not in ALL_SERIES:
+        raise ValueError(f"--sla-stage must be one of {', '.join(ALL_SERIES)}")
+    threshold = settings.sla_ms if args.sla_ms is None else args.sla_ms
+    series = (stage,) if stage == END_TO_END else (stage, END_TO_END)
+    spec = SlaSpec(threshold, settings.sla_violation_rate, series)
+    since = parse_since(args.since) if args.since else None
+    with TranscriptStore(args.db or settings.db_url, create=False) as store:
+        report = build_report(store, spec, since_us=since)
+    print(format_report(report))
+    if args.png:
+        path = plot_report(report, Path(args.png), threshold_ms=threshold)
+        print(f"plot: {path}")
+    return EXIT_SLA_FAILED if args.fail_on_violation and not report.ok else 0
+
+
+# ---------------------------------------------------------------------------------- alerts
+def add_arguments_alerts(p: argparse.ArgumentParser) -> None:
+    from streamscribe.consumers.alerts import DEFAULT_GROUP_ID
+
+    p.add_argument("--phrases", help='comma-separated phrases, e.g. "cancel my account,manager"')
+    p.add_argument("--phrases-file", metavar="FILE", help="one phrase a line (# comments)")
+    _consumer_args(p, DEFAULT_GROUP_ID)
+
+
+@_one_line_errors("alerts")
+def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.consumers.alerts import load_phrases, run_alerts
+
+    phrases = load_phrases(args.phrases, args.phrases_file)
+    if not phrases:
+        raise ValueError("no phrases: give --phrases or --phrases-file")
+    stats = run_alerts(
+        settings,
+        phrases=phrases,
+        group_id=args.group_id,
+        from_earliest=args.from_earliest,
+        max_idle_s=args.max_idle,
+    )
+    print(f"{stats.alerts} alerts from {stats.finals} finals")
+    return 0
+
+
+# -------------------------------------------------------------------------------- register
+COMMANDS: Final[dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Command]]] = {
+    "sink": ("store transcripts in SQLite/PostgreSQL", add_arguments_sink, cmd_sink),
+    "sessions": ("list stored sessions", add_arguments_sessions, cmd_sessions),
+    "transcript": (
+        "a stored session as a conversation",
+        add_arguments_transcript,
+        cmd_transcript,
+    ),
+    "metrics": ("per-stage latency as Prometheus metrics", add_arguments_metrics, cmd_metrics),
+    "latency-report": (
+        "per-stage latency and the SLA verdict from the store",
+        add_arguments_latency_report,
+        cmd_latency_report,
+    ),
+    "alerts": ("phrase alerts on final transcripts", add_arguments_alerts, cmd_alerts),
+}
+
+
+def register(sub: Any) -> None:
+    """Add the consumer commands to ``streamscribe``'s subparsers (``handler`` default set)."""
+    for name, (help_text, add_args, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        add_args(p)
+        p.set_defaults(handler=handler)

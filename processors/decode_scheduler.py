@@ -1,0 +1,161 @@
+"""One decode queue per worker, shared by all sessions: finals first, partials coalesced.
+
+``workers`` decodes run at a time, each in the ASR thread pool (never on the event loop).
+A final is never dropped and jumps ahead of every waiting partial. A partial replaces the
+waiting partial of the same line (only the newest is decoded), and a partial that waited
+longer than the policy allows is shed — so when the worker falls behind, the partial rate
+of each line falls and finals keep their latency.
+
+Example::
+
+    sched = DecodeScheduler(decode_fn, executor, workers=2)
+    await sched.start()
+    sched.submit_partial("s/0/3", audio, on_done)   # fire and forget
+    outcome = await sched.decode_final("s/0/3", audio)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DecodeFn = Callable[[str, Any], Any]  # (line_id, audio) -> decoded; runs in the executor
+
+
+@dataclass
+class DecodeOutcome:
+    result: Any = None
+    error: BaseException | None = None
+    start_us: int = 0
+    end_us: int = 0
+    waited_s: float = 0.0
+
+
+@dataclass
+class _Job:
+    line_id: str
+    audio: Any
+    final: bool
+    queued_at: float = field(default_factory=time.monotonic)
+    future: asyncio.Future[DecodeOutcome] | None = None
+    on_done: Callable[[DecodeOutcome], Awaitable[None]] | None = None
+
+
+@dataclass
+class SchedulerStats:
+    finals: int = 0
+    partials: int = 0
+    coalesced: int = 0
+    shed: int = 0
+    retries: int = 0
+
+
+class DecodeScheduler:
+    def __init__(
+        self,
+        decode: DecodeFn,
+        executor: Executor,
+        *,
+        workers: int = 2,
+        stale_after_s: float = 1.5,
+        retries: int = 1,
+    ) -> None:
+        self.decode = decode
+        self.executor = executor
+        self.workers = workers
+        self.stale_after_s = stale_after_s
+        self.retries = retries
+        self.stats = SchedulerStats()
+        self._finals: deque[_Job] = deque()
+        self._partials: OrderedDict[str, _Job] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._loop()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []
+
+    @property
+    def backlog(self) -> int:
+        return len(self._finals) + len(self._partials)
+
+    def submit_partial(
+        self, line_id: str, audio: Any, on_done: Callable[[DecodeOutcome], Awaitable[None]]
+    ) -> None:
+        if line_id in self._partials:
+            self.stats.coalesced += 1
+            del self._partials[line_id]
+        self._partials[line_id] = _Job(line_id, audio, final=False, on_done=on_done)
+        self._wake.set()
+
+    def cancel_partials(self, line_id: str) -> None:
+        self._partials.pop(line_id, None)
+
+    async def decode_final(self, line_id: str, audio: Any) -> DecodeOutcome:
+        self.cancel_partials(line_id)
+        fut: asyncio.Future[DecodeOutcome] = asyncio.get_running_loop().create_future()
+        self._finals.append(_Job(line_id, audio, final=True, future=fut))
+        self._wake.set()
+        await self.start()
+        return await fut
+
+    def _next(self) -> _Job | None:
+        if self._finals:
+            return self._finals.popleft()
+        now = time.monotonic()
+        while self._partials:
+            _, job = self._partials.popitem(last=False)
+            if now - job.queued_at <= self.stale_after_s:
+                return job
+            self.stats.shed += 1
+        return None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = self._next()
+            if job is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            out = DecodeOutcome(waited_s=time.monotonic() - job.queued_at)
+            out.start_us = time.time_ns() // 1000
+            for attempt in range(self.retries + 1):
+                try:
+                    out.result = await loop.run_in_executor(
+                        self.executor, self.decode, job.line_id, job.audio
+                    )
+                    out.error = None
+                    break
+                except Exception as exc:  # the model failed: retried, then reported
+                    out.error = exc
+                    if attempt < self.retries:
+                        self.stats.retries += 1
+                    log.warning(
+                        "decode of %s failed (attempt %d): %s", job.line_id, attempt + 1, exc
+                    )
+            out.end_us = time.time_ns() // 1000
+            if job.final:
+                self.stats.finals += 1
+                if job.future is not None and not job.future.done():
+                    job.future.set_result(out)
+            else:
+                self.stats.partials += 1
+                if job.on_done is not None:
+                    try:
+                        await job.on_done(out)
+                    except Exception:
+                        log.exception("publishing the partial of %s failed", job.line_id)

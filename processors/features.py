@@ -1,0 +1,229 @@
+"""Cheap acoustic features at 16 kHz: streaming log-mel energies and per-utterance summaries.
+
+:class:`StreamingLogMel` computes 40-band log-mel energies every 10 ms (160-sample hop,
+25 ms Hann window, 512-point FFT, librosa's mel filterbank without area normalisation, so
+the bands sum to ~1 across 20 Hz - 8 kHz). Framing is causal and on the absolute sample
+grid: frame ``j`` is the window ``[160 (j+1) - 400, 160 (j+1))`` of the stream (zeros before
+its start), so the frames do not depend on how the audio was chunked. Per frame it also
+gives the band power relative to full scale (a full-scale sine reads -3.01 dBFS), which is
+the segmenter's energy gate: frames far below speech level (default -70 dBFS) need no VAD
+call.
+
+:class:`SummaryAccumulator` collects, with bounded state, what :class:`UtteranceSummary`
+reports: duration, speech ratio, RMS loudness and peak in dBFS, and an SNR estimate
+(mean band power of the utterance's speech frames over the channel's noise floor).
+
+Example::
+
+    >>> import numpy as np
+    >>> mel = StreamingLogMel()
+    >>> tone = np.sin(2 * np.pi * 1000 * np.arange(1600) / 16000).astype(np.float32)
+    >>> frames = mel.push(tone)
+    >>> frames.log_mel.shape, round(float(frames.energy_dbfs[-1]), 2)
+    ((10, 40), -3.01)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Final
+
+import librosa
+import numpy as np
+import numpy.typing as npt
+
+from streamscribe.processors.reassembly import pack_state, unpack_state
+from streamscribe.schemas.pcm import Float32Array
+
+MEL_RATE: Final = 16000
+HOP_SAMPLES: Final = 160  # 10 ms
+WIN_SAMPLES: Final = 400  # 25 ms
+N_FFT: Final = 512
+N_MELS: Final = 40
+FMIN_HZ: Final = 20.0
+FMAX_HZ: Final = 8000.0
+POWER_FLOOR: Final = 1e-12  # -120 dBFS: log of digital silence
+NOISE_FLOOR_MIN: Final = 1e-10  # -100 dBFS: SNR is capped against this floor
+PCM16_FULL_SCALE: Final = 32768.0
+
+Float64Array = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class _MelBank:
+    window: Float64Array
+    filters: Float64Array  # [n_mels, n_fft // 2 + 1]
+    power_scale: float  # band power -> power relative to full scale
+
+
+@lru_cache(maxsize=4)
+def _mel_bank(n_mels: int = N_MELS) -> _MelBank:
+    window = librosa.filters.get_window("hann", WIN_SAMPLES, fftbins=True).astype(np.float64)
+    filters = librosa.filters.mel(
+        sr=MEL_RATE, n_fft=N_FFT, n_mels=n_mels, fmin=FMIN_HZ, fmax=FMAX_HZ, norm=None
+    ).astype(np.float64)
+    # Parseval for a one-sided spectrum: mean-square of the windowed frame re the window.
+    scale = 2.0 / (N_FFT * float(np.sum(window**2)))
+    return _MelBank(window=window, filters=filters, power_scale=scale)
+
+
+def to_db(power: npt.ArrayLike) -> Float64Array:
+    """``10 log10(power)`` floored at :data:`POWER_FLOOR` (-120 dB)."""
+    return 10.0 * np.log10(np.maximum(np.asarray(power, dtype=np.float64), POWER_FLOOR))
+
+
+@dataclass(frozen=True)
+class MelFrames:
+    """Frames completed by one :meth:`StreamingLogMel.push`."""
+
+    log_mel: npt.NDArray[np.float32]  # [n, n_mels], dB
+    power: Float64Array  # [n], band power relative to full scale (linear)
+    first_frame: int  # index of the first frame in the stream
+
+    @property
+    def energy_dbfs(self) -> Float64Array:
+        """Band power of each frame in dBFS."""
+        return to_db(self.power)
+
+
+class StreamingLogMel:
+    """Causal 10 ms log-mel frontend for one channel; state is 399 samples and a counter."""
+
+    def __init__(self, n_mels: int = N_MELS) -> None:
+        self.n_mels = n_mels
+        self._bank = _mel_bank(n_mels)
+        self.tail: Float32Array = np.zeros(WIN_SAMPLES - 1, dtype=np.float32)
+        self.n_seen = 0
+
+    def push(self, samples: Float32Array) -> MelFrames:
+        """Feed 16 kHz samples; return every frame whose window ends inside them."""
+        x = np.asarray(samples, dtype=np.float32)
+        buf = np.concatenate([self.tail, x])
+        base = self.n_seen - len(self.tail)  # stream index of buf[0]
+        n_new = self.n_seen + len(x)
+        first = self.n_seen // HOP_SAMPLES  # frame j ends at HOP * (j + 1)
+        last = n_new // HOP_SAMPLES  # exclusive
+        self.tail = buf[len(buf) - (WIN_SAMPLES - 1) :].copy()
+        self.n_seen = n_new
+        if last <= first:
+            return MelFrames(np.zeros((0, self.n_mels), np.float32), np.zeros(0), first_frame=first)
+        ends = HOP_SAMPLES * (np.arange(first, last) + 1) - base
+        idx = ends[:, None] - WIN_SAMPLES + np.arange(WIN_SAMPLES)[None, :]
+        frames = buf[idx].astype(np.float64) * self._bank.window
+        spec = np.fft.rfft(frames, n=N_FFT, axis=1)
+        mel = (spec.real**2 + spec.imag**2) @ self._bank.filters.T
+        power = mel.sum(axis=1) * self._bank.power_scale
+        log_mel = to_db(mel * self._bank.power_scale).astype(np.float32)
+        return MelFrames(log_mel=log_mel, power=power, first_frame=first)
+
+    def state_meta(self) -> dict[str, Any]:
+        """Scalars of the state (the tail travels as an array)."""
+        return {"n_seen": self.n_seen, "n_mels": self.n_mels}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], tail: npt.ArrayLike) -> StreamingLogMel:
+        """Inverse of :meth:`state_meta` + :attr:`tail`."""
+        m = cls(meta["n_mels"])
+        m.n_seen = meta["n_seen"]
+        m.tail = np.asarray(tail, dtype=np.float32).copy()
+        return m
+
+    def to_bytes(self) -> bytes:
+        """Compact state (1.6 KB)."""
+        return pack_state("logmel", self.state_meta(), {"tail": self.tail})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StreamingLogMel:
+        """Inverse of :meth:`to_bytes`."""
+        s = unpack_state(data, "logmel")
+        return cls.from_state(s.meta, s.arrays["tail"])
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+@dataclass(frozen=True)
+class UtteranceSummary:
+    """Acoustic summary of one utterance (levels in dBFS: a full-scale sine is -3.01)."""
+
+    duration_s: float
+    speech_ratio: float  # share of the duration the VAD called speech
+    loudness_dbfs: float  # RMS level
+    peak_dbfs: float
+    snr_db: float  # speech-frame band power over the channel's noise floor
+    noise_floor_dbfs: float
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain dict, rounded to 0.01 (for JSON messages)."""
+        return {k: round(v, 2) + 0.0 for k, v in asdict(self).items()}
+
+
+@dataclass
+class SummaryAccumulator:
+    """Bounded running sums behind :class:`UtteranceSummary` (state is a handful of numbers).
+
+    >>> acc = SummaryAccumulator()
+    >>> acc.add_audio(np.full(16000, 16384, np.int16))
+    >>> acc.add_frame(0.25, speech=True)
+    >>> s = acc.summary(noise_floor=0.25e-4, sample_rate=16000)
+    >>> s.to_dict()["duration_s"], s.to_dict()["loudness_dbfs"], s.to_dict()["snr_db"]
+    (1.0, -6.02, 40.0)
+    """
+
+    n_samples: int = 0
+    sum_sq: float = 0.0  # in full-scale units
+    peak: int = 0  # largest |pcm16|
+    frames: int = 0
+    speech_frames: int = 0
+    speech_power: float = 0.0  # sum of speech frames' band power
+    min_power: float | None = None
+    frame_samples: int = field(default=512)
+
+    def add_audio(self, pcm16: npt.NDArray[np.int16]) -> None:
+        """Account for emitted utterance audio."""
+        if len(pcm16) == 0:
+            return
+        x = pcm16.astype(np.float64) / PCM16_FULL_SCALE
+        self.n_samples += len(pcm16)
+        self.sum_sq += float(np.dot(x, x))
+        self.peak = max(self.peak, int(np.max(np.abs(pcm16.astype(np.int32)))))
+
+    def add_frame(self, power: float, speech: bool, sign: int = 1) -> None:
+        """Account for one VAD frame inside the utterance (``sign=-1`` takes it back)."""
+        self.frames += sign
+        if speech:
+            self.speech_frames += sign
+            self.speech_power += sign * power
+        if sign > 0:
+            self.min_power = power if self.min_power is None else min(self.min_power, power)
+
+    def summary(self, noise_floor: float | None, sample_rate: int) -> UtteranceSummary:
+        """The summary; ``noise_floor`` is the channel's estimate (band power), if any."""
+        floor = noise_floor if noise_floor is not None else (self.min_power or NOISE_FLOOR_MIN)
+        floor = max(floor, NOISE_FLOOR_MIN)
+        rms = math.sqrt(self.sum_sq / self.n_samples) if self.n_samples else 0.0
+        speech = self.speech_power / self.speech_frames if self.speech_frames else floor
+        ratio = (
+            min(1.0, self.speech_frames * self.frame_samples / self.n_samples)
+            if self.n_samples
+            else 0.0
+        )
+        return UtteranceSummary(
+            duration_s=self.n_samples / sample_rate,
+            speech_ratio=ratio,
+            loudness_dbfs=float(to_db(rms * rms)),
+            peak_dbfs=float(to_db((self.peak / PCM16_FULL_SCALE) ** 2)) + 0.0,
+            snr_db=float(to_db(speech) - to_db(floor)),
+            noise_floor_dbfs=float(to_db(floor)),
+        )
+
+    def to_meta(self) -> dict[str, Any]:
+        """JSON-able state."""
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> SummaryAccumulator:
+        """Inverse of :meth:`to_meta`."""
+        return cls(**meta)

@@ -1,0 +1,355 @@
+"""Jitter buffer: puts one channel's chunks back in ``seq`` order, declaring gaps deterministically.
+
+Chunks of a channel carry ``seq`` (0, 1, 2, ... contiguous) and ``position`` (the index of
+their first sample in the channel's stream). :class:`JitterBuffer` emits them in ``seq``
+order and
+
+- drops **duplicates** (a ``seq`` already emitted or already held);
+- holds chunks that arrive early (**reorders**), at most ``window_chunks`` of them;
+- declares a **gap** for the missing ``seq`` when the held chunks reach more than
+  ``gap_timeout_ms`` of stream time past the missing position, when the window overflows
+  (an **overrun**), when the end-of-stream chunk arrives, or on :meth:`JitterBuffer.flush`.
+  The :class:`Gap` carries the missing position and the number of silent samples to insert,
+  computed from positions, so timing after a gap stays exact. Every rule depends only on
+  the order of arrivals, never on wall-clock time, so a replay gives the same result;
+- drops chunks that arrive after their gap was declared (**late**).
+
+The end-of-stream chunk has a ``seq`` too (it may carry samples or none); once everything
+up to it is emitted the channel is :attr:`~JitterBuffer.finished`.
+
+This module also holds the compact state codec shared by all segmenter cores
+(:func:`pack_state` / :func:`unpack_state`): a small JSON header plus raw numpy buffers,
+never pickle, so that state can live in a changelog table.
+
+Example::
+
+    >>> jb = JitterBuffer()
+    >>> c = lambda s: Chunk(seq=s, position=1600 * s, n_samples=1600, sample_rate=16000)
+    >>> [type(i).__name__ + str(getattr(i, "seq", "")) for i in jb.push(c(1)) + jb.push(c(0))]
+    ['Chunk0', 'Chunk1']
+    >>> jb.counters.reorders
+    1
+    >>> restored = JitterBuffer.from_bytes(jb.to_bytes())
+    >>> restored.push(c(1)), restored.counters.duplicates
+    ([], 1)
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from streamscribe.schemas.errors import SegmenterError
+from streamscribe.schemas.pcm import PCM_S16LE
+
+DEFAULT_WINDOW_CHUNKS: Final = 8
+DEFAULT_GAP_TIMEOUT_MS: Final = 1000
+# How many declared gaps are remembered to tell a late chunk from a duplicate.
+RECENT_GAP_RANGES: Final = 16
+
+_STATE_MAGIC: Final = b"SSC1"
+_HEADER_LEN: Final = struct.Struct("<I")
+
+
+# --------------------------------------------------------------------------- state codec
+
+
+@dataclass(frozen=True)
+class PackedState:
+    """A decoded state blob: JSON-able ``meta`` plus named numpy ``arrays``."""
+
+    meta: dict[str, Any]
+    arrays: dict[str, npt.NDArray[Any]]
+
+
+def pack_state(
+    kind: str, meta: Mapping[str, Any], arrays: Mapping[str, npt.ArrayLike] | None = None
+) -> bytes:
+    """Serialise state as ``magic | u32 header length | JSON header | raw array bytes``.
+
+    Floats in ``meta`` round-trip exactly (JSON writes ``repr``). Arrays keep dtype and shape.
+
+    >>> blob = pack_state("demo", {"n": 3}, {"x": np.arange(3, dtype=np.int16)})
+    >>> s = unpack_state(blob, "demo")
+    >>> s.meta["n"], s.arrays["x"].tolist()
+    (3, [0, 1, 2])
+    """
+    specs: list[list[Any]] = []
+    bodies: list[bytes] = []
+    for name, value in (arrays or {}).items():
+        arr = np.ascontiguousarray(value)
+        dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        arr = arr.astype(dtype, copy=False)
+        specs.append([name, arr.dtype.str, list(arr.shape)])
+        bodies.append(arr.tobytes())
+    header = json.dumps({"k": kind, "m": dict(meta), "a": specs}, separators=(",", ":")).encode()
+    return b"".join([_STATE_MAGIC, _HEADER_LEN.pack(len(header)), header, *bodies])
+
+
+def unpack_state(data: bytes, kind: str) -> PackedState:
+    """Inverse of :func:`pack_state`; :class:`SegmenterError` if not a ``kind`` state blob."""
+    if data[:4] != _STATE_MAGIC or len(data) < 8:
+        raise SegmenterError(f"not a streamscribe state blob (expected {kind!r})", raw=data)
+    (hlen,) = _HEADER_LEN.unpack_from(data, 4)
+    try:
+        header = json.loads(data[8 : 8 + hlen])
+    except ValueError as exc:
+        raise SegmenterError(f"corrupt state header: {exc}", raw=data) from None
+    if header.get("k") != kind:
+        raise SegmenterError(f"state is a {header.get('k')!r}, expected {kind!r}", raw=data)
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    offset = 8 + hlen
+    for name, dtype_str, shape in header["a"]:
+        dtype = np.dtype(dtype_str)
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * dtype.itemsize
+        if offset + nbytes > len(data):
+            raise SegmenterError(f"state blob truncated in array {name!r}", raw=data)
+        arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+        arrays[name] = arr.copy()
+        offset += nbytes
+    return PackedState(meta=header["m"], arrays=arrays)
+
+
+# --------------------------------------------------------------------------- items
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of one channel as it arrives; ``payload`` is opaque to the jitter buffer."""
+
+    seq: int
+    position: int
+    n_samples: int
+    sample_rate: int
+    payload: bytes = b""
+    encoding: str = PCM_S16LE
+    end_of_stream: bool = False
+    duration_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Missing chunks, replaced by ``n_samples`` of silence starting at ``position``.
+
+    ``n_samples`` is at the source ``sample_rate`` and computed from positions
+    (next held chunk's position minus the expected position), so timing stays exact.
+    """
+
+    position: int
+    n_samples: int
+    sample_rate: int
+    first_missing_seq: int
+    missing_count: int
+    degraded: bool = True
+
+
+Item = Chunk | Gap
+
+
+@dataclass
+class ReassemblyCounters:
+    """Per-channel counters of the jitter buffer."""
+
+    chunks_in: int = 0
+    emitted: int = 0
+    reorders: int = 0  # chunks that arrived ahead of a missing seq and were held
+    duplicates: int = 0
+    gaps: int = 0
+    gap_samples: int = 0
+    late: int = 0  # arrived after their gap was declared, or after the end of stream
+    overruns: int = 0  # gaps forced because the window was full
+    misaligned: int = 0  # emitted chunks whose position was not where the stream stood
+
+    def to_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (for metrics and session events)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JitterConfig:
+    """Knobs of the jitter buffer (settings ``jitter_window_chunks``, ``gap_timeout_ms``)."""
+
+    window_chunks: int = DEFAULT_WINDOW_CHUNKS
+    gap_timeout_ms: int = DEFAULT_GAP_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        if self.window_chunks < 1 or self.gap_timeout_ms < 0:
+            raise ValueError("window_chunks must be >= 1 and gap_timeout_ms >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> JitterConfig:
+        """Build from a :class:`streamscribe.settings.Settings`."""
+        return cls(
+            window_chunks=settings.jitter_window_chunks, gap_timeout_ms=settings.gap_timeout_ms
+        )
+
+
+@dataclass
+class _GapRange:
+    first: int
+    end: int  # exclusive
+
+
+@dataclass
+class JitterBuffer:
+    """Per-(session, channel) reorder buffer; see the module docstring for the rules.
+
+    State is small: a few integers, at most ``window_chunks`` held chunks (usually none)
+    and the last :data:`RECENT_GAP_RANGES` gap ranges.
+    """
+
+    config: JitterConfig = field(default_factory=JitterConfig)
+    counters: ReassemblyCounters = field(default_factory=ReassemblyCounters)
+    next_seq: int = 0
+    next_position: int = 0
+    finished: bool = False
+    _held: dict[int, Chunk] = field(default_factory=dict)
+    _gap_ranges: list[_GapRange] = field(default_factory=list)
+
+    @property
+    def held(self) -> int:
+        """How many out-of-order chunks are waiting."""
+        return len(self._held)
+
+    def push(self, chunk: Chunk) -> list[Item]:
+        """Accept one arrival; return the items now ready, in stream order."""
+        self.counters.chunks_in += 1
+        out: list[Item] = []
+        if chunk.seq < self.next_seq or self.finished:
+            if (self.finished and chunk.seq >= self.next_seq) or self._in_gap(chunk.seq):
+                self.counters.late += 1
+            else:
+                self.counters.duplicates += 1
+            return out
+        if chunk.seq in self._held:
+            self.counters.duplicates += 1
+            return out
+        if chunk.seq == self.next_seq:
+            self._emit(chunk, out)
+        else:
+            self._held[chunk.seq] = chunk
+            self.counters.reorders += 1
+        self._drain(out)
+        eos_held = any(c.end_of_stream for c in self._held.values())
+        while self._held:
+            if len(self._held) > self.config.window_chunks:
+                self.counters.overruns += 1
+            elif not (eos_held or self._timed_out()):
+                break
+            self._declare_gap(out)
+            self._drain(out)
+        return out
+
+    def flush(self) -> list[Item]:
+        """Declare gaps for everything missing and emit all held chunks (idle / shutdown)."""
+        out: list[Item] = []
+        while self._held:
+            self._declare_gap(out)
+            self._drain(out)
+        return out
+
+    # ---------------------------------------------------------------- internals
+
+    def _in_gap(self, seq: int) -> bool:
+        return any(r.first <= seq < r.end for r in self._gap_ranges)
+
+    def _emit(self, chunk: Chunk, out: list[Item]) -> None:
+        if chunk.position != self.next_position:
+            self.counters.misaligned += 1
+        out.append(chunk)
+        self.counters.emitted += 1
+        self.next_seq = chunk.seq + 1
+        self.next_position = chunk.position + chunk.n_samples
+        if chunk.end_of_stream:
+            self.finished = True
+            late = [s for s in self._held if s > chunk.seq]
+            for s in late:
+                del self._held[s]
+            self.counters.late += len(late)
+
+    def _drain(self, out: list[Item]) -> None:
+        while not self.finished and self.next_seq in self._held:
+            self._emit(self._held.pop(self.next_seq), out)
+
+    def _timed_out(self) -> bool:
+        first = self._held[min(self._held)]
+        reach = max(c.position + c.n_samples for c in self._held.values())
+        timeout_samples = self.config.gap_timeout_ms * first.sample_rate // 1000
+        return reach - self.next_position > timeout_samples
+
+    def _declare_gap(self, out: list[Item]) -> None:
+        first_held = min(self._held)
+        chunk = self._held[first_held]
+        n = max(0, chunk.position - self.next_position)
+        out.append(
+            Gap(
+                position=self.next_position,
+                n_samples=n,
+                sample_rate=chunk.sample_rate,
+                first_missing_seq=self.next_seq,
+                missing_count=first_held - self.next_seq,
+            )
+        )
+        self.counters.gaps += 1
+        self.counters.gap_samples += n
+        self._gap_ranges.append(_GapRange(self.next_seq, first_held))
+        del self._gap_ranges[:-RECENT_GAP_RANGES]
+        self.next_seq = first_held
+        self.next_position = chunk.position
+
+    # ---------------------------------------------------------------- state
+
+    def to_bytes(self) -> bytes:
+        """Compact state: JSON header + held payloads as one byte array."""
+        held = sorted(self._held.values(), key=lambda c: c.seq)
+        meta = {
+            "next_seq": self.next_seq,
+            "next_position": self.next_position,
+            "finished": self.finished,
+            "counters": self.counters.to_dict(),
+            "gaps": [[r.first, r.end] for r in self._gap_ranges],
+            "held": [
+                [
+                    c.seq,
+                    c.position,
+                    c.n_samples,
+                    c.sample_rate,
+                    c.encoding,
+                    c.end_of_stream,
+                    c.duration_ms,
+                    len(c.payload),
+                ]
+                for c in held
+            ],
+        }
+        payloads = np.frombuffer(b"".join(c.payload for c in held), dtype=np.uint8)
+        return pack_state("jitter", meta, {"payloads": payloads} if held else None)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, config: JitterConfig | None = None) -> JitterBuffer:
+        """Restore a buffer saved by :meth:`to_bytes`."""
+        state = unpack_state(data, "jitter")
+        m = state.meta
+        blob = state.arrays["payloads"].tobytes() if "payloads" in state.arrays else b""
+        held: dict[int, Chunk] = {}
+        offset = 0
+        for seq, pos, n, sr, enc, eos, dur, length in m["held"]:
+            held[seq] = Chunk(seq, pos, n, sr, blob[offset : offset + length], enc, eos, dur)
+            offset += length
+        names = {f.name for f in fields(ReassemblyCounters)}
+        return cls(
+            config=config or JitterConfig(),
+            counters=ReassemblyCounters(**{k: v for k, v in m["counters"].items() if k in names}),
+            next_seq=m["next_seq"],
+            next_position=m["next_position"],
+            finished=m["finished"],
+            _held=held,
+            _gap_ranges=[_GapRange(a, b) for a, b in m["gaps"]],
+        )

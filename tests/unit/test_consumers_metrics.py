@@ -1,0 +1,90 @@
+"""Prometheus exposition of per-stage latency: parses, exact counts, sums and SLA gauges."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamscribe.consumers.latency import LatencyWindow, SlaSpec
+from streamscribe.consumers.metrics import LatencyMetrics, MetricsService
+from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript
+from streamscribe.settings import Settings
+
+T0 = 1_700_000_000_000_000
+
+
+def final(u: int, decode_ms: int, skew_us: int = 0) -> FinalTranscript:
+    deltas = [1_000 + skew_us, 1_000, 300_000, 1_000, decode_ms * 1000, 1_000]
+    ts, t = {TIMESTAMP_ORDER[0]: T0}, T0
+    for key, d in zip(TIMESTAMP_ORDER[1:], deltas, strict=True):
+        t += d
+        ts[key] = t
+    return FinalTranscript(
+        session_id="s", channel=0, role="agent", utterance=u, revision=1, text="x",
+        start_ms=0.0, end_ms=1.0, timestamps=ts,
+    )  # fmt: skip
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def observed(m: LatencyMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    for u in range(10):
+        # decode 100 ms x 8, 600 ms x 2; utterance 9 has the broker 3 ms behind the edge
+        rec = m.observe(final(u, 600 if u >= 8 else 100, -4_000 if u == 9 else 0), T0 + 10**6)
+        assert rec is not None
+    m.refresh()
+    return samples(m.exposition().decode())
+
+
+def test_exposition_parses_with_exact_values() -> None:
+    m = LatencyMetrics(LatencyWindow(max_records=100), SlaSpec(450.0, 0.05))
+    s = observed(m)
+    st = (("stage", "decode"),)
+    assert s[("streamscribe_stage_latency_ms_count", st)] == 10
+    assert s[("streamscribe_stage_latency_ms_sum", st)] == 8 * 100 + 2 * 600
+    assert s[("streamscribe_stage_latency_ms_bucket", (("le", "450.0"), *st))] == 8
+    assert s[("streamscribe_stage_latency_ms_bucket", (("le", "+Inf"), *st))] == 10
+    assert s[("streamscribe_latency_clamped_total", (("stage", "edge_to_broker"),))] == 1
+    assert s[("streamscribe_latency_clamped_total", (("stage", "decode"),))] == 0
+    assert s[("streamscribe_finals_total", ())] == 10
+    # eos_to_final = 1 + decode + 1 ms -> 2 of 10 over 450 ms
+    assert s[("streamscribe_sla_violation_rate", (("series", "eos_to_final"),))] == 0.2
+    assert s[("streamscribe_sla_ok", (("series", "eos_to_final"),))] == 0.0
+    assert s[("streamscribe_sla_threshold_ms", ())] == 450.0
+    q = (("quantile", "0.5"), ("stage", "decode"))
+    assert s[("streamscribe_stage_latency_window_ms", q)] == 100.0
+    assert s[("streamscribe_window_records", ())] == 10
+    e2e_count = s[("streamscribe_stage_latency_ms_count", (("stage", "end_to_end"),))]
+    assert e2e_count == 10
+
+
+def test_window_bounds_the_gauges_not_the_histograms() -> None:
+    m = LatencyMetrics(LatencyWindow(max_records=2), SlaSpec(450.0, 0.05))
+    s = observed(m)
+    assert s[("streamscribe_window_records", ())] == 2
+    assert s[("streamscribe_sla_violation_rate", (("series", "eos_to_final"),))] == 1.0
+    assert s[("streamscribe_stage_latency_ms_count", (("stage", "decode"),))] == 10
+
+
+def test_http_endpoint_serves_the_registry_and_counts_undecodable() -> None:
+    svc = MetricsService(Settings(), port=0, window="50")
+    port = svc.start_http()
+    try:
+        svc.handle([final(0, 100).encode(), b"not json", None, final(1, 200).encode()], T0 + 10**6)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            assert resp.status == 200
+            body = resp.read().decode()
+    finally:
+        svc.close()
+    s = samples(body)
+    assert s[("streamscribe_finals_total", ())] == 2
+    assert s[("streamscribe_undecodable_total", ())] == 2
+    assert s[("streamscribe_stage_latency_ms_sum", (("stage", "decode"),))] == 300.0
+    assert (svc.stats.messages, svc.stats.finals, svc.stats.undecodable) == (4, 2, 2)

@@ -1,0 +1,202 @@
+"""The transcript store on SQLite: idempotent upserts, revisions, partials, sessions, batching."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from streamscribe.consumers.store import SCHEMA_VERSION, TranscriptStore, schema_version
+from streamscribe.schemas.errors import SinkError
+from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
+
+
+def final(
+    u: int,
+    *,
+    rev: int = 1,
+    text: str | None = None,
+    ch: int = 0,
+    session: str = "call-1",
+    start_ms: float | None = None,
+    ts: dict[str, int] | None = None,
+) -> FinalTranscript:
+    start = u * 2000.0 if start_ms is None else start_ms
+    return FinalTranscript(
+        session_id=session,
+        channel=ch,
+        role=("agent", "customer")[ch],
+        utterance=u,
+        revision=rev,
+        text=f"line {u} rev {rev}" if text is None else text,
+        start_ms=start,
+        end_ms=start + 1500.0,
+        confidence=0.9,
+        timestamps=ts if ts is not None else {"captured_at_us": 1_000, "published_at_us": 81_000},
+        summary={"words": 3},
+        reason="endpoint",
+    )
+
+
+def partial(u: int, rev: int, text: str, ch: int = 1) -> PartialTranscript:
+    return PartialTranscript(
+        session_id="call-1",
+        channel=ch,
+        role=("agent", "customer")[ch],
+        utterance=u,
+        revision=rev,
+        text=text,
+        stable_text=text[:2],
+        start_ms=u * 2000.0,
+        end_ms=u * 2000.0 + 500,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[TranscriptStore]:
+    s = TranscriptStore(f"sqlite:///{tmp_path / 'db' / 't.db'}")
+    yield s
+    s.close()
+
+
+def rows(store: TranscriptStore, session: str = "call-1") -> list[tuple[int, int, int, str, int]]:
+    return [
+        (r.final.channel, r.final.utterance, r.final.revision, r.final.text, r.stored_at_us)
+        for r in store.finals(session)
+    ]
+
+
+def test_duplicates_and_out_of_order_finals_are_stored_once(store: TranscriptStore) -> None:
+    res = store.write([final(2), final(0), final(2), final(1)], stored_at_us=100)
+    assert (res.finals_in, res.finals_written, res.finals_unchanged) == (4, 3, 1)
+    res = store.write([final(1), final(0), final(3), final(2)], stored_at_us=200)
+    assert (res.finals_written, res.finals_unchanged) == (1, 3)
+    assert rows(store) == [
+        (0, 0, 1, "line 0 rev 1", 100),
+        (0, 1, 1, "line 1 rev 1", 100),
+        (0, 2, 1, "line 2 rev 1", 100),
+        (0, 3, 1, "line 3 rev 1", 200),
+    ]
+    assert store.counts() == {
+        "sessions": 1,
+        "channels": 1,
+        "utterances": 4,
+        "partials": 0,
+        "latency": 4,
+    }
+
+
+def test_higher_revision_updates_lower_or_equal_does_not(store: TranscriptStore) -> None:
+    store.write([final(0, rev=2, text="two")], stored_at_us=100)
+    res = store.write(
+        [final(0, rev=1, text="one"), final(0, rev=2, text="two again")], stored_at_us=200
+    )
+    assert res.finals_written == 0
+    assert rows(store) == [(0, 0, 2, "two", 100)]
+    res = store.write([final(0, rev=3, text="three")], stored_at_us=300)
+    assert res.finals_written == 1
+    assert rows(store) == [(0, 0, 3, "three", 300)]
+    f = store.finals("call-1")[0].final
+    assert (f.reason, f.summary, f.confidence, f.role) == ("endpoint", {"words": 3}, 0.9, "agent")
+
+
+def test_within_one_batch_the_highest_revision_wins(store: TranscriptStore) -> None:
+    res = store.write(
+        [final(0, rev=1, text="a"), final(0, rev=3, text="c"), final(0, rev=2, text="b")],
+        stored_at_us=10,
+    )
+    assert (res.finals_in, res.finals_written) == (3, 1)
+    assert rows(store) == [(0, 0, 3, "c", 10)]
+
+
+def test_partials_keep_the_latest_and_vanish_with_the_final(store: TranscriptStore) -> None:
+    store.write(
+        [partial(0, 1, "he"), partial(0, 3, "hello th"), partial(0, 2, "hel")], stored_at_us=10
+    )
+    assert [(p.revision, p.text) for p in store.partials("call-1")] == [(3, "hello th")]
+    store.write([partial(0, 2, "stale")], stored_at_us=20)
+    assert [p.text for p in store.partials("call-1")] == ["hello th"]
+    store.write([final(0, ch=1, text="hello there"), partial(1, 1, "ne")], stored_at_us=30)
+    assert [(p.utterance, p.text) for p in store.partials("call-1")] == [(1, "ne")]
+    assert store.counts()["partials"] == 1
+
+
+def test_sessions_channels_and_roles(store: TranscriptStore) -> None:
+    store.write([final(0, ch=0)], stored_at_us=100)
+    store.write([final(0, ch=1), final(1, ch=1)], stored_at_us=300)
+    store.write([final(0, ch=0)], stored_at_us=999)  # a replay touches nothing
+    [s] = store.sessions()
+    assert (s.session_id, s.first_seen_us, s.last_seen_us, s.channels) == ("call-1", 100, 300, 2)
+    assert s.roles == {"0": "agent", "1": "customer"}
+    assert (s.finals, s.end_ms) == (3, 3500.0)
+    store.write([final(0, session="call-2")], stored_at_us=500)
+    assert [x.session_id for x in store.sessions(limit=5)] == ["call-2", "call-1"]
+    assert [x.session_id for x in store.sessions(limit=1)] == ["call-2"]
+    assert store.session("nope") is None
+
+
+def test_latency_rows_follow_the_written_revision(store: TranscriptStore) -> None:
+    ts = {"captured_at_us": 0, "decided_at_us": 300_000, "published_at_us": 400_000}
+    store.write([final(0, ts=ts)], stored_at_us=410_000)
+    [rec] = store.latency_records()
+    assert rec.stages_ms == {
+        "processor_to_decision": 300.0,
+        "decode_to_publish": 100.0,
+        "publish_to_sink": 10.0,
+    }
+    assert rec.end_to_end_ms == 410.0
+    store.write([final(0, ts=ts)], stored_at_us=990_000)  # replay: unchanged
+    assert store.latency_records()[0].end_to_end_ms == 410.0
+    store.write([final(0, rev=2, ts={})], stored_at_us=990_000)  # no timestamps: no figures
+    assert store.latency_records() == []
+    assert store.latency_records(since_us=1) == []
+
+
+def test_write_batched_bounds_events_per_transaction(store: TranscriptStore) -> None:
+    commits: list[int] = []
+    sa.event.listen(store.engine, "commit", lambda conn: commits.append(1))
+    events = [final(u) for u in range(23)]
+    res = store.write_batched(events, batch_size=10, stored_at_us=5)
+    assert (res.finals_in, res.finals_written) == (23, 23)
+    assert len(commits) == 3
+    with pytest.raises(ValueError):
+        store.write_batched(events, batch_size=0)
+
+
+def test_schema_version_and_newer_database_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    s = TranscriptStore(url)
+    assert s.schema_version() == SCHEMA_VERSION
+    with s.engine.begin() as conn:
+        conn.execute(schema_version.insert().values(version=SCHEMA_VERSION + 1, applied_at_us=0))
+    s.close()
+    with pytest.raises(SinkError, match="newer than this streamscribe"):
+        TranscriptStore(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "bad database URL"),
+        ("mysql://u@h/db", "unsupported database 'mysql'"),
+        ("sqlite:////nonexistent-dir-xyz/t.db", "no transcript database"),
+    ],
+)
+def test_bad_urls_are_sink_errors(url: str, message: str) -> None:
+    with pytest.raises(SinkError, match=message):
+        TranscriptStore(url, create=False)
+
+
+def test_concurrent_first_opens_create_one_schema(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        stores = list(pool.map(lambda _: TranscriptStore(url), range(12)))
+    with stores[0].engine.connect() as conn:
+        versions = conn.execute(sa.select(schema_version.c.version)).scalars().all()
+    assert versions == [SCHEMA_VERSION]
+    for s in stores:
+        s.close()
