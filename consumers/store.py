@@ -12,20 +12,29 @@ Tables::
     channels   (session_id, channel, role)                             PK (session_id, channel)
     utterances (session_id, channel, utterance, role, text, start_ms, end_ms, confidence,
                 error, revision, reason, degraded, summary JSON, timestamps JSON,
-                stored_at_us)                              PK (session_id, channel, utterance)
+                published_at_us, stored_at_us)             PK (session_id, channel, utterance)
     partials   (same key; the latest partial of a line that has no final yet)
     latency    (same key; revision, one <stage>_ms column per stage, end_to_end_ms,
                 clamped, stored_at_us)
 
-Idempotence: a final is upserted under ``(session_id, channel, utterance)`` with the
-dialect's ``INSERT .. ON CONFLICT DO UPDATE .. WHERE stored.revision < new.revision``
-(only lines newer than the stored revisions are sent, see ``_upsert_newer``): a
-replayed or duplicated final changes nothing (not even ``stored_at_us``), a higher
-revision (re-transcription) replaces the row, an equal or lower one is ignored. Within
-one batch the highest revision of a line wins (the first one seen on a tie). Sessions,
-channels and latency rows are touched only for finals actually written. Every call of
-:meth:`TranscriptStore.write` is one transaction; :meth:`~TranscriptStore.write_batched`
-bounds the events per transaction.
+Which final wins (:func:`supersedes`): a final replaces the stored row of its line
+``(session_id, channel, utterance)`` when it was **published later** — its
+``timestamps["published_at_us"]`` (kept in the ``published_at_us`` column) is greater
+than the stored one; when either side lacks that timestamp, a higher ``revision`` wins.
+So a duplicate or replay of the same event (same publish time) changes nothing, not even
+``stored_at_us``; an older event arriving late changes nothing; a re-transcription (a
+new processors group run ``--from-earliest``: same keys, revisions that need not be
+higher, later publish times) updates the row. The rule is applied twice: the stored
+state of the batch's sessions is read first so that only winning lines are sent, and the
+dialect's ``INSERT .. ON CONFLICT DO UPDATE .. WHERE <stored loses>`` guards against a
+concurrent writer. Within one batch the latest published final of a line wins (the first
+one seen on a tie). Partials keep the highest revision of a line that has no final; a
+partial of a line already final is ignored. Sessions, channels and latency rows are
+touched only for events actually written. Every call of :meth:`TranscriptStore.write` is
+one transaction; :meth:`~TranscriptStore.write_batched` bounds the events per transaction.
+
+Schema versions: v1 the tables above without ``utterances.published_at_us``; v2 adds it
+(backfilled from ``timestamps``). Opening an older database migrates it (``MIGRATIONS``).
 
 Example::
 
@@ -68,9 +77,8 @@ from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript,
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
-#: version -> function that migrates a database from ``version - 1`` to ``version``.
-MIGRATIONS: Final[dict[int, Callable[[Connection], None]]] = {}
+SCHEMA_VERSION: Final = 2
+PUBLISHED_AT: Final = "published_at_us"
 SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 SCHEMA_ATTEMPTS: Final = 5
@@ -127,6 +135,7 @@ utterances = sa.Table(
     sa.Column("degraded", sa.Boolean, nullable=False),
     sa.Column("summary", sa.JSON),
     sa.Column("timestamps", sa.JSON, nullable=False),
+    sa.Column(PUBLISHED_AT, sa.BigInteger),  # timestamps["published_at_us"]; None if absent
     sa.Column("stored_at_us", sa.BigInteger, nullable=False),
 )
 
@@ -159,19 +168,39 @@ _KEY: Final = ("session_id", "channel", "utterance")
 LineKey = tuple[str, int, int]
 
 
+def _migrate_v2_published_at(conn: Connection) -> None:
+    """v2: ``utterances.published_at_us``, backfilled from the ``timestamps`` JSON.
+
+    Idempotent (the column may exist already when a concurrent opener raced us).
+    """
+    have = {c["name"] for c in sa.inspect(conn).get_columns("utterances")}
+    if PUBLISHED_AT not in have:
+        conn.execute(sa.text(f"ALTER TABLE utterances ADD COLUMN {PUBLISHED_AT} BIGINT"))
+    published = sa.cast(utterances.c.timestamps[PUBLISHED_AT].as_string(), sa.BigInteger)
+    conn.execute(
+        utterances.update()
+        .where(utterances.c.published_at_us.is_(None))
+        .values(published_at_us=published)
+    )
+
+
+#: version -> function that migrates a database from ``version - 1`` to ``version``.
+MIGRATIONS: Final[dict[int, Callable[[Connection], None]]] = {2: _migrate_v2_published_at}
+
+
 @dataclass(frozen=True)
 class WriteResult:
     """What one :meth:`TranscriptStore.write` did."""
 
     finals_in: int = 0
-    finals_written: int = 0  # inserted or replaced by a higher revision
+    finals_written: int = 0  # inserted, or replaced a row published earlier
     partials_in: int = 0
     partials_written: int = 0
     sessions_touched: int = 0
 
     @property
     def finals_unchanged(self) -> int:
-        """Finals that changed nothing (replays, duplicates, stale revisions)."""
+        """Finals that changed nothing (replays, duplicates, late older events)."""
         return self.finals_in - self.finals_written
 
     def __add__(self, other: WriteResult) -> WriteResult:
@@ -208,13 +237,46 @@ class SessionInfo:
 _Ev = TypeVar("_Ev", FinalTranscript, PartialTranscript)
 
 
-def _dedupe(events: Iterable[_Ev]) -> dict[LineKey, _Ev]:
-    """Highest revision per line; the first one seen wins a tie."""
+def _published_at(f: TranscriptEvent) -> int | None:
+    t = f.timestamps.get(PUBLISHED_AT)
+    return None if t is None else int(t)
+
+
+def supersedes(
+    new_published_at_us: int | None,
+    new_revision: int,
+    old_published_at_us: int | None,
+    old_revision: int,
+) -> bool:
+    """Whether a final replaces a stored one of the same line (see the module doc).
+
+    >>> supersedes(2_000, 1, 1_000, 3)  # published later: a re-transcription
+    True
+    >>> supersedes(1_000, 1, 1_000, 1), supersedes(900, 5, 1_000, 1)  # replay; late and older
+    (False, False)
+    >>> supersedes(None, 2, 1_000, 1)  # no publish time: the revision decides
+    True
+    """
+    if new_published_at_us is not None and old_published_at_us is not None:
+        return new_published_at_us > old_published_at_us
+    return new_revision > old_revision
+
+
+def _final_wins(new: FinalTranscript, old: FinalTranscript) -> bool:
+    return supersedes(_published_at(new), new.revision, _published_at(old), old.revision)
+
+
+def _partial_wins(new: PartialTranscript, old: PartialTranscript) -> bool:
+    return new.revision > old.revision
+
+
+def _dedupe(events: Iterable[_Ev], wins: Callable[[_Ev, _Ev], bool]) -> dict[LineKey, _Ev]:
+    """The winning event per line; the first one seen wins a tie."""
     best: dict[LineKey, _Ev] = {}
     for ev in events:
         k = (ev.session_id, ev.channel, ev.utterance)
         cur = best.get(k)
-        if cur is None or ev.revision > cur.revision:
+        if cur is None or wins(ev, cur):
             best[k] = ev
     return best
 
@@ -239,6 +301,7 @@ def _final_row(f: FinalTranscript, stored_at_us: int) -> dict[str, Any]:
         "degraded": f.degraded,
         "summary": f.summary,
         "timestamps": dict(f.timestamps),
+        PUBLISHED_AT: _published_at(f),
         "stored_at_us": stored_at_us,
     }
 
@@ -382,12 +445,15 @@ class TranscriptStore:
         Raises :class:`SinkError` if the database fails (nothing of the batch is kept).
         """
         at = now_us() if stored_at_us is None else stored_at_us
-        finals = _dedupe(e for e in events if isinstance(e, FinalTranscript))
+        finals = _dedupe((e for e in events if isinstance(e, FinalTranscript)), _final_wins)
         parts = _dedupe(
-            e
-            for e in events
-            if isinstance(e, PartialTranscript)
-            and (e.session_id, e.channel, e.utterance) not in finals
+            (
+                e
+                for e in events
+                if isinstance(e, PartialTranscript)
+                and (e.session_id, e.channel, e.utterance) not in finals
+            ),
+            _partial_wins,
         )
         n_finals = sum(isinstance(e, FinalTranscript) for e in events)
         n_partials = sum(isinstance(e, PartialTranscript) for e in events)
@@ -395,12 +461,8 @@ class TranscriptStore:
             return WriteResult(finals_in=n_finals, partials_in=n_partials)
         try:
             with self.engine.begin() as conn:
-                written = self._upsert_newer(
-                    conn, utterances, list(finals.values()), _final_row, at
-                )
-                p_written = self._upsert_newer(
-                    conn, partials, list(parts.values()), _partial_row, at
-                )
+                written = self._upsert_finals(conn, list(finals.values()), at)
+                p_written = self._upsert_partials(conn, list(parts.values()), at)
                 touched = {k[0] for k in written} | {k[0] for k in p_written}
                 if written:
                     self._write_latency(conn, [finals[k] for k in written], at)
@@ -424,41 +486,73 @@ class TranscriptStore:
             total += self.write(events[i : i + batch_size], stored_at_us=stored_at_us)
         return total
 
-    def _upsert_newer(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        events: Sequence[_Ev],
-        to_row: Callable[[_Ev, int], dict[str, Any]],
-        at: int,
+    def _upsert_finals(
+        self, conn: Connection, finals: Sequence[FinalTranscript], at: int
     ) -> list[LineKey]:
-        """Upsert the events newer than what is stored; returns the keys written.
+        """Upsert the finals that supersede what is stored; returns the keys written.
 
-        The stored revisions of the batch's sessions are read first so that only newer
-        lines are sent (one prepared statement, executemany: much cheaper than a huge
-        multi-row INSERT .. RETURNING); the ON CONFLICT .. WHERE guard keeps a concurrent
-        writer from being overwritten by an older revision all the same.
+        The stored state of the batch's sessions is read first so that only winning lines
+        are sent (one prepared statement, executemany: much cheaper than a huge multi-row
+        INSERT .. RETURNING); the ON CONFLICT .. WHERE guard (the same rule in SQL) keeps
+        a concurrent writer's later final from being overwritten all the same.
         """
-        if not events:
+        if not finals:
             return []
-        have = self._revisions(conn, table, {e.session_id for e in events})
-        newer = [e for e in events if have.get(_key(e), -1) < e.revision]
+        c = utterances.c
+        q = sa.select(c.session_id, c.channel, c.utterance, c.revision, c.published_at_us)
+        q = q.where(c.session_id.in_(sorted({f.session_id for f in finals})))
+        have = {(r[0], r[1], r[2]): (r[4], r[3]) for r in conn.execute(q)}
+        newer = [
+            f
+            for f in finals
+            if _key(f) not in have or supersedes(_published_at(f), f.revision, *have[_key(f)])
+        ]
         if newer:
-            stmt = self._insert(table)
-            update = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in _KEY}
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(_KEY),
-                set_=update,
-                where=table.c.revision < stmt.excluded.revision,
+            stmt = self._insert(utterances)
+            new = stmt.excluded
+            both_published = sa.and_(
+                c.published_at_us.is_not(None), new.published_at_us.is_not(None)
             )
-            conn.execute(stmt, [to_row(e, at) for e in newer])
+            stored_loses = sa.case(
+                (both_published, c.published_at_us < new.published_at_us),
+                else_=c.revision < new.revision,
+            )
+            self._upsert(conn, utterances, stmt, stored_loses, [_final_row(f, at) for f in newer])
+        return [_key(f) for f in newer]
+
+    def _upsert_partials(
+        self, conn: Connection, parts: Sequence[PartialTranscript], at: int
+    ) -> list[LineKey]:
+        """Upsert partials of a higher revision, skipping lines that already have a final."""
+        if not parts:
+            return []
+        sids = sorted({p.session_id for p in parts})
+        finished = {
+            (r[0], r[1], r[2])
+            for r in conn.execute(
+                sa.select(
+                    utterances.c.session_id, utterances.c.channel, utterances.c.utterance
+                ).where(utterances.c.session_id.in_(sids))
+            )
+        }
+        p = partials.c
+        q = sa.select(p.session_id, p.channel, p.utterance, p.revision)
+        have = {(r[0], r[1], r[2]): r[3] for r in conn.execute(q.where(p.session_id.in_(sids)))}
+        newer = [e for e in parts if _key(e) not in finished and have.get(_key(e), -1) < e.revision]
+        if newer:
+            stmt = self._insert(partials)
+            guard = p.revision < stmt.excluded.revision
+            self._upsert(conn, partials, stmt, guard, [_partial_row(e, at) for e in newer])
         return [_key(e) for e in newer]
 
     @staticmethod
-    def _revisions(conn: Connection, table: sa.Table, session_ids: set[str]) -> dict[LineKey, int]:
-        q = sa.select(table.c.session_id, table.c.channel, table.c.utterance, table.c.revision)
-        q = q.where(table.c.session_id.in_(sorted(session_ids)))
-        return {(r[0], r[1], r[2]): r[3] for r in conn.execute(q)}
+    def _upsert(
+        conn: Connection, table: sa.Table, stmt: Any, where: Any, rows: list[dict[str, Any]]
+    ) -> None:
+        update = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in _KEY}
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=list(_KEY), set_=update, where=where), rows
+        )
 
     def _write_latency(self, conn: Connection, finals: list[FinalTranscript], at: int) -> None:
         rows, missing = [], []

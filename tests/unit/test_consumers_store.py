@@ -1,4 +1,5 @@
-"""The transcript store on SQLite: idempotent upserts, revisions, partials, sessions, batching."""
+"""The transcript store on SQLite: idempotent upserts, the later-publish rule (replays,
+late older events, re-transcriptions), partials, sessions, batching, schema migration."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from streamscribe.consumers import store as store_module
 from streamscribe.consumers.store import SCHEMA_VERSION, TranscriptStore, schema_version
 from streamscribe.schemas.errors import SinkError
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
@@ -22,7 +24,9 @@ def final(
     session: str = "call-1",
     start_ms: float | None = None,
     ts: dict[str, int] | None = None,
+    pub: int = 81_000,
 ) -> FinalTranscript:
+    """A final published at ``pub`` (unless ``ts`` gives the whole timestamp dict)."""
     start = u * 2000.0 if start_ms is None else start_ms
     return FinalTranscript(
         session_id=session,
@@ -34,7 +38,7 @@ def final(
         start_ms=start,
         end_ms=start + 1500.0,
         confidence=0.9,
-        timestamps=ts if ts is not None else {"captured_at_us": 1_000, "published_at_us": 81_000},
+        timestamps=ts if ts is not None else {"captured_at_us": 1_000, "published_at_us": pub},
         summary={"words": 3},
         reason="endpoint",
     )
@@ -88,27 +92,105 @@ def test_duplicates_and_out_of_order_finals_are_stored_once(store: TranscriptSto
     }
 
 
-def test_higher_revision_updates_lower_or_equal_does_not(store: TranscriptStore) -> None:
-    store.write([final(0, rev=2, text="two")], stored_at_us=100)
+def published(store: TranscriptStore) -> list[int | None]:
+    with store.engine.connect() as conn:
+        q = sa.select(store_module.utterances.c.published_at_us).order_by(
+            store_module.utterances.c.channel, store_module.utterances.c.utterance
+        )
+        return list(conn.execute(q).scalars())
+
+
+def test_a_later_publish_replaces_the_row_an_equal_or_earlier_one_does_not(
+    store: TranscriptStore,
+) -> None:
+    store.write([final(0, rev=2, text="two", pub=5_000)], stored_at_us=100)
     res = store.write(
-        [final(0, rev=1, text="one"), final(0, rev=2, text="two again")], stored_at_us=200
+        [
+            final(0, rev=2, text="two again", pub=5_000),  # duplicate / replay: same publish
+            final(0, rev=9, text="older", pub=4_000),  # late and older, even at a higher rev
+        ],
+        stored_at_us=200,
+    )
+    assert (res.finals_written, res.finals_unchanged, res.sessions_touched) == (0, 2, 0)
+    assert rows(store) == [(0, 0, 2, "two", 100)]
+    # a re-transcription: same key, a lower revision, published later -> replaces the row
+    res = store.write([final(0, rev=1, text="retranscribed", pub=6_000)], stored_at_us=300)
+    assert (res.finals_written, res.sessions_touched) == (1, 1)
+    assert rows(store) == [(0, 0, 1, "retranscribed", 300)]
+    assert published(store) == [6_000]
+    f = store.finals("call-1")[0].final
+    assert (f.reason, f.summary, f.confidence, f.role) == ("endpoint", {"words": 3}, 0.9, "agent")
+    assert f.timestamps == {"captured_at_us": 1_000, "published_at_us": 6_000}
+    assert store.counts()["utterances"] == 1
+
+
+def test_without_a_publish_time_the_revision_decides(store: TranscriptStore) -> None:
+    store.write([final(0, rev=2, text="two", ts={})], stored_at_us=100)
+    res = store.write(
+        [final(0, rev=2, text="same rev", pub=9_000), final(0, rev=1, text="lower", ts={})],
+        stored_at_us=200,
     )
     assert res.finals_written == 0
     assert rows(store) == [(0, 0, 2, "two", 100)]
-    res = store.write([final(0, rev=3, text="three")], stored_at_us=300)
-    assert res.finals_written == 1
+    assert published(store) == [None]
+    store.write([final(0, rev=3, text="three", pub=9_000)], stored_at_us=300)
     assert rows(store) == [(0, 0, 3, "three", 300)]
-    f = store.finals("call-1")[0].final
-    assert (f.reason, f.summary, f.confidence, f.role) == ("endpoint", {"words": 3}, 0.9, "agent")
+    assert published(store) == [9_000]
+    store.write([final(0, rev=4, text="four", ts={})], stored_at_us=400)  # stored has one
+    assert rows(store) == [(0, 0, 4, "four", 400)]
+    assert published(store) == [None]
 
 
-def test_within_one_batch_the_highest_revision_wins(store: TranscriptStore) -> None:
+def test_the_sql_guard_alone_applies_the_rule(
+    store: TranscriptStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the read-first filter disabled (as when a concurrent writer got in between),
+    the ON CONFLICT .. WHERE guard still keeps the later final."""
+    store.write([final(0, pub=5_000, text="kept"), final(1, ts={}, rev=2)], stored_at_us=100)
+    monkeypatch.setattr(store_module, "supersedes", lambda *a: True)
+    store.write(
+        [
+            final(0, rev=7, pub=5_000, text="replay"),
+            final(1, rev=1, ts={}, text="lower"),
+            final(2, pub=1, text="new line"),
+        ],
+        stored_at_us=200,
+    )
+    assert rows(store) == [
+        (0, 0, 1, "kept", 100),
+        (0, 1, 2, "line 1 rev 2", 100),
+        (0, 2, 1, "new line", 200),
+    ]
+    store.write([final(0, rev=1, pub=5_001, text="later")], stored_at_us=300)
+    assert rows(store)[0] == (0, 0, 1, "later", 300)
+
+
+def test_within_one_batch_the_latest_publish_wins(store: TranscriptStore) -> None:
     res = store.write(
-        [final(0, rev=1, text="a"), final(0, rev=3, text="c"), final(0, rev=2, text="b")],
+        [
+            final(0, rev=3, text="a", pub=100),
+            final(0, rev=1, text="c", pub=300),
+            final(0, rev=2, text="b", pub=200),
+            final(0, rev=5, text="c tie", pub=300),  # a tie: the first one seen stays
+        ],
         stored_at_us=10,
     )
-    assert (res.finals_in, res.finals_written) == (3, 1)
-    assert rows(store) == [(0, 0, 3, "c", 10)]
+    assert (res.finals_in, res.finals_written) == (4, 1)
+    assert rows(store) == [(0, 0, 1, "c", 10)]
+    res = store.write(
+        [final(1, rev=1, text="x", ts={}), final(1, rev=3, text="z", ts={})], stored_at_us=20
+    )
+    assert rows(store)[1] == (0, 1, 3, "z", 20)
+
+
+def test_a_replayed_partial_of_a_finished_line_changes_nothing(store: TranscriptStore) -> None:
+    store.write([partial(0, 1, "he"), partial(1, 1, "ot")], stored_at_us=10)
+    store.write([final(0, ch=1, text="hello")], stored_at_us=20)
+    res = store.write([partial(0, 1, "he"), partial(0, 2, "hel")], stored_at_us=30)
+    assert (res.partials_in, res.partials_written, res.sessions_touched) == (2, 0, 0)
+    assert [(p.utterance, p.text) for p in store.partials("call-1")] == [(1, "ot")]
+    [s] = store.sessions()
+    assert (s.first_seen_us, s.last_seen_us) == (10, 20)
 
 
 def test_partials_keep_the_latest_and_vanish_with_the_final(store: TranscriptStore) -> None:
@@ -174,6 +256,29 @@ def test_schema_version_and_newer_database_refused(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(SinkError, match="newer than this streamscribe"):
         TranscriptStore(url)
+
+
+def test_a_v1_database_is_migrated_and_backfilled(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    with TranscriptStore(url) as s:
+        s.write([final(0, pub=5_000), final(1, ts={"captured_at_us": 7})], stored_at_us=100)
+        with s.engine.begin() as conn:  # back to the v1 schema: no published_at_us column
+            conn.execute(sa.text("ALTER TABLE utterances DROP COLUMN published_at_us"))
+            conn.execute(schema_version.update().values(version=1))
+            cols = {c["name"] for c in sa.inspect(conn).get_columns("utterances")}
+            assert "published_at_us" not in cols
+    with TranscriptStore(url) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 2
+        with s.engine.connect() as conn:
+            versions = conn.execute(sa.select(schema_version.c.version)).scalars().all()
+        assert sorted(versions) == [1, 2]
+        assert published(s) == [5_000, None]
+        res = s.write(
+            [final(0, pub=5_000, text="replay"), final(1, rev=1, ts={})], stored_at_us=200
+        )
+        assert res.finals_written == 0
+        s.write([final(0, pub=6_000, text="later")], stored_at_us=300)
+        assert [r[3:] for r in rows(s)] == [("later", 300), ("line 1 rev 1", 100)]
 
 
 @pytest.mark.parametrize(
