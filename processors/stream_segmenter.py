@@ -178,7 +178,11 @@ class StreamSegmenter:
             results.append(res)
             try:
                 first = b.state is None
-                st = self.new_state(b.arrivals[0].chunk.role) if first else self.load(b.state)
+                st = (
+                    self.new_state(b.arrivals[0].chunk.role)
+                    if b.state is None
+                    else self.load(b.state)
+                )
                 queue: list[tuple[Item, Arrival]] = []
                 for a in b.arrivals:
                     if first and a is b.arrivals[0]:
@@ -376,7 +380,7 @@ class StreamSegmenter:
             st.parts[ev.utterance] = part + 1
             return UtteranceMessage(
                 kind=KIND_UPDATE, end_sample=ev.end_sample, payload=ev.pcm16_delta, **common
-            )  # type: ignore[arg-type]
+            )
         st.parts.pop(ev.utterance, None)
         return UtteranceMessage(
             kind=KIND_FINAL,
@@ -385,7 +389,7 @@ class StreamSegmenter:
             reason=ev.reason,
             degraded=ev.degraded,
             summary_json=json.dumps(ev.summary.to_dict()),
-            **common,  # type: ignore[arg-type]
+            **common,
         )
 
 

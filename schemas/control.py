@@ -32,4 +32,4 @@ class Tick:
 
 
 def is_tick(data: bytes | None) -> bool:
-    return bool(data) and len(data) >= 2 and data[0] == MAGIC and data[1] == TICK_TYPE.type_id
+    return data is not None and len(data) >= 2 and data[0] == MAGIC and data[1] == TICK_TYPE.type_id

@@ -69,7 +69,7 @@ class SessionEvent:
 
     @classmethod
     def decode(cls, data: bytes) -> SessionEvent:
-        return _decode(cls, data, "session_event")  # type: ignore[no-any-return]
+        return _decode(cls, data, "session_event")
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class DeadLetter:
 
     @classmethod
     def decode(cls, data: bytes) -> DeadLetter:
-        return _decode(cls, data, "dead_letter")  # type: ignore[no-any-return]
+        return _decode(cls, data, "dead_letter")
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class LatencyRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> LatencyRecord:
-        return _decode(cls, data, "latency_record")  # type: ignore[no-any-return]
+        return _decode(cls, data, "latency_record")
 
 
 @dataclass(frozen=True)
@@ -190,4 +190,4 @@ class Alert:
 
     @classmethod
     def decode(cls, data: bytes) -> Alert:
-        return _decode(cls, data, "alert")  # type: ignore[no-any-return]
+        return _decode(cls, data, "alert")

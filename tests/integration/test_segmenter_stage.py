@@ -275,3 +275,37 @@ def test_end_of_stream_flushes_open_utterance(
     assert final is not None and final.reason == "end_of_stream"
     assert final.end_sample == pytest.approx(5.2 * 16000, abs=FRAME)
     assert np.frombuffer(utts[last].audio, "<i2").size == final.end_sample - final.start_sample
+
+
+def test_idle_timeout_finalises_a_session_that_never_ended(
+    kafka_bootstrap: str, assets: Path, tmp_path: Path
+) -> None:
+    topics = Topics(f"idle{uuid.uuid4().hex[:8]}.")
+    create_topics(kafka_bootstrap, topics.specs(4))
+    src = read_audio(assets / "beckett.wav")
+    proc = start_worker(
+        kafka_bootstrap,
+        topics,
+        tmp_path,
+        group=f"idle-{uuid.uuid4().hex[:6]}",
+        stages="segmenter",
+        idle_timeout_s="3",
+    )
+    try:
+        producer = DeliveryProducer(kafka_bootstrap)
+        for c in chunk_channel(src, 0, session_id="b-idle", role="speaker"):
+            if c.seq < 52:  # 5.2 s, inside the fourth utterance; no end-of-stream chunk
+                producer.send(
+                    topics.audio, c.key, dataclasses.replace(c, captured_at_us=now_us()).encode()
+                )
+        assert producer.close().failed == 0
+        events = wait_session_end(kafka_bootstrap, topics, {("b-idle", 0)}, timeout_s=60)
+    finally:
+        proc.stop()
+    kinds = [e.kind for e in events if e.session_id == "b-idle"]
+    assert kinds.count("idle_timeout") == 1 and "session_end" not in kinds
+    utts = utterances(kafka_bootstrap, topics)
+    last = utts[("b-idle", 0, 3)].final
+    assert last is not None and last.reason == "idle"
+    assert last.end_sample == pytest.approx(52 * 1600, abs=FRAME)
+    assert len(utts) == 4

@@ -1,0 +1,165 @@
+"""Stage cores behind the faust agents: the stream segmenter (state round trip through
+bytes), the recognizer's line bookkeeping, error budget and the decode scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from streamscribe.processors.decode_scheduler import DecodeScheduler
+from streamscribe.processors.recognizer_core import (
+    ErrorBudget,
+    LineState,
+    PartialPolicy,
+    Verdict,
+    accept_part,
+)
+from streamscribe.processors.stream_segmenter import (
+    Arrival,
+    ChannelBatch,
+    ChannelKey,
+    Stamps,
+    StreamSegmenter,
+)
+from streamscribe.processors.vad import SileroVad
+from streamscribe.producers.source import chunk_channel, read_audio
+
+BECKETT = Path(str(resources.files("moonshine_voice").joinpath("assets", "beckett.wav")))
+
+
+def _arrivals(session: str) -> list[Arrival]:
+    src = read_audio(BECKETT)
+    return [
+        Arrival(c, Stamps(1, 2, 3), ref=c.seq)
+        for c in chunk_channel(src, 0, session_id=session, role="agent")
+    ]
+
+
+def _run(core: StreamSegmenter, arrivals: list[Arrival], split_every: int | None) -> list:
+    key = ChannelKey(arrivals[0].chunk.session_id, 0)
+    state: bytes | None = None
+    utts: list[tuple] = []
+    events: list[tuple] = []
+    step = split_every or len(arrivals)
+    for i in range(0, len(arrivals), step):
+        (res,) = core.process([ChannelBatch(key, state, arrivals[i : i + step])])
+        assert res.failed is None and not res.rejected
+        utts += [
+            (m.utterance, m.kind, m.part, m.offset_sample, m.end_sample, m.payload)
+            for m, _ in res.utterances
+        ]
+        events += [(e.kind, e.at_ms, e.utterance) for e, _ in res.events]
+        state = res.state
+    assert state is None  # end of stream: the channel's state is deleted
+    return [utts, events]
+
+
+def test_restoring_state_from_bytes_after_every_chunk_changes_nothing() -> None:
+    core = StreamSegmenter(SileroVad(), clock=lambda: 0)
+    arrivals = _arrivals("s")
+    whole = _run(core, arrivals, None)
+    per_chunk = _run(core, arrivals, 1)
+    every_7 = _run(core, arrivals, 7)
+    assert whole == per_chunk == every_7
+    finals = [x for x in whole[0] if x[1] == "final"]
+    assert len(finals) == 6
+    kinds = [x[0] for x in whole[1]]
+    assert kinds[0] == "session_start" and kinds[-1] == "session_end"
+    assert kinds.count("speech_start") == kinds.count("speech_end") == 6
+
+
+def test_two_channels_in_one_batch_match_separate_runs() -> None:
+    core = StreamSegmenter(SileroVad(), clock=lambda: 0)
+    a, b = _arrivals("a"), _arrivals("b")
+    together = core.process(
+        [ChannelBatch(ChannelKey("a", 0), None, a), ChannelBatch(ChannelKey("b", 0), None, b)]
+    )
+    alone = core.process([ChannelBatch(ChannelKey("a", 0), None, a)])
+    pay = [(m.part, m.payload) for m, _ in together[0].utterances]
+    assert pay == [(m.part, m.payload) for m, _ in alone[0].utterances]
+    assert pay == [(m.part, m.payload) for m, _ in together[1].utterances]
+
+
+def test_partial_policy_grows_geometrically() -> None:
+    p = PartialPolicy(interval_samples=8000, growth=0.3)
+    decoded, points = 0, []
+    for available in range(8000, 16000 * 20 + 1, 8000):  # updates every 0.5 s for 20 s
+        if p.due(decoded, available):
+            points.append(available)
+            decoded = available
+    assert points[:4] == [8000, 16000, 24000, 32000]
+    assert len(points) < 20  # fewer decodes than updates on a long line
+    total = sum(points) / 16000
+    assert total < 20 * (1 + 1 / 0.3) + 1  # ~L * (1 + 1/growth), not L^2 / (2 * 0.5)
+
+
+def test_accept_part_dedupes_replays() -> None:
+    line = LineState(role="agent", start_sample=0, next_part=3)
+    assert accept_part(None, 0) == Verdict.ACCEPT
+    assert accept_part(line, 2) == Verdict.DUPLICATE
+    assert accept_part(line, 3) == Verdict.ACCEPT
+    done = LineState(role="agent", start_sample=0, done=True)
+    assert accept_part(done, 7) == Verdict.LATE
+    assert LineState.from_dict(line.to_dict()) == line
+
+
+def test_error_budget() -> None:
+    b = ErrorBudget(max_rate=0.2, window=10, min_attempts=5)
+    for _ in range(4):
+        b.record(False)
+    assert not b.exceeded()  # too few attempts to judge
+    b.record(True)
+    assert b.exceeded()
+    for _ in range(10):
+        b.record(True)
+    assert not b.exceeded()
+
+
+def test_scheduler_finals_first_partials_coalesced_and_shed() -> None:
+    order: list[str] = []
+
+    def decode(line_id: str, audio: object) -> str:
+        order.append(line_id)
+        time.sleep(0.05)
+        if line_id == "bad":
+            raise RuntimeError("model failed")
+        return f"text of {line_id}"
+
+    async def scenario() -> None:
+        sched = DecodeScheduler(decode, ThreadPoolExecutor(1), workers=1, stale_after_s=0.12)
+        published: list[str] = []
+
+        async def on_done(out: object) -> None:
+            published.append(out.result)  # type: ignore[attr-defined]
+
+        await sched.start()
+        sched.submit_partial("p1", None, on_done)  # starts at once
+        await asyncio.sleep(0.01)
+        sched.submit_partial("p2", None, on_done)
+        sched.submit_partial("p2", None, on_done)  # coalesced with the previous one
+        sched.submit_partial("p3", None, on_done)
+        final, bad = await asyncio.gather(  # both jump ahead of p2 and p3
+            sched.decode_final("f1", None), sched.decode_final("bad", None)
+        )
+        assert final.result == "text of f1" and final.error is None
+        assert isinstance(bad.error, RuntimeError)
+        await asyncio.sleep(0.3)
+        await sched.stop()
+        assert sched.stats.coalesced == 1 and sched.stats.retries == 1
+        assert sched.stats.shed >= 1  # p2/p3 waited longer than 0.12 s behind the finals
+        assert "text of p1" in published
+
+    asyncio.run(scenario())
+    assert order[:4] == ["p1", "f1", "bad", "bad"]
+    assert order.count("bad") == 2  # retried once
+
+
+@pytest.mark.parametrize("growth", [0.3, 0.5])
+def test_policy_never_skips_the_first_interval(growth: float) -> None:
+    assert PartialPolicy(8000, growth).due(0, 8000)
+    assert not PartialPolicy(8000, growth).due(0, 7999)
