@@ -12,7 +12,7 @@ Commit order (the delivery guarantee is made here)::
 
 Offsets are committed only after the rows and the dead letters are durable, so a crash
 anywhere before step 6 replays the batch; the replay is harmless because the upsert is
-idempotent (a final with an equal or lower revision changes nothing) — at-least-once
+idempotent (a final not published later than the stored one changes nothing) — at-least-once
 delivery, exactly-once effect on the store. Dead letters themselves are at least once.
 ``enable.auto.commit`` and ``enable.auto.offset.store`` are off; a failed offset commit
 (e.g. a rebalance) is logged and counted, and the next owner replays those messages.

@@ -11,6 +11,9 @@ index), the line's small state in ``recognizer-lines``.
   coalesced, stale ones shed; the published partial goes straight to the transcripts topic.
   The line's stabiliser lives in memory and is snapshotted into the line state whenever a
   message of the line passes through the loop (so a restart keeps the stable prefix).
+- Only utterances written by this group's own segmenter are read (``origin``): a
+  re-transcription group started from the earliest offset does not decode the first
+  group's copies of the same lines.
 - A decode error is retried once; then the line is finalised with an error flag and a dead
   letter, and the session goes on. When the error rate passes ``max_error_rate`` the worker
   exits non-zero before acking, so no audio is dropped silently.
@@ -88,7 +91,7 @@ class RecognizerStage:
         p = settings.partitions
         self.lines = app.Table("recognizer-lines", partitions=p, default=None)
         self.pieces = app.Table("recognizer-audio", partitions=p, default=None, value_type=bytes)
-        self.stats = {"finals": 0, "partials": 0, "duplicates": 0, "errors": 0}
+        self.stats = {"finals": 0, "partials": 0, "duplicates": 0, "errors": 0, "foreign": 0}
 
         @app.agent(topics.utterances, name="recognizer", concurrency=1)
         async def recognizer(stream: Any) -> None:
@@ -143,6 +146,9 @@ class RecognizerStage:
         return msg
 
     async def _on_message(self, msg: UtteranceMessage, ev: Any) -> None:
+        if msg.origin is not None and msg.origin != self.settings.group_id:
+            self.stats["foreign"] += 1  # another processor group's segmentation
+            return
         lid = msg.line_id
         doc = self.lines.get(lid)
         line = LineState.from_dict(doc) if doc else None

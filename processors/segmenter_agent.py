@@ -50,6 +50,7 @@ from streamscribe.settings import Settings
 log = logging.getLogger(__name__)
 
 STAGE = "segmenter"
+SESSION_TOUCH_EVERY_S = 1.0  # how often a live session's "last seen" is written
 
 
 class SegmenterStage:
@@ -102,7 +103,9 @@ class SegmenterStage:
             vad = await loop.run_in_executor(
                 self.executor, lambda: SileroVad(intra_op_threads=self.settings.ort_intra_threads)
             )
-            self.core = StreamSegmenter(vad, self.seg_config, self.jitter_config)
+            self.core = StreamSegmenter(
+                vad, self.seg_config, self.jitter_config, origin=self.settings.group_id
+            )
         return self.core
 
     # ------------------------------------------------------------------ batch
@@ -203,7 +206,11 @@ class SegmenterStage:
                 chans -= set(doc.get("ended", []))
                 if not chans and doc:
                     continue
-                doc.update(p=ref.message.partition, last=time.time(), channels=sorted(chans))
+                now = time.time()
+                fresh = now - doc.get("last", 0) < SESSION_TOUCH_EVERY_S
+                if doc and fresh and sorted(chans) == doc.get("channels"):
+                    continue  # nothing new to remember; keeps the changelog small
+                doc.update(p=ref.message.partition, last=now, channels=sorted(chans))
                 doc.setdefault("ended", [])
                 self.sessions[key.session_id] = doc
 

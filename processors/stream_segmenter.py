@@ -153,8 +153,10 @@ class StreamSegmenter:
         seg_config: SegmenterConfig | None = None,
         jitter_config: JitterConfig | None = None,
         clock: Callable[[], int] = now_us,
+        origin: str | None = None,
     ) -> None:
         self.vad = vad
+        self.origin = origin
         self.seg_config = seg_config or SegmenterConfig()
         self.jitter_config = jitter_config or JitterConfig()
         self.clock = clock
@@ -375,6 +377,7 @@ class StreamSegmenter:
             broker_at_us=s.broker_at_us,
             received_at_us=s.received_at_us,
             decided_at_us=self.clock(),
+            origin=self.origin,
         )
         if isinstance(ev, UtteranceUpdate):
             st.parts[ev.utterance] = part + 1

@@ -17,7 +17,9 @@ from typing import Any, Final
 from streamscribe.schemas.avro_codec import AvroType
 from streamscribe.schemas.errors import ContractError
 
-UTTERANCE_TYPE = AvroType("UtteranceMessage", type_id=2, versions={1: "utterance.v1.avsc"})
+UTTERANCE_TYPE = AvroType(
+    "UtteranceMessage", type_id=2, versions={1: "utterance.v1.avsc", 2: "utterance.v2.avsc"}
+)
 KIND_UPDATE: Final = "update"
 KIND_FINAL: Final = "final"
 SAMPLE_RATE: Final = 16000
@@ -47,6 +49,7 @@ class UtteranceMessage:
     reason: str | None = None
     degraded: bool = False
     summary_json: str | None = None
+    origin: str | None = None  # v2: the processor group whose segmenter wrote it
     sample_rate: int = SAMPLE_RATE
     schema_version: int = UTTERANCE_TYPE.current
 

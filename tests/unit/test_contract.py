@@ -231,3 +231,30 @@ def test_pcm_encodings() -> None:
         decode_payload(b"\x00\x00\x00", "pcm_s16le")
     with pytest.raises(ContractError):
         decode_payload(b"\x00\x00", "opus")
+
+
+def test_utterance_v2_reads_v1_and_v1_reads_v2() -> None:
+    import dataclasses
+
+    m = UtteranceMessage(
+        session_id="s",
+        channel=0,
+        role="agent",
+        utterance=0,
+        kind="update",
+        part=0,
+        start_sample=0,
+        offset_sample=0,
+        end_sample=2,
+        payload=b"\x01\x00\x02\x00",
+        origin="g1",
+    )
+    data = m.encode()
+    assert data[2] == 2 and UtteranceMessage.decode(data).origin == "g1"
+    v1 = AvroType("UtteranceMessage", 2, {1: "utterance.v1.avsc"})
+    assert v1.decode(data)["payload"] == m.payload  # an old reader ignores the new field
+    rec = dataclasses.asdict(m)
+    rec.pop("origin")
+    old = v1.encode({**rec, "schema_version": 1})
+    back = UtteranceMessage.decode(old)
+    assert back.origin is None and back.schema_version == 1 and back.payload == m.payload
