@@ -1,0 +1,620 @@
+"""Capacity benchmark of the whole pipeline (issue 6): one worker, N live sessions.
+
+Prints figures and writes ``bench/results/pipeline.json`` and ``bench/results/pipeline.png``
+(latency percentiles vs N); never asserts.
+
+For each N in ``--sessions``: fresh topics and consumer group; one worker with both stages
+(``python -m streamscribe.cli worker --stages segmenter,recognizer --from-earliest``,
+partial updates every ``--update-interval`` s) and the load generator
+(``streamscribe produce ... --sessions N --stagger S --pace realtime``), both subprocesses.
+Session ``i`` plays ``two_cities.wav`` (48 kHz), ``beckett.wav`` (16 kHz) or
+``endgame_nagg_nell.wav`` (24 kHz) from ``moonshine_voice/assets`` (``i % 3``), each
+repeated and cut to ``--duration`` s so the load stays constant for the whole run.
+
+Measured per N:
+
+- **backlog flatness**: every ``--sample-s`` s, the consumer lag of the worker's group on
+  the audio and utterances topics (high watermarks minus committed offsets, summed over
+  partitions), also as seconds of input (lag ÷ the topic's produce rate). Over the window
+  in which every session is live (after ``--warmup`` s), *flat* means the median lag of the
+  last fifth is at most ``--flat-slack`` s above the median lag of the middle fifth;
+- **end of speech -> final**, p50 / p95 over finals: (a) ``decided_at_us`` ->
+  ``published_at_us`` (the SLA span ``eos_to_final`` of ``consumers/latency.py``), and
+  (b) the utterance's end as captured at real-time pace -> ``published_at_us``: the
+  session's start on the wall clock (from its first audio chunk read back:
+  ``captured_at_us - (position + n_samples) / rate``) + ``end_ms``;
+- **word spoken -> partial**, p50 / p95 over partials: the partial's ``end_ms`` mapped to
+  the wall clock the same way -> ``published_at_us``;
+- **CPU ratio**: the worker's CPU seconds (``/proc/<pid>/stat``, from the load start to
+  the drained backlog) ÷ the CPU seconds of the bare model (``MoonshineAsr.transcribe``,
+  one ORT thread, in this process) on the audio of the same finals, reassembled from the
+  utterances topic (identical utterances — sessions playing the same file — are decoded
+  once and counted each time);
+- the machine: load average before / after, whole-box busy cores, worker and load
+  generator cores (the box is shared: other tenants' load shows as the difference).
+
+Summary: the largest N that stayed flat with p95 end of speech -> final <= ``--sla-ms``
+(for span (a), and for span (b)), next to the peer's figures (moonshine-voice's own
+streaming API, one process per stream, from ``bench/results/peer.json``; ``bench_peer.py``
+is run first only when that file is missing).
+
+Run (a quick look, about 4 minutes on 2 cores)::
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 .venv/bin/python bench/bench_pipeline.py \\
+        --sessions 2 8 --duration 40
+    # the issue's figure: --sessions 4 8 12 16 24 --duration 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling bench modules
+
+import numpy as np
+from bench_producer import (
+    ROOT,
+    bootstrap_address,
+    broker_answers,
+    drop_topics,
+    fresh_topics,
+    loadavg,
+    machine,
+    read_records,
+    summary,
+    tiled,
+    topics_with_prefix,
+)
+from bench_segmenter_stage import (
+    CpuSampler,
+    EventWatcher,
+    launch_worker,
+    wait_ready,
+)
+
+from streamscribe.schemas.audio import AudioChunk
+from streamscribe.schemas.control import is_tick
+from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
+from streamscribe.schemas.utterances import KIND_FINAL, UtteranceMessage
+
+RESULTS: Final = ROOT / "bench" / "results" / "pipeline.json"
+PEER_RESULTS: Final = ROOT / "bench" / "results" / "peer.json"
+FILES: Final = ("two_cities.wav", "beckett.wav", "endgame_nagg_nell.wav")
+STAGES: Final = "segmenter,recognizer"
+
+
+# --------------------------------------------------------------------------- lag
+
+
+class LagSampler:
+    """Samples the group's lag on some topics every ``period_s`` s in a thread."""
+
+    def __init__(self, bootstrap: str, group: str, topics: dict[str, str], period_s: float):
+        self.bootstrap, self.group, self.topics, self.period_s = bootstrap, group, topics, period_s
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lag", daemon=True)
+
+    def __enter__(self) -> LagSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer
+
+        # Same group id, never subscribes: it only reads the group's committed offsets.
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "log_level": 0,
+            }
+        )
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(Exception):  # a missed sample is only a gap
+                    self.samples.append(self.sample(c))
+                self._stop.wait(self.period_s)
+        finally:
+            c.close()
+
+    def sample(self, c: Any) -> dict[str, Any]:
+        from confluent_kafka import TopicPartition
+
+        row: dict[str, Any] = {"t": time.time()}
+        for label, topic in self.topics.items():
+            parts = c.list_topics(topic, timeout=5).topics[topic].partitions
+            tps = [TopicPartition(topic, p) for p in parts]
+            committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=5)}
+            lag = high_total = 0
+            for tp in tps:
+                low, high = c.get_watermark_offsets(tp, timeout=5, cached=False)
+                done = committed.get(tp.partition, -1)
+                lag += high - (done if done >= 0 else low)
+                high_total += high
+            row[label] = {"lag": lag, "high": high_total}
+        return row
+
+    def lag_now(self, label: str) -> int | None:
+        return self.samples[-1][label]["lag"] if self.samples else None
+
+
+def flatness(
+    samples: list[dict[str, Any]], t0: float, t1: float, label: str, slack_s: float
+) -> dict[str, Any]:
+    """Lag in the middle vs the end of the steady window [t0, t1] (see the module doc)."""
+    win = [s for s in samples if t0 <= s["t"] <= t1]
+    if len(win) < 5:
+        return {"flat": None, "note": f"only {len(win)} samples in the steady window"}
+    span = win[-1]["t"] - win[0]["t"]
+    rate = (win[-1][label]["high"] - win[0][label]["high"]) / span if span > 0 else 0.0
+
+    def med(lo: float, hi: float) -> float:
+        pick = [
+            s[label]["lag"] for s in win if t0 + lo * (t1 - t0) <= s["t"] <= t0 + hi * (t1 - t0)
+        ]
+        return float(statistics.median(pick)) if pick else float("nan")
+
+    mid, end = med(0.4, 0.6), med(0.8, 1.0)
+    mid_s, end_s = (mid / rate, end / rate) if rate > 0 else (float("nan"), float("nan"))
+    return {
+        "flat": bool(end_s - mid_s <= slack_s) if rate > 0 else None,
+        "lag_mid": mid,
+        "lag_end": end,
+        "lag_max": max(s[label]["lag"] for s in win),
+        "lag_mid_s": round(mid_s, 2),
+        "lag_end_s": round(end_s, 2),
+        "rate_msgs_per_s": round(rate, 1),
+        "samples": len(win),
+    }
+
+
+# --------------------------------------------------------------------------- read-back
+
+
+def session_starts(bootstrap: str, topic: str, sessions: set[str]) -> dict[str, float]:
+    """Epoch µs of each session's audio position 0 at real-time pace (from any one chunk)."""
+    starts: dict[str, float] = {}
+
+    def take(msg: Any) -> bool:
+        value = msg.value()
+        if not is_tick(value):
+            c = AudioChunk.decode(value)
+            if c.session_id in sessions and c.session_id not in starts:
+                starts[c.session_id] = c.captured_at_us - (c.position + c.n_samples) * 1e6 / (
+                    c.sample_rate
+                )
+        return len(starts) == len(sessions)
+
+    for _ in read_records(bootstrap, topic, stop=take):
+        pass
+    return starts
+
+
+def final_audio(bootstrap: str, topic: str) -> dict[tuple[str, int, int], bytes]:
+    """PCM16 of every utterance that has a final, reassembled from its parts."""
+    parts: dict[tuple[str, int, int], dict[int, bytes]] = defaultdict(dict)
+    finished: set[tuple[str, int, int]] = set()
+    for msg in read_records(bootstrap, topic, timeout_s=600):
+        m = UtteranceMessage.decode(msg.value())
+        key = (m.session_id, m.channel, m.utterance)
+        parts[key].setdefault(m.part, m.payload)
+        if m.kind == KIND_FINAL:
+            finished.add(key)
+    return {k: b"".join(p[i] for i in sorted(p)) for k, p in parts.items() if k in finished}
+
+
+class BareModel:
+    """The ASR core alone, one ORT thread; CPU seconds per distinct utterance audio (cached)."""
+
+    def __init__(self) -> None:
+        from streamscribe.processors.asr import MoonshineAsr
+
+        self.asr = MoonshineAsr.load(intra_threads=1)
+        self.asr.warm_up()
+        self.cpu_by_sha: dict[str, float] = {}
+
+    def cpu_s(self, pcm16: bytes) -> float:
+        sha = hashlib.sha256(pcm16).hexdigest()
+        if sha not in self.cpu_by_sha:
+            audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+            c0 = time.process_time()
+            self.asr.transcribe(audio)
+            self.cpu_by_sha[sha] = time.process_time() - c0
+        return self.cpu_by_sha[sha]
+
+
+# --------------------------------------------------------------------------- one N
+
+
+def run_point(
+    n: int,
+    args: argparse.Namespace,
+    bootstrap: str,
+    work: Path,
+    files: list[Path],
+    bare: BareModel,
+) -> dict[str, Any]:
+    from tests.procs import Proc, streamscribe_cmd
+
+    topics = fresh_topics(bootstrap, f"pipe{n}")
+    group = f"bench-pipe-{uuid.uuid4().hex[:8]}"
+    base = f"p{uuid.uuid4().hex[:6]}"
+    sessions = {f"{base}-{i:03d}" for i in range(n)}
+    load_before = loadavg()
+    worker = launch_worker(
+        bootstrap, topics, work, group, STAGES, update_interval_s=str(args.update_interval)
+    )
+    producer = None
+    marks: dict[str, float] = {}
+    lag_topics = {"audio": topics.audio, "utterances": topics.utterances}
+    produce_cmd = streamscribe_cmd(
+        "produce", *map(str, files), "--sessions", str(n), "--stagger", str(args.stagger),
+        "--pace", "realtime", "--session-id", base,
+    )  # fmt: skip
+    produce_env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "STREAMSCRIBE_TOPIC_PREFIX": topics.prefix}
+    try:
+        with (
+            CpuSampler({"worker": worker.pid}, period_s=0.25) as cpu,
+            EventWatcher(bootstrap, topics.events) as events,
+            LagSampler(bootstrap, group, lag_topics, args.sample_s) as lag,
+        ):
+            wait_ready(worker, STAGES)
+            marks["ready"] = time.time()
+            time.sleep(args.settle)  # partitions assigned; idle CPU measured meanwhile
+            marks["load_start"] = time.time()
+            producer = Proc(produce_cmd, work / f"producer-{n}.log", env=produce_env)
+            cpu.add("producer", producer.pid)
+            limit = args.duration + n * args.stagger + 120
+            try:
+                producer.popen.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                print(f"  load generator still running after {limit:.0f} s; stopped")
+            marks["load_end"] = time.time()
+            producer_cpu = cpu.samples["producer"][-1][1] if cpu.samples["producer"] else 0.0
+            producer.stop()
+            print(f"  load done; draining (up to {args.drain_timeout:.0f} s) ...", flush=True)
+            deadline = time.monotonic() + args.drain_timeout
+            drained = False
+            while time.monotonic() < deadline:
+                if sessions <= events.ended() and lag.lag_now("utterances") == 0:
+                    drained = True
+                    break
+                time.sleep(0.5)
+            time.sleep(0.5)
+            marks["drained"] = time.time()
+            lag_samples = list(lag.samples)
+    finally:
+        if producer is not None:
+            producer.stop()
+        worker_log = worker.log_text()
+        worker.stop()
+    load_after = loadavg()
+    idle_rate = (cpu.at("worker", marks["load_start"]) - cpu.at("worker", marks["ready"])) / max(
+        marks["load_start"] - marks["ready"], 1e-9
+    )
+    worker_cpu = cpu.at("worker", marks["drained"]) - cpu.at("worker", marks["load_start"])
+    wall = marks["drained"] - marks["load_start"]
+    load_wall = max(marks["load_end"] - marks["load_start"], 1e-9)
+    box = (cpu.at("box", marks["drained"]) - cpu.at("box", marks["load_start"])) / wall
+
+    print("  reading back transcripts and utterances ...", flush=True)
+    starts = session_starts(bootstrap, topics.audio, sessions)
+    partials, finals = [], []
+    for msg in read_records(bootstrap, topics.transcripts, timeout_s=300):
+        t = decode_transcript(msg.value())
+        if t.session_id in sessions:
+            (finals if isinstance(t, FinalTranscript) else partials).append(t)
+    eos_decided, eos_speech, eos_speech_silence, word_partial, partial_decided = [], [], [], [], []
+    for f in finals:
+        ts = f.timestamps
+        if "decided_at_us" in ts and "published_at_us" in ts:
+            eos_decided.append((ts["published_at_us"] - ts["decided_at_us"]) / 1000)
+        if f.session_id in starts and "published_at_us" in ts:
+            ms = (ts["published_at_us"] - (starts[f.session_id] + f.end_ms * 1000)) / 1000
+            eos_speech.append(ms)
+            if f.reason == "silence":
+                eos_speech_silence.append(ms)
+    for p in partials:
+        ts = p.timestamps
+        if p.session_id in starts and "published_at_us" in ts:
+            word_partial.append(
+                (ts["published_at_us"] - (starts[p.session_id] + p.end_ms * 1000)) / 1000
+            )
+        if "decided_at_us" in ts and "published_at_us" in ts:
+            partial_decided.append((ts["published_at_us"] - ts["decided_at_us"]) / 1000)
+
+    print("  bare model on the same finals ...", flush=True)
+    audio = final_audio(bootstrap, topics.utterances)
+    bare_cpu = 0.0
+    final_audio_s = 0.0
+    for key, pcm in audio.items():
+        if key[0] in sessions:
+            bare_cpu += bare.cpu_s(pcm)
+            final_audio_s += len(pcm) / 2 / 16000
+    if not args.keep_topics:
+        for prefix in (topics.prefix, f"{group}-"):
+            drop_topics(bootstrap, topics_with_prefix(bootstrap, prefix))
+
+    t_steady0 = marks["load_start"] + n * args.stagger + args.warmup
+    t_steady1 = marks["load_start"] + args.duration
+    flat = {
+        label: flatness(lag_samples, t_steady0, t_steady1, label, args.flat_slack)
+        for label in ("audio", "utterances")
+    }
+    verdicts = [f["flat"] for f in flat.values()]
+    flat_all = None if None in verdicts else all(verdicts)
+    audio_s = n * args.duration
+    return {
+        "sessions": n,
+        "duration_s": args.duration,
+        "audio_s": audio_s,
+        "drained": drained,
+        "drain_s": round(marks["drained"] - marks["load_end"], 1),
+        "flat": flat_all,
+        "lag": flat,
+        "finals": len(finals),
+        "finals_by_reason": dict(Counter(f.reason for f in finals)),
+        "finals_with_error": sum(1 for f in finals if f.error),
+        "partials": len(partials),
+        "latency_ms": {
+            "eos_decided_to_final": summary(eos_decided),
+            "speech_end_to_final": summary(eos_speech),
+            "speech_end_to_final_silence_only": summary(eos_speech_silence),
+            "word_to_partial": summary(word_partial),
+            "partial_decided_to_published": summary(partial_decided),
+        },
+        "cpu": {
+            "worker_cpu_s": round(worker_cpu, 2),
+            "worker_cores": round(worker_cpu / wall, 3),
+            "worker_idle_cores": round(idle_rate, 3),
+            "worker_cpu_s_per_audio_s": round(worker_cpu / audio_s, 4),
+            "bare_model_cpu_s": round(bare_cpu, 2),
+            "bare_model_audio_s": round(final_audio_s, 1),
+            "bare_model_distinct_utterances": len(bare.cpu_by_sha),
+            "cpu_ratio": round(worker_cpu / bare_cpu, 2) if bare_cpu else None,
+            "producer_cpu_s": round(producer_cpu, 2),
+            "producer_cores": round(producer_cpu / load_wall, 3),
+            "box_busy_cores": round(box, 2),
+        },
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "lag_samples": [{**s, "t": round(s["t"] - marks["load_start"], 1)} for s in lag_samples],
+        "worker_log_tail": None if drained else worker_log[-3000:],
+    }
+
+
+# --------------------------------------------------------------------------- peer, plot, table
+
+
+def peer_baseline(run_if_missing: bool) -> dict[str, Any] | None:
+    if not PEER_RESULTS.exists():
+        if not run_if_missing:
+            return None
+        print("bench/results/peer.json missing: running bench/bench_peer.py first ...", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "bench" / "bench_peer.py")], check=False)
+        if not PEER_RESULTS.exists():
+            return None
+    peer = json.loads(PEER_RESULTS.read_text())
+    rows = []
+    for r in peer.get("realtime", []):
+        lat = r["latency_s"]
+        rows.append(
+            {
+                "streams": r["streams"],
+                "speech_end_to_line_completed_p50_ms": _ms(lat.get("median")),
+                "speech_end_to_line_completed_p95_ms": _ms(lat.get("p95")),
+                "keeps_up": r["keeps_up"],
+                "cpu_cores": round(r.get("peer_cpu_cores", float("nan")), 2),
+            }
+        )
+    keeping = [r["streams"] for r in rows if r["keeps_up"]]
+    return {
+        "source": "bench/results/peer.json (bench/bench_peer.py: moonshine-voice Transcriber "
+        "streams, one process per stream, audio end handed over at real-time pace -> "
+        "LineCompleted)",
+        "package": peer.get("peer", {}).get("package"),
+        "duration_s": peer.get("config", {}).get("realtime_duration_s"),
+        "loadavg_at_start": peer.get("machine", {}).get("loadavg_at_start"),
+        "asap_core_s_per_audio_s": peer.get("asap", {}).get("core_s_per_audio_s_median"),
+        "largest_streams_keeping_up": max(keeping) if keeping else None,
+        "realtime": rows,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def capacity(points: list[dict[str, Any]], span: str, sla_ms: float) -> int | None:
+    ok = [
+        p["sessions"]
+        for p in points
+        if p["flat"]
+        and p["latency_ms"][span]["p95"] is not None
+        and p["latency_ms"][span]["p95"] <= sla_ms
+    ]
+    return max(ok) if ok else None
+
+
+def plot(out: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = out["points"]
+    ns = [p["sessions"] for p in pts]
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    series = (
+        ("eos_decided_to_final", "EOS decided -> final", "tab:blue"),
+        ("speech_end_to_final", "speech end -> final", "tab:green"),
+        ("word_to_partial", "word spoken -> partial", "tab:orange"),
+    )
+    for key, label, color in series:
+        for q, style in (("p50", "-o"), ("p95", "--o")):
+            ys = [p["latency_ms"][key][q] for p in pts]
+            ax.plot(ns, [np.nan if y is None else y for y in ys], style, color=color,
+                    label=f"{label} {q}")  # fmt: skip
+    peer = out.get("peer")
+    if peer:
+        pn = [r["streams"] for r in peer["realtime"]]
+        for q, style in (("p50", "-s"), ("p95", "--s")):
+            ys = [r[f"speech_end_to_line_completed_{q}_ms"] for r in peer["realtime"]]
+            ax.plot(pn, [np.nan if y is None else y for y in ys], style, color="tab:gray",
+                    label=f"peer: speech end -> line completed {q}")  # fmt: skip
+    ax.axhline(
+        out["config"]["sla_ms"],
+        color="tab:red",
+        lw=1,
+        label=f"SLA {out['config']['sla_ms']:.0f} ms",
+    )
+    for p in pts:
+        if p["flat"] is False:
+            ax.axvline(p["sessions"], color="tab:red", lw=0.5, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent real-time sessions (one worker)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(
+        f"streamscribe capacity, {out['config']['duration_s']:.0f} s runs, "
+        f"{out['machine']['cpus']} CPUs (dotted: backlog not flat)"
+    )  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_tables(out: dict[str, Any]) -> None:
+    print(f"\n{'N':>3} {'flat':>5} {'lag a/u s (mid->end)':>22} {'EOS dec p50/p95':>16} "
+          f"{'speech end p50/p95':>19} {'word->part p50/p95':>19} {'CPU ratio':>9} "
+          f"{'wk cores':>8} {'box':>5} {'load1':>6}")  # fmt: skip
+    for p in out["points"]:
+        lat, c = p["latency_ms"], p["cpu"]
+        pq = {k: f"{v['p50']}/{v['p95']}" for k, v in lat.items()}
+        lags = " ".join(
+            f"{p['lag'][t].get('lag_mid_s')}->{p['lag'][t].get('lag_end_s')}"
+            for t in ("audio", "utterances")
+        )
+        print(
+            f"{p['sessions']:>3} {p['flat']!s:>5} {lags:>22} {pq['eos_decided_to_final']:>16} "
+            f"{pq['speech_end_to_final']:>19} {pq['word_to_partial']:>19} "
+            f"{c['cpu_ratio']!s:>9} {c['worker_cores']:>8} "
+            f"{c['box_busy_cores']:>5} {p['loadavg_before'][0]:>6}"
+        )
+    s = out["summary"]
+    print(
+        f"\nlargest flat N with p95 <= {out['config']['sla_ms']:.0f} ms: "
+        f"EOS decided -> final: {s['capacity_eos_decided']}; "
+        f"speech end -> final: {s['capacity_speech_end']}"
+    )
+    peer = out.get("peer")
+    if peer:
+        print(
+            f"peer ({peer['package']}, {peer['duration_s']} s streams): largest N keeping up "
+            f"{peer['largest_streams_keeping_up']}; speech end -> line completed p50/p95 ms:"
+        )
+        for r in peer["realtime"]:
+            print(
+                f"  N={r['streams']:>2}: {r['speech_end_to_line_completed_p50_ms']}/"
+                f"{r['speech_end_to_line_completed_p95_ms']} keeps up {r['keeps_up']}, "
+                f"{r['cpu_cores']} cores"
+            )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bootstrap", help="broker (default KAFKA_BOOTSTRAP_SERVERS / local)")
+    ap.add_argument("--sessions", type=int, nargs="+", default=[4, 8, 16, 24])
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of audio per session")
+    ap.add_argument("--stagger", type=float, default=0.25, help="seconds between session starts")
+    ap.add_argument("--update-interval", type=float, default=0.5, help="partial updates, s")
+    ap.add_argument("--sample-s", type=float, default=2.0, help="lag sampling period")
+    ap.add_argument("--warmup", type=float, default=5.0, help="s after the last session starts")
+    ap.add_argument("--settle", type=float, default=5.0, help="idle s between ready and load")
+    ap.add_argument("--flat-slack", type=float, default=1.0, help="allowed lag growth, s")
+    ap.add_argument("--drain-timeout", type=float, default=90.0)
+    ap.add_argument("--sla-ms", type=float, default=450.0)
+    ap.add_argument("--no-peer", action="store_true", help="do not run bench_peer.py if missing")
+    ap.add_argument("--keep-topics", action="store_true")
+    ap.add_argument("--output", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    bootstrap = bootstrap_address(args.bootstrap)
+    if not broker_answers(bootstrap):
+        print(f"no broker at {bootstrap}: start one (streamscribe broker start) or --bootstrap")
+        return 1
+    started = time.monotonic()
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "bootstrap": bootstrap,
+        "config": {
+            "files": list(FILES),
+            "sessions": args.sessions,
+            "duration_s": args.duration,
+            "stagger_s": args.stagger,
+            "update_interval_s": args.update_interval,
+            "sample_s": args.sample_s,
+            "warmup_s": args.warmup,
+            "flat_slack_s": args.flat_slack,
+            "sla_ms": args.sla_ms,
+            "pace": "realtime",
+            "worker": f"one process, --stages {STAGES}, settings defaults otherwise",
+        },
+        "peer": peer_baseline(not args.no_peer),
+        "points": [],
+    }
+    print("loading the bare model ...", flush=True)
+    bare = BareModel()
+    with tempfile.TemporaryDirectory(prefix="bench-pipe-") as tmp:
+        work = Path(tmp)
+        files = [tiled(f, args.duration, work) for f in FILES]
+        for n in args.sessions:
+            print(f"N={n}: {n} sessions x {args.duration:g} s at real time ...", flush=True)
+            out["points"].append(run_point(n, args, bootstrap, work, files, bare))
+            p = out["points"][-1]
+            print(
+                f"  flat {p['flat']}, EOS decided->final {p['latency_ms']['eos_decided_to_final']}"
+                f", CPU ratio {p['cpu']['cpu_ratio']}"
+            )
+    out["summary"] = {
+        "capacity_eos_decided": capacity(out["points"], "eos_decided_to_final", args.sla_ms),
+        "capacity_speech_end": capacity(out["points"], "speech_end_to_final", args.sla_ms),
+        "peer_largest_keeping_up": (out["peer"] or {}).get("largest_streams_keeping_up"),
+    }
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    out["bench_wall_s"] = round(time.monotonic() - started, 1)
+    print_tables(out)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(out, indent=2) + "\n")
+    png = args.output.with_suffix(".png")
+    plot(out, png)
+    print(f"\nwrote {args.output} and {png} ({out['bench_wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
