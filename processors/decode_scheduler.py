@@ -3,7 +3,8 @@
 ``workers`` decodes run at a time, each in the ASR thread pool (never on the event loop).
 A final is never dropped and jumps ahead of every waiting partial. A partial replaces the
 waiting partial of the same line (only the newest is decoded), and a partial that waited
-longer than the policy allows is shed — so when the worker falls behind, the partial rate
+longer than the policy allows is shed, and with two or more decode slots one is reserved
+for finals — so when the worker falls behind, the partial rate
 of each line falls and finals keep their latency.
 
 Example::
@@ -81,7 +82,13 @@ class DecodeScheduler:
 
     async def start(self) -> None:
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._loop()) for _ in range(self.workers)]
+            # With two or more decode slots one is kept for finals only: a final never waits
+            # behind a long partial decode (partials use the other slots).
+            reserved = 1 if self.workers >= 2 else 0
+            self._tasks = [
+                asyncio.create_task(self._loop(finals_only=i < reserved))
+                for i in range(self.workers)
+            ]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -92,6 +99,16 @@ class DecodeScheduler:
     def backlog(self) -> int:
         return len(self._finals) + len(self._partials)
 
+    async def _wait_for_work(self) -> None:
+        """Sleep until a job is submitted (every idle slot wakes and looks)."""
+        event = self._wake
+        await event.wait()
+
+    def _notify(self) -> None:
+        """Wake every idle slot: swap in a fresh event and set the old one."""
+        event, self._wake = self._wake, asyncio.Event()
+        event.set()
+
     def submit_partial(
         self, line_id: str, audio: Any, on_done: Callable[[DecodeOutcome], Awaitable[None]]
     ) -> None:
@@ -99,7 +116,7 @@ class DecodeScheduler:
             self.stats.coalesced += 1
             del self._partials[line_id]
         self._partials[line_id] = _Job(line_id, audio, final=False, on_done=on_done)
-        self._wake.set()
+        self._notify()
 
     def cancel_partials(self, line_id: str) -> None:
         self._partials.pop(line_id, None)
@@ -108,13 +125,15 @@ class DecodeScheduler:
         self.cancel_partials(line_id)
         fut: asyncio.Future[DecodeOutcome] = asyncio.get_running_loop().create_future()
         self._finals.append(_Job(line_id, audio, final=True, future=fut))
-        self._wake.set()
+        self._notify()
         await self.start()
         return await fut
 
-    def _next(self) -> _Job | None:
+    def _next(self, finals_only: bool = False) -> _Job | None:
         if self._finals:
             return self._finals.popleft()
+        if finals_only:
+            return None
         now = time.monotonic()
         while self._partials:
             _, job = self._partials.popitem(last=False)
@@ -123,13 +142,12 @@ class DecodeScheduler:
             self.stats.shed += 1
         return None
 
-    async def _loop(self) -> None:
+    async def _loop(self, finals_only: bool = False) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            job = self._next()
+            job = self._next(finals_only)
             if job is None:
-                self._wake.clear()
-                await self._wake.wait()
+                await self._wait_for_work()
                 continue
             out = DecodeOutcome(waited_s=time.monotonic() - job.queued_at)
             out.start_us = time.time_ns() // 1000

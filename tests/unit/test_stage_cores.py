@@ -163,3 +163,28 @@ def test_scheduler_finals_first_partials_coalesced_and_shed() -> None:
 def test_policy_never_skips_the_first_interval(growth: float) -> None:
     assert PartialPolicy(8000, growth).due(0, 8000)
     assert not PartialPolicy(8000, growth).due(0, 7999)
+
+
+def test_a_final_never_waits_behind_partials_with_two_slots() -> None:
+    def decode(line_id: str, audio: object) -> str:
+        time.sleep(0.3 if line_id.startswith("p") else 0.02)
+        return line_id
+
+    async def scenario() -> float:
+        sched = DecodeScheduler(decode, ThreadPoolExecutor(2), workers=2, stale_after_s=5)
+        await sched.start()
+
+        async def on_done(out: object) -> None:
+            return None
+
+        for i in range(4):
+            sched.submit_partial(f"p{i}", None, on_done)
+        await asyncio.sleep(0.05)  # a partial is decoding now
+        t0 = time.monotonic()
+        out = await sched.decode_final("f", None)
+        took = time.monotonic() - t0
+        assert out.result == "f"
+        await sched.stop()
+        return took
+
+    assert asyncio.run(scenario()) < 0.2  # not behind a 0.3 s partial
