@@ -194,7 +194,7 @@ class LocalBroker:
 
     def format_storage(self) -> None:
         java = self._require_java()
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         cmd = [
             java,
             "-cp",
@@ -345,6 +345,18 @@ def wait_until_ready(
             break
         except KafkaException:
             time.sleep(0.3)
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id (base64 of a UUID) that does not start with ``-``.
+
+    One id in 32 would, and the storage tool's argument parser would then read it as an
+    option (``--cluster-id: expected one argument``).
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -66,3 +66,9 @@ def test_status_of_a_stopped_broker(tmp_path: Path, capsys: pytest.CaptureFixtur
     code = main(["broker", "status", "--port", "19999", "--data-dir", str(tmp_path / "d")])
     out = capsys.readouterr().out
     assert code == 3 and "Apache Kafka 4.3.1" in out and "stopped" in out
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    ids = [broker_mod.new_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == 2000
