@@ -59,7 +59,7 @@ class Settings:
     group_id: str = "streamscribe-processors"
     worker_data_dir: Path = _project_root() / ".cache" / "worker"
     worker_web_port: int = 6066
-    session_timeout_s: float = 10.0
+    session_timeout_s: float = 6.0  # the broker's group.min.session.timeout.ms
     heartbeat_interval_s: float = 1.0
     jitter_window_chunks: int = 8
     gap_timeout_ms: int = 1000

@@ -5,7 +5,12 @@ serializer) into a changelog-backed table. The table holds, per key, the last se
 and how many were applied; a seq at or below the last one is a replay after a crash and
 is skipped, so counts stay exact under at-least-once delivery.
 
-Run: python counter_app.py BOOTSTRAP TOPIC APP_ID DATA_DIR [DELAY_S]
+Run: python counter_app.py BOOTSTRAP TOPIC APP_ID DATA_DIR [DELAY_S] [GUARANTEE]
+
+GUARANTEE defaults to ``exactly_once`` (faust's transactions: changelog writes, outputs and
+offsets commit together). With ``at_least_once`` a SIGKILL of a worker with a backlog lost
+a few table updates (changelog behind the committed offsets) in 2 of 5 and 2 of 7 runs here
+(faust-streaming 0.15.3, aiokafka 0.14, Kafka 4.3.1).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import faust
 
 
 def make_app(
-    bootstrap: str, topic_name: str, app_id: str, data_dir: str, delay_s: float
+    bootstrap: str, topic_name: str, app_id: str, data_dir: str, delay_s: float, guarantee: str
 ) -> faust.App:
     app = faust.App(
         app_id,
@@ -28,10 +33,13 @@ def make_app(
         datadir=data_dir,
         topic_partitions=4,
         web_enabled=False,
-        broker_session_timeout=10.0,
+        # No static membership (group.instance.id): with it, a worker restarted at once
+        # rejoined without a rebalance and lost a few messages in 2 of 5 runs here. A
+        # short session timeout makes the restart resume in seconds instead.
+        broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
-        consumer_group_instance_id=f"{app_id}-worker-0",
         consumer_auto_offset_reset="earliest",
+        processing_guarantee=guarantee,
         broker_commit_every=100,
         broker_commit_interval=0.5,
     )
@@ -65,7 +73,8 @@ def make_app(
 def main() -> None:
     bootstrap, topic_name, app_id, data_dir = sys.argv[1:5]
     delay_s = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
-    app = make_app(bootstrap, topic_name, app_id, data_dir, delay_s)
+    guarantee = sys.argv[6] if len(sys.argv) > 6 else "exactly_once"
+    app = make_app(bootstrap, topic_name, app_id, data_dir, delay_s, guarantee)
     sys.argv = [sys.argv[0], "worker", "-l", "info", "--without-web"]
     app.main()
 

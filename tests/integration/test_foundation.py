@@ -115,7 +115,9 @@ def test_faust_table_survives_sigkill(kafka_bootstrap: str, tmp_path: Path) -> N
     bad.send(topic, b"k00", b"\xff\xfe not json")
     assert bad.close().delivered == 1
     _produce(kafka_bootstrap, topic)
-    args = python_cmd(APP, kafka_bootstrap, topic, app_id, str(tmp_path / "w"), "0.001")
+    args = python_cmd(
+        APP, kafka_bootstrap, topic, app_id, str(tmp_path / "w"), "0.001", "exactly_once"
+    )
 
     first = Proc(args, tmp_path / "worker1.log")
     try:
