@@ -154,7 +154,7 @@ def main() -> int:
     prefix = f"demo-{run}."
     root = Path(settings.worker_data_dir).parent / "demo"
     root.mkdir(parents=True, exist_ok=True)
-    db = root / "transcripts.db"
+    db = root / f"transcripts-{run}.db"
     broker = None
     if not settings.bootstrap_servers:
         from streamscribe.broker import LocalBroker
