@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer
 
 from streamscribe.consumers.kafka_io import (
     DeliveryTracker,
     IdleClock,
     consumer_config,
     flush,
+    next_offsets,
     produce,
     producer_config,
     stop_on_signals,
@@ -172,11 +173,8 @@ def run_alerts(
                         break
                     continue
                 idle.touch()
-                offsets: dict[tuple[str, int], int] = {}
                 for m in data:
                     stats.messages += 1
-                    key = (m.topic() or "", m.partition() or 0)
-                    offsets[key] = max(offsets.get(key, 0), (m.offset() or 0) + 1)
                     try:
                         event = decode_transcript(m.value() or b"")
                     except ContractError as exc:
@@ -191,10 +189,7 @@ def run_alerts(
                         stats.alerts += 1
                 flush(producer, tracker, FLUSH_TIMEOUT_S)
                 try:
-                    consumer.commit(
-                        offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                        asynchronous=False,
-                    )
+                    consumer.commit(offsets=next_offsets(data), asynchronous=False)
                 except KafkaException as exc:
                     log.warning("offset commit failed (alerts may repeat): %s", exc)
     finally:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 from streamscribe.schemas.errors import SinkError
 from streamscribe.settings import Settings
@@ -151,3 +151,12 @@ class IdleClock:
                 return True
             return False
         return now - self.last >= self.max_idle_s
+
+
+def next_offsets(messages: Any) -> list[TopicPartition]:
+    """The offsets to commit after ``messages``: last offset + 1 per (topic, partition)."""
+    offsets: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic() or "", m.partition() or 0)
+        offsets[key] = max(offsets.get(key, 0), (m.offset() or 0) + 1)
+    return [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]

@@ -36,11 +36,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from streamscribe.consumers.kafka_io import IdleClock, consumer_config, stop_on_signals
+from streamscribe.consumers.kafka_io import (
+    IdleClock,
+    consumer_config,
+    next_offsets,
+    stop_on_signals,
+)
 from streamscribe.consumers.latency import (
     ALL_SERIES,
     QUANTILES,
@@ -282,15 +287,8 @@ class MetricsService:
                         continue
                     idle.touch()
                     self.handle([m.value() for m in data], now_us())
-                    offsets: dict[tuple[str, int], int] = {}
-                    for m in data:
-                        key = (m.topic() or "", m.partition() or 0)
-                        offsets[key] = max(offsets.get(key, 0), (m.offset() or 0) + 1)
                     try:
-                        consumer.commit(
-                            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                            asynchronous=True,
-                        )
+                        consumer.commit(offsets=next_offsets(data), asynchronous=True)
                     except KafkaException as exc:
                         log.warning("offset commit failed: %s", exc)
         finally:
