@@ -5,12 +5,12 @@ serializer) into a changelog-backed table. The table holds, per key, the last se
 and how many were applied; a seq at or below the last one is a replay after a crash and
 is skipped, so counts stay exact under at-least-once delivery.
 
-Run: python counter_app.py BOOTSTRAP TOPIC APP_ID DATA_DIR [DELAY_S] [GUARANTEE]
+Run: python counter_app.py BOOTSTRAP TOPIC APP_ID DATA_DIR [DELAY_S] [GUARANTEE] [FIXES]
 
-GUARANTEE defaults to ``exactly_once`` (faust's transactions: changelog writes, outputs and
-offsets commit together). With ``at_least_once`` a SIGKILL of a worker with a backlog lost
-a few table updates (changelog behind the committed offsets) in 2 of 5 and 2 of 7 runs here
-(faust-streaming 0.15.3, aiokafka 0.14, Kafka 4.3.1).
+GUARANTEE defaults to ``at_least_once``, the pipeline's. FIXES ``fixed`` (default) installs
+:func:`streamscribe.processors.faust_app.install_faust_fixes`, as every pipeline worker
+does; ``faust`` runs faust-streaming as it is, which loses messages on some restarts
+(``bench/bench_crash_restart.py`` counts how often).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import sys
 from typing import Any
 
 import faust
+
+from streamscribe.processors.faust_app import install_faust_fixes
 
 
 def make_app(
@@ -73,7 +75,9 @@ def make_app(
 def main() -> None:
     bootstrap, topic_name, app_id, data_dir = sys.argv[1:5]
     delay_s = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
-    guarantee = sys.argv[6] if len(sys.argv) > 6 else "exactly_once"
+    guarantee = sys.argv[6] if len(sys.argv) > 6 else "at_least_once"
+    if (sys.argv[7] if len(sys.argv) > 7 else "fixed") == "fixed":
+        install_faust_fixes()
     app = make_app(bootstrap, topic_name, app_id, data_dir, delay_s, guarantee)
     sys.argv = [sys.argv[0], "worker", "-l", "info", "--without-web"]
     app.main()

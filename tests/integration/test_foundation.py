@@ -106,6 +106,12 @@ def test_keyed_messages_arrive_once_in_order(kafka_bootstrap: str) -> None:
 
 
 def test_faust_table_survives_sigkill(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The counter worker is SIGKILLed twice under a backlog; its table ends exact.
+
+    Each restart restores the table from its changelog and resumes from the committed
+    offsets. Both faust-streaming 0.15.3 bugs that ``install_faust_fixes`` works around
+    showed up here as missing updates (``bench/bench_crash_restart.py`` counts them).
+    """
     topic = f"proof-{uuid.uuid4().hex[:8]}"
     app_id = f"proof-app-{uuid.uuid4().hex[:8]}"
     changelog = f"{app_id}-counts-changelog"
@@ -116,24 +122,27 @@ def test_faust_table_survives_sigkill(kafka_bootstrap: str, tmp_path: Path) -> N
     assert bad.close().delivered == 1
     _produce(kafka_bootstrap, topic)
     args = python_cmd(
-        APP, kafka_bootstrap, topic, app_id, str(tmp_path / "w"), "0.001", "exactly_once"
+        APP, kafka_bootstrap, topic, app_id, str(tmp_path / "w"), "0.001", "at_least_once"
     )
-
-    first = Proc(args, tmp_path / "worker1.log")
-    try:
-        partial = _wait_state(
-            kafka_bootstrap,
-            changelog,
-            lambda s: sum(v.get("n", 0) for v in s.values()) >= 2000,
-            180,
-        )
-        applied_before = sum(v.get("n", 0) for v in partial.values())
-        assert 2000 <= applied_before < N_MESSAGES, "kill must happen mid-stream"
-        first.kill9()
-    finally:
-        first.stop()
+    workers: list[Proc] = []
+    for kill_at in (2000, 5500):
+        worker = Proc(args, tmp_path / f"worker{len(workers) + 1}.log")
+        workers.append(worker)
+        try:
+            partial = _wait_state(
+                kafka_bootstrap,
+                changelog,
+                lambda s, at=kill_at: sum(v.get("n", 0) for v in s.values()) >= at,
+                180,
+            )
+            applied_before = sum(v.get("n", 0) for v in partial.values())
+            assert kill_at <= applied_before < N_MESSAGES, "kill must happen mid-stream"
+            worker.kill9()
+        finally:
+            worker.stop()
     t_restart = time.monotonic()
-    second = Proc(args, tmp_path / "worker2.log")
+    last = Proc(args, tmp_path / f"worker{len(workers) + 1}.log")
+    workers.append(last)
     try:
         final = _wait_state(
             kafka_bootstrap,
@@ -146,13 +155,14 @@ def test_faust_table_survives_sigkill(kafka_bootstrap: str, tmp_path: Path) -> N
         )
         resumed_in = time.monotonic() - t_restart
     finally:
-        second.stop()
-    assert "undecodable value" in first.log_text()
-    assert len(final) == N_KEYS
+        last.stop()
+    assert "undecodable value" in workers[0].log_text()
+    logs = "\n".join(f"--- {w.log_path.name}\n{w.log_text()[-1500:]}" for w in workers)
+    assert len(final) == N_KEYS, logs
     for key, value in final.items():
-        assert value == {"last": N_MESSAGES // N_KEYS - 1, "n": N_MESSAGES // N_KEYS}, key
+        assert value == {"last": N_MESSAGES // N_KEYS - 1, "n": N_MESSAGES // N_KEYS}, (key, logs)
     assert _table_state(kafka_bootstrap, f"{app_id}-violations-changelog") == {}
-    print(f"restarted worker finished in {resumed_in:.1f} s")
+    print(f"last restarted worker finished in {resumed_in:.1f} s")
 
 
 def test_broker_restart_keeps_messages(tmp_path: Path) -> None:
