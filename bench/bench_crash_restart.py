@@ -16,7 +16,9 @@ Two arms, alternated trial by trial on one broker:
 - ``fixed``: with :func:`streamscribe.processors.faust_app.install_faust_fixes` (a complete
   producer-buffer flush before each commit; input partitions kept paused until the
   restarted worker has sought to its committed offsets), what every streamscribe worker
-  installs.
+  installs;
+- ``static`` (``--arms``): ``fixed`` plus static group membership (``group.instance.id``), so
+  the restarted worker takes its partitions back without waiting out the old session.
 
 Run (about 30 s per trial and arm on 2 cores)::
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import time
 import uuid
@@ -49,6 +52,7 @@ from tests.procs import Proc, python_cmd  # noqa: E402
 
 RESULTS: Final = ROOT / "bench" / "results" / "crash_restart.json"
 APP: Final = str(ROOT / "tests" / "integration" / "counter_app.py")
+ARMS: Final = ("faust", "fixed", "static")
 N_KEYS: Final = 50
 N_MESSAGES: Final = 10_000
 
@@ -100,7 +104,15 @@ def trial(bootstrap: str, fixes: str, kill_share: float, workdir: Path) -> dict[
         producer.send(topic, key.encode(), json.dumps({"key": key, "seq": i // N_KEYS}).encode())
     producer.close()
     args = python_cmd(
-        APP, bootstrap, topic, app_id, str(workdir / app_id), "0.001", "at_least_once", fixes
+        APP,
+        bootstrap,
+        topic,
+        app_id,
+        str(workdir / app_id),
+        "0.001",
+        "at_least_once",
+        "faust" if fixes == "faust" else "fixed",
+        *(["worker-0"] if fixes == "static" else []),
     )
     first = Proc(args, workdir / f"{app_id}-1.log")
     try:
@@ -117,6 +129,7 @@ def trial(bootstrap: str, fixes: str, kill_share: float, workdir: Path) -> dict[
     t0 = time.monotonic()
     try:
         last_change, last_seen = time.monotonic(), -1
+        resumed_s: float | None = None  # restart -> first new table update (1 s polls)
         while True:
             state = changelog_state(bootstrap, changelog)
             done = len(state) == N_KEYS and all(
@@ -126,6 +139,8 @@ def trial(bootstrap: str, fixes: str, kill_share: float, workdir: Path) -> dict[
                 break
             if applied(state) != last_seen:
                 last_seen, last_change = applied(state), time.monotonic()
+                if resumed_s is None and last_seen > at_kill:
+                    resumed_s = time.monotonic() - t0
             time.sleep(1.0)
     finally:
         second.stop()
@@ -139,7 +154,8 @@ def trial(bootstrap: str, fixes: str, kill_share: float, workdir: Path) -> dict[
         "kill_share": round(kill_share, 3),
         "applied_at_kill": at_kill,
         "finished": done,
-        "resume_to_done_s": round(time.monotonic() - t0, 1),
+        "restart_to_progress_s": None if resumed_s is None else round(resumed_s, 1),
+        "restart_to_done_s": round(time.monotonic() - t0, 1),
         "applied_total": applied(state),
         "lost_updates": N_MESSAGES - applied(state),
         "keys_short": sum(1 for v in state.values() if v.get("n") != N_MESSAGES // N_KEYS),
@@ -152,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bootstrap")
     ap.add_argument("--trials", type=int, default=5, help="trials per arm")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--arms", nargs="+", choices=ARMS, default=list(ARMS[:2]), help="which variants to run"
+    )
     args = ap.parse_args(argv)
     bootstrap = bootstrap_address(args.bootstrap)
     rng = random.Random(args.seed)
@@ -160,21 +179,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for i in range(args.trials):
         share = rng.uniform(0.2, 0.8)
-        for fixes in ("faust", "fixed"):
+        for fixes in args.arms:
             row = trial(bootstrap, fixes, share, workdir)
             rows.append(row)
             print(f"trial {i + 1} {json.dumps(row)}", flush=True)
     summary = {}
-    for fixes in ("faust", "fixed"):
+    for fixes in args.arms:
         mine = [r for r in rows if r["fixes"] == fixes]
         summary[fixes] = {
             "trials": len(mine),
             "trials_with_loss": sum(1 for r in mine if r["lost_updates"]),
             "lost_updates": [r["lost_updates"] for r in mine],
             "unfinished": sum(1 for r in mine if not r["finished"]),
+            "restart_to_progress_s_median": statistics.median(
+                r["restart_to_progress_s"] for r in mine if r["restart_to_progress_s"] is not None
+            ),
         }
         print(f"{fixes:>6}: {summary[fixes]}")
-    RESULTS.write_text(
+    out = (
+        RESULTS
+        if args.arms == list(ARMS[:2])
+        else RESULTS.with_stem(f"{RESULTS.stem}_{'_'.join(args.arms)}")
+    )
+    out.write_text(
         json.dumps(
             {
                 "machine": machine(),
@@ -187,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         + "\n"
     )
-    print(f"wrote {RESULTS}; worker logs in {workdir}")
+    print(f"wrote {out}; worker logs in {workdir}")
     return 0
 
 

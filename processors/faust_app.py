@@ -202,11 +202,12 @@ def make_app(
 ) -> faust.App:
     """The processors' faust app; its id is the consumer group (``settings.group_id``).
 
-    No static membership (``group.instance.id``): with it, a worker restarted right after a
-    SIGKILL rejoined without a rebalance and lost a few messages (2 of 5 runs of the
-    foundation's crash test, faust-streaming 0.15.3 / aiokafka 0.14 / Kafka 4.3.1). A
-    restarted worker instead waits for the old member's session to expire
-    (``session_timeout_s``, 6 s by default) and then resumes. ``instance`` only names it.
+    ``instance`` turns on static group membership (``group.instance.id``; it must be unique
+    per worker process): a worker restarted after a crash with the same id takes its
+    partitions back at once, without a rebalance. Without one, a restart waits for the old
+    member's session to expire (``session_timeout_s``, 6 s by default). (Static
+    membership once lost messages here; that was faust's restart seek bug, fixed by
+    :func:`install_seek_before_resume`; ``bench/bench_crash_restart.py --arms static``.)
     """
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     install_faust_fixes()
@@ -219,6 +220,7 @@ def make_app(
         web_enabled=False,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_group_instance_id=instance,
         consumer_auto_offset_reset="earliest" if from_earliest else "latest",
         broker_commit_every=500,
         broker_commit_interval=1.0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +58,6 @@ def run_worker(
     log_level: str = "info",
 ) -> None:
     """Run one worker in this process until SIGTERM/SIGINT (faust's own main loop)."""
-    instance = instance or f"{settings.group_id}-{socket.gethostname()}-0"
     app, _ = build_worker(settings, stages=stages, instance=instance, from_earliest=from_earliest)
     ensure_changelog_topics(app, settings)
     sys.argv = [sys.argv[0], "worker", "-l", log_level, "--without-web"]
@@ -88,7 +86,7 @@ def ensure_changelog_topics(app: faust.App, settings: Settings) -> None:
 
 
 def spawn_workers(n: int, argv: list[str]) -> int:
-    """Run ``n`` worker processes (each its own static group member); wait for them all."""
+    """Run ``n`` worker processes (child ``i`` gets ``--instance-index i``); wait for them all."""
     procs = []
     for i in range(n):
         cmd = [sys.executable, "-m", "streamscribe.cli", *argv, "--instance-index", str(i)]

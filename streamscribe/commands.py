@@ -144,15 +144,16 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise CommandError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
-    settings = settings.with_overrides(group_id=args.group_id)
+    settings = settings.with_overrides(group_id=args.group_id, instance_id=args.instance_id)
     if args.workers and args.workers > 1 and args.instance_index is None:
         argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
         if "--workers" in sys.argv:
             i = sys.argv.index("--workers")
             argv = sys.argv[1:i] + sys.argv[i + 2 :]
         return spawn_workers(args.workers, argv)
-    index = args.instance_index or 0
-    instance = f"{settings.group_id}-worker-{index}"
+    instance = settings.instance_id
+    if instance and args.instance_index is not None:
+        instance = f"{instance}-{args.instance_index}"
     run_worker(
         settings,
         stages=stages,
@@ -173,6 +174,12 @@ def add_worker(sub: SubParsers) -> None:
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes to run")
     p.add_argument("--stages", help="comma list of stages (default segmenter,recognizer)")
+    p.add_argument(
+        "--instance-id",
+        help="static group membership id, unique per worker (e.g. the pod name): a worker"
+        " restarted with the same id resumes at once instead of after the session timeout;"
+        " with --workers N, worker i gets ID-i",
+    )
     p.add_argument("--instance-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-log-level", default="info", help="faust log level (default info)")
     p.set_defaults(handler=cmd_worker)

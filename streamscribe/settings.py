@@ -60,6 +60,10 @@ class Settings:
     worker_data_dir: Path = _project_root() / ".cache" / "worker"
     worker_web_port: int = 6066
     session_timeout_s: float = 6.0  # the broker's group.min.session.timeout.ms
+    # Static group membership (group.instance.id), unique per worker process: a worker
+    # restarted with the same id takes its partitions back at once; without one, a
+    # restart waits for the old member's session to time out (session_timeout_s).
+    instance_id: str | None = None
     heartbeat_interval_s: float = 1.0
     jitter_window_chunks: int = 8
     gap_timeout_ms: int = 1000

@@ -5,12 +5,14 @@ serializer) into a changelog-backed table. The table holds, per key, the last se
 and how many were applied; a seq at or below the last one is a replay after a crash and
 is skipped, so counts stay exact under at-least-once delivery.
 
-Run: python counter_app.py BOOTSTRAP TOPIC APP_ID DATA_DIR [DELAY_S] [GUARANTEE] [FIXES]
+Run: python counter_app.py BOOTSTRAP TOPIC APP_ID DATA_DIR [DELAY_S] [GUARANTEE] [FIXES] [INSTANCE]
 
 GUARANTEE defaults to ``at_least_once``, the pipeline's. FIXES ``fixed`` (default) installs
 :func:`streamscribe.processors.faust_app.install_faust_fixes`, as every pipeline worker
 does; ``faust`` runs faust-streaming as it is, which loses messages on some restarts
-(``bench/bench_crash_restart.py`` counts how often).
+(``bench/bench_crash_restart.py`` counts how often). INSTANCE, when given, is the
+worker's static group membership id (``group.instance.id``): a restarted worker with the
+same id takes its partitions back at once instead of waiting out the old session.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from streamscribe.processors.faust_app import install_faust_fixes
 
 
 def make_app(
-    bootstrap: str, topic_name: str, app_id: str, data_dir: str, delay_s: float, guarantee: str
+    bootstrap: str,
+    topic_name: str,
+    app_id: str,
+    data_dir: str,
+    delay_s: float,
+    guarantee: str,
+    instance: str | None = None,
 ) -> faust.App:
     app = faust.App(
         app_id,
@@ -39,6 +47,7 @@ def make_app(
         # rejoined without a rebalance and lost a few messages in 2 of 5 runs here. A
         # short session timeout makes the restart resume in seconds instead.
         broker_session_timeout=6.0,
+        consumer_group_instance_id=instance,
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
         processing_guarantee=guarantee,
@@ -78,7 +87,8 @@ def main() -> None:
     guarantee = sys.argv[6] if len(sys.argv) > 6 else "at_least_once"
     if (sys.argv[7] if len(sys.argv) > 7 else "fixed") == "fixed":
         install_faust_fixes()
-    app = make_app(bootstrap, topic_name, app_id, data_dir, delay_s, guarantee)
+    instance = sys.argv[8] if len(sys.argv) > 8 else None
+    app = make_app(bootstrap, topic_name, app_id, data_dir, delay_s, guarantee, instance)
     sys.argv = [sys.argv[0], "worker", "-l", "info", "--without-web"]
     app.main()
 

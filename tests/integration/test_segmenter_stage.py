@@ -186,9 +186,16 @@ def test_dropped_chunk_gives_one_gap_and_exact_timing(
             assert abs(s1 - s2) <= FRAME and abs(e1 - e2) <= FRAME
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic-member", "static-member"])
 def test_sigkill_mid_utterance_loses_nothing(
-    kafka_bootstrap: str, assets: Path, tmp_path: Path
+    kafka_bootstrap: str, assets: Path, tmp_path: Path, static: bool
 ) -> None:
+    """A SIGKILLed segmenter restarted on the same group loses and repeats nothing.
+
+    ``static``: the worker has a static membership id (``--instance-id``), so the restarted
+    one takes its partitions back at once instead of after the old session times out.
+    """
+    member = {"instance_id": f"seg-{uuid.uuid4().hex[:6]}"} if static else {}
     topics = Topics(f"crash{uuid.uuid4().hex[:8]}.")
     create_topics(kafka_bootstrap, topics.specs(4))
     group = f"crash-{uuid.uuid4().hex[:6]}"
@@ -196,7 +203,13 @@ def test_sigkill_mid_utterance_loses_nothing(
     # reference: the offline core gives the no-fault utterances
     expected = [(round(s.start_ms * 16), round(s.end_ms * 16)) for s in segment_file(path)]
     first = start_worker(
-        kafka_bootstrap, topics, tmp_path, group=group, stages="segmenter", log_name="w1.log"
+        kafka_bootstrap,
+        topics,
+        tmp_path,
+        group=group,
+        stages="segmenter",
+        log_name="w1.log",
+        **member,
     )
     try:
         import threading
@@ -219,7 +232,13 @@ def test_sigkill_mid_utterance_loses_nothing(
     before = utterances(kafka_bootstrap, topics)
     assert 4 <= len(before) < len(expected)
     second = start_worker(
-        kafka_bootstrap, topics, tmp_path, group=group, stages="segmenter", log_name="w2.log"
+        kafka_bootstrap,
+        topics,
+        tmp_path,
+        group=group,
+        stages="segmenter",
+        log_name="w2.log",
+        **member,
     )
     try:
         wait_session_end(kafka_bootstrap, topics, {("crash", 0)})
