@@ -157,28 +157,33 @@ def install_seek_before_resume() -> None:
         if deferred:
             resume(self, deferred)
 
-    def completing(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-        async def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
-            consumer = self.app.consumer
-            consumer._ss_depth = getattr(consumer, "_ss_depth", 0) + 1
-            if getattr(consumer, "_ss_deferred", None) is None:
-                consumer._ss_deferred = set()
-            try:
-                await method(self, *args, **kwargs)
-            finally:
-                consumer._ss_depth -= 1
-                if consumer._ss_depth == 0:  # no seek came (rebalancing again): resume now
-                    deferred, consumer._ss_deferred = consumer._ss_deferred, None
-                    if deferred:
-                        resume(consumer, deferred)
-
-        return wrapper
-
     Consumer.resume_partitions = resume_partitions
     Consumer.perform_seek = perform_seek
-    Recovery.on_recovery_completed = completing(Recovery.on_recovery_completed)
-    Recovery._resume_streams = completing(Recovery._resume_streams)
+    Recovery.on_recovery_completed = _completing(Recovery.on_recovery_completed)
+    Recovery._resume_streams = _completing(Recovery._resume_streams)
     Consumer._streamscribe_seek_first = True
+
+
+def _completing(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Wrap a Recovery step: its ``resume_partitions`` calls wait for its seek."""
+
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        from faust.transport.consumer import Consumer
+
+        consumer = self.app.consumer
+        consumer._ss_depth = getattr(consumer, "_ss_depth", 0) + 1
+        if getattr(consumer, "_ss_deferred", None) is None:
+            consumer._ss_deferred = set()
+        try:
+            await method(self, *args, **kwargs)
+        finally:
+            consumer._ss_depth -= 1
+            if consumer._ss_depth == 0:  # no seek came (rebalancing again): resume now
+                deferred, consumer._ss_deferred = consumer._ss_deferred, None
+                if deferred:
+                    Consumer.resume_partitions(consumer, deferred)
+
+    return wrapper
 
 
 def install_faust_fixes() -> None:

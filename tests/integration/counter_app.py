@@ -43,9 +43,8 @@ def make_app(
         datadir=data_dir,
         topic_partitions=4,
         web_enabled=False,
-        # No static membership (group.instance.id): with it, a worker restarted at once
-        # rejoined without a rebalance and lost a few messages in 2 of 5 runs here. A
-        # short session timeout makes the restart resume in seconds instead.
+        # Without static membership (INSTANCE) a restart waits for the old member's
+        # session to expire: keep it short.
         broker_session_timeout=6.0,
         consumer_group_instance_id=instance,
         broker_heartbeat_interval=1.0,

@@ -1,0 +1,109 @@
+"""The two faust-streaming workarounds every worker installs (``install_faust_fixes``).
+
+The crash tests on the real broker (foundation counter, segmenter SIGKILL) are the proof
+that no message is lost; these pin down the mechanics on faust's own classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from faust.transport.consumer import Consumer
+from faust.transport.producer import ProducerBuffer
+from faust.types import TP
+
+from streamscribe.processors.faust_app import _completing, install_faust_fixes, make_app
+from streamscribe.settings import Settings
+
+install_faust_fixes()
+
+A0, A1 = TP("audio", 0), TP("audio", 1)
+
+
+class _Buffer:
+    """What ``ProducerBuffer.flush`` reads: queue size, state, the "message sent" event."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.state = "running"
+        self.message_sent = asyncio.Event()
+        self._ss_in_flight = 1  # taken from the queue, not yet handed to aiokafka
+
+
+def test_flush_waits_for_the_write_in_flight() -> None:
+    async def scenario() -> list[str]:
+        buf, order = _Buffer(), []
+
+        async def deliver() -> None:
+            await asyncio.sleep(0.05)
+            buf._ss_in_flight = 0
+            order.append("sent")
+            buf.message_sent.set()
+
+        task = asyncio.create_task(deliver())
+        await ProducerBuffer.flush(buf)  # faust's own returned at once: the queue is empty
+        order.append("flushed")
+        await task
+        return order
+
+    assert asyncio.run(scenario()) == ["sent", "flushed"]
+
+
+class _Consumer:
+    """What ``resume_partitions`` / ``perform_seek`` touch on faust's consumer."""
+
+    def __init__(self, log: list[tuple[str, frozenset[TP]]]) -> None:
+        self.active: set[TP] = set()
+        self._paused_partitions: set[TP] = {A0, A1}
+        self._read_offset: dict[TP, int | None] = {}
+        self._committed_offset: dict[TP, int | None] = {}
+        self.log = log
+
+    def _get_active_partitions(self) -> set[TP]:
+        return self.active
+
+    async def seek_to_committed(self) -> dict[TP, int]:
+        self.log.append(("seek while fetching", frozenset(self.active)))
+        return {A0: 10, A1: 20}
+
+
+def test_input_partitions_resume_only_after_the_seek() -> None:
+    log: list[tuple[str, frozenset[TP]]] = []
+    consumer = _Consumer(log)
+
+    async def recovery_completed(self: Any) -> None:  # faust's order: resume, then seek
+        Consumer.resume_partitions(self.app.consumer, {A0, A1})
+        log.append(("resumed", frozenset(consumer.active)))
+        await Consumer.perform_seek(self.app.consumer)
+
+    class _Recovery:
+        app = type("App", (), {"consumer": consumer})()
+
+    # faust's order, through the wrapper the fix puts around Recovery.on_recovery_completed
+    asyncio.run(_completing(recovery_completed)(_Recovery()))
+    assert log == [
+        ("resumed", frozenset()),  # deferred: nothing fetched yet
+        ("seek while fetching", frozenset()),
+    ]
+    assert consumer.active == {A0, A1}  # resumed once the seek was done
+    assert consumer._read_offset == {A0: 10, A1: 20}
+
+
+def test_outside_recovery_resume_is_immediate() -> None:
+    consumer = _Consumer([])
+    Consumer.resume_partitions(consumer, {A0})
+    assert consumer.active == {A0}
+
+
+def test_installed_once() -> None:
+    seek = Consumer.perform_seek
+    install_faust_fixes()
+    assert Consumer.perform_seek is seek
+
+
+def test_static_membership_only_when_an_instance_id_is_given(tmp_path: Any) -> None:
+    settings = Settings.from_env({}).with_overrides(worker_data_dir=tmp_path)
+    assert make_app(settings).conf.consumer_group_instance_id is None
+    app = make_app(settings, instance="worker-a-1")
+    assert app.conf.consumer_group_instance_id == "worker-a-1"
