@@ -15,8 +15,9 @@ Two arms, alternated trial by trial on one broker:
 - ``faust``: faust-streaming 0.15.3 as it is;
 - ``fixed``: with :func:`streamscribe.processors.faust_app.install_faust_fixes` (a complete
   producer-buffer flush before each commit; input partitions kept paused until the
-  restarted worker has sought to its committed offsets), what every streamscribe worker
-  installs;
+  restarted worker has sought to its committed offsets; fetches limited to the partitions
+  active when they began), what every streamscribe worker installs (the figures of record
+  were taken before the third fix was added);
 - ``static`` (``--arms``): ``fixed`` plus static group membership (``group.instance.id``), so
   the restarted worker takes its partitions back without waiting out the old session.
 

@@ -11,9 +11,10 @@ Delivery guarantee (at-least-once, made here for every stage):
    failure becomes a dead letter with topic/partition/offset and raw bytes.
 3. Faust flushes its producer (outputs and changelog writes) before it commits offsets, so
    a committed offset means its outputs and state are in Kafka -- once
-   :func:`install_faust_fixes` has fixed two faust-streaming 0.15.3 bugs that otherwise
-   lose messages around a crash: a buffer flush that returns with table writes unsent, and
-   a restart that skips records fetched before its seek (see each). A crash replays the events
+   :func:`install_faust_fixes` has fixed three faust-streaming 0.15.3 bugs that otherwise
+   lose messages around a crash: a buffer flush that returns with table writes unsent, a
+   restart that skips records fetched before its seek, and a fetch that reads "no active
+   partition" as "all partitions" and undoes that seek (see each). A crash replays the events
    after the last commit; their state may already be in the changelog, so every stage
    dedupes replays on ids carried by the data (chunk ``seq``, utterance ``part``).
 4. A worker that cannot go on (e.g. ASR error budget exhausted) exits non-zero *before*
@@ -186,10 +187,48 @@ def _completing(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitab
     return wrapper
 
 
+def install_fetch_snapshot() -> None:
+    """Fetch only from the partitions that were active when the fetch began.
+
+    faust hands its *live* set of active partitions to the fetch running in the consumer
+    thread, which waits up to a second for records and re-reads the set while it waits.
+    When faust pauses every partition in that second (the end of table recovery: the
+    changelogs are paused, the input partitions are not resumed yet), the set is empty,
+    and aiokafka reads an empty set as "all partitions": the fetch returns the input
+    partition's records, moving aiokafka's position past them, while faust drops them as
+    not active. If this lands just after the seek to the committed offset, the seek is
+    undone and faust commits over the records as a "gap". Traced here: the fetch returned
+    107 records (63..169) 3 ms before the seek ended; the next records began at 170. A
+    snapshot taken when the fetch begins (and no fetch at all for an empty one) keeps
+    paused partitions out of it.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(AIOKafkaConsumerThread, "_streamscribe_snapshot", False):
+        return
+    fetch = AIOKafkaConsumerThread._fetch_records
+
+    async def _fetch_records(
+        self: Any,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        snapshot = frozenset(active_partitions or ())
+        if not snapshot:
+            return {}
+        return await fetch(self, consumer, snapshot, timeout=timeout, max_records=max_records)
+
+    AIOKafkaConsumerThread._fetch_records = _fetch_records
+    AIOKafkaConsumerThread._streamscribe_snapshot = True
+
+
 def install_faust_fixes() -> None:
-    """Both fixes above; every streamscribe worker installs them before faust starts."""
+    """The fixes above; every streamscribe worker installs them before faust starts."""
     install_complete_producer_flush()
     install_seek_before_resume()
+    install_fetch_snapshot()
 
 
 @contextlib.contextmanager

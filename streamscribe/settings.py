@@ -66,6 +66,10 @@ class Settings:
     instance_id: str | None = None
     heartbeat_interval_s: float = 1.0
     jitter_window_chunks: int = 8
+    # The segmenter takes up to this many chunks at once (all channels' VAD in one batch,
+    # one executor hop), waiting at most segmenter_batch_wait_s for more; 1 = one by one.
+    segmenter_batch_max: int = 64
+    segmenter_batch_wait_s: float = 0.01
     gap_timeout_ms: int = 1000
     max_payload_bytes: int = 1_048_576
     vad_threshold: float = 0.5

@@ -107,3 +107,38 @@ def test_static_membership_only_when_an_instance_id_is_given(tmp_path: Any) -> N
     assert make_app(settings).conf.consumer_group_instance_id is None
     app = make_app(settings, instance="worker-a-1")
     assert app.conf.consumer_group_instance_id == "worker-a-1"
+
+
+class _Fetcher:
+    """aiokafka's fetcher as faust's thread uses it: an empty partition set means all."""
+
+    _closed = False
+
+    def __init__(self, live: set[TP]) -> None:
+        self.live = live
+        self.calls = 0
+        self._subscriptions = self
+
+    def fetch_context(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    async def fetched_records(self, partitions: Any, timeout: Any = 0, max_records: Any = None):
+        self.calls += 1
+        self.live.clear()  # faust pauses everything while the fetch waits
+        await asyncio.sleep(0)
+        return {tp: ["record"] for tp in (A0, A1) if not partitions or tp in partitions}
+
+
+def test_fetch_uses_the_partitions_active_when_it_began() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    live = {A0}
+    fetcher = _Fetcher(live)
+    consumer = type("Aio", (), {"_closed": False, "_fetcher": fetcher})()
+    thread = type("Thread", (), {"consumer": type("C", (), {"flow_active": True})()})()
+    got = asyncio.run(AIOKafkaConsumerThread._fetch_records(thread, consumer, live, timeout=1))
+    assert set(got) == {A0}  # not A1, paused (never active) while the fetch waited
+    assert asyncio.run(AIOKafkaConsumerThread._fetch_records(thread, consumer, set())) == {}
+    assert fetcher.calls == 1  # an empty set fetches nothing (aiokafka would read "all")
