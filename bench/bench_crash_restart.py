@@ -44,11 +44,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_producer import bootstrap_address, loadavg, machine  # noqa: E402
-from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 
 from streamscribe.kafka_admin import create_topics, delete_topics  # noqa: E402
 from streamscribe.producers.delivery import DeliveryProducer  # noqa: E402
 from streamscribe.schemas.topics import TopicSpec  # noqa: E402
+from tests.integration.kafka_read import json_table_state  # noqa: E402
 from tests.procs import Proc, python_cmd  # noqa: E402
 
 RESULTS: Final = ROOT / "bench" / "results" / "crash_restart.json"
@@ -56,38 +56,6 @@ APP: Final = str(ROOT / "tests" / "integration" / "counter_app.py")
 ARMS: Final = ("faust", "fixed", "static")
 N_KEYS: Final = 50
 N_MESSAGES: Final = 10_000
-
-
-def changelog_state(bootstrap: str, topic: str) -> dict[str, dict[str, int]]:
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"read-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "log_level": 0,
-        }
-    )
-    try:
-        md = c.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or not md.partitions:
-            return {}
-        ends = {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in md.partitions
-        }
-        c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
-        pos = dict.fromkeys(md.partitions, 0)
-        state: dict[str, dict[str, int]] = {}
-        deadline = time.monotonic() + 30
-        while any(pos[p] < ends[p] for p in pos) and time.monotonic() < deadline:
-            msg = c.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            state[json.loads(msg.key())] = json.loads(msg.value()) if msg.value() else {}
-            pos[msg.partition()] = msg.offset() + 1
-        return state
-    finally:
-        c.close()
 
 
 def applied(state: dict[str, dict[str, int]]) -> int:
@@ -118,21 +86,21 @@ def trial(bootstrap: str, fixes: str, kill_share: float, workdir: Path) -> dict[
     first = Proc(args, workdir / f"{app_id}-1.log")
     try:
         deadline = time.monotonic() + 240
-        while applied(changelog_state(bootstrap, changelog)) < kill_share * N_MESSAGES:
+        while applied(json_table_state(bootstrap, changelog)) < kill_share * N_MESSAGES:
             if time.monotonic() > deadline:
                 raise TimeoutError("first worker too slow")
             time.sleep(0.3)
         first.kill9()
     finally:
         first.stop()
-    at_kill = applied(changelog_state(bootstrap, changelog))
+    at_kill = applied(json_table_state(bootstrap, changelog))
     second = Proc(args, workdir / f"{app_id}-2.log")
     t0 = time.monotonic()
     try:
         last_change, last_seen = time.monotonic(), -1
         resumed_s: float | None = None  # restart -> first new table update (1 s polls)
         while True:
-            state = changelog_state(bootstrap, changelog)
+            state = json_table_state(bootstrap, changelog)
             done = len(state) == N_KEYS and all(
                 v.get("last") == N_MESSAGES // N_KEYS - 1 for v in state.values()
             )
@@ -145,7 +113,7 @@ def trial(bootstrap: str, fixes: str, kill_share: float, workdir: Path) -> dict[
             time.sleep(1.0)
     finally:
         second.stop()
-    violations = changelog_state(bootstrap, f"{app_id}-violations-changelog")
+    violations = json_table_state(bootstrap, f"{app_id}-violations-changelog")
     delete_topics(
         bootstrap,
         [topic, changelog, f"{app_id}-violations-changelog", f"{app_id}-__assignor-__leader"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -67,3 +68,13 @@ def wait_for_count(
             return records
         time.sleep(poll_s)
     return records
+
+
+def json_table_state(bootstrap: str, changelog: str) -> dict:
+    """A faust table with JSON keys and values as its changelog holds it now (last record
+    per key wins; a deleted key reads as ``{}``; a changelog not created yet as empty)."""
+    try:
+        records = read_topic(bootstrap, changelog)
+    except KeyError:  # the topic does not exist yet
+        return {}
+    return {json.loads(r.key): json.loads(r.value) if r.value else {} for r in records}

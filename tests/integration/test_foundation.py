@@ -10,13 +10,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from streamscribe.broker import LocalBroker, free_port
 from streamscribe.kafka_admin import create_topics
 from streamscribe.producers.delivery import DeliveryProducer
 from streamscribe.schemas.topics import TopicSpec
 from streamscribe.settings import Settings
+from tests.integration.kafka_read import json_table_state, read_topic
 from tests.procs import Proc, python_cmd
 
 pytestmark = pytest.mark.integration
@@ -35,55 +35,13 @@ def _produce(bootstrap: str, topic: str) -> None:
     assert (stats.sent, stats.delivered, stats.failed) == (N_MESSAGES, N_MESSAGES, 0)
 
 
-def _read_all(
-    bootstrap: str, topic: str, timeout_s: float = 30.0
-) -> list[tuple[bytes, bytes, int]]:
-    """(key, value, partition) of every message in ``topic`` from the beginning."""
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"read-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "log_level": 0,
-        }
-    )
-    md = c.list_topics(topic, timeout=10).topics[topic]
-    ends = {}
-    for p in md.partitions:
-        _, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        ends[p] = hi
-    c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
-    out: list[tuple[bytes, bytes, int]] = []
-    pos = {p: 0 for p in md.partitions}
-    deadline = time.monotonic() + timeout_s
-    while any(pos[p] < ends[p] for p in pos) and time.monotonic() < deadline:
-        msg = c.poll(0.5)
-        if msg is None or msg.error():
-            continue
-        out.append((msg.key(), msg.value(), msg.partition()))
-        pos[msg.partition()] = msg.offset() + 1
-    c.close()
-    return out
-
-
-def _table_state(bootstrap: str, changelog: str) -> dict[str, dict[str, int]]:
-    state: dict[str, dict[str, int]] = {}
-    for key, value, _ in _read_all(bootstrap, changelog):
-        k = json.loads(key)
-        state[k] = json.loads(value) if value is not None else {}
-    return state
-
-
 def _wait_state(
     bootstrap: str, changelog: str, done, timeout_s: float
 ) -> dict[str, dict[str, int]]:
     deadline = time.monotonic() + timeout_s
     state: dict[str, dict[str, int]] = {}
     while time.monotonic() < deadline:
-        try:
-            state = _table_state(bootstrap, changelog)
-        except KeyError:  # changelog topic not created yet
-            state = {}
+        state = json_table_state(bootstrap, changelog)
         if done(state):
             return state
         time.sleep(1.0)
@@ -96,9 +54,9 @@ def test_keyed_messages_arrive_once_in_order(kafka_bootstrap: str) -> None:
     _produce(kafka_bootstrap, topic)
     seen: dict[str, list[int]] = defaultdict(list)
     partitions: dict[str, set[int]] = defaultdict(set)
-    for key, value, part in _read_all(kafka_bootstrap, topic):
-        seen[key.decode()].append(json.loads(value)["seq"])
-        partitions[key.decode()].add(part)
+    for r in read_topic(kafka_bootstrap, topic):
+        seen[r.key.decode()].append(json.loads(r.value)["seq"])
+        partitions[r.key.decode()].add(r.partition)
     assert len(seen) == N_KEYS
     for key, seqs in seen.items():
         assert seqs == list(range(N_MESSAGES // N_KEYS)), key
@@ -161,7 +119,7 @@ def test_faust_table_survives_sigkill(kafka_bootstrap: str, tmp_path: Path) -> N
     assert len(final) == N_KEYS, logs
     for key, value in final.items():
         assert value == {"last": N_MESSAGES // N_KEYS - 1, "n": N_MESSAGES // N_KEYS}, (key, logs)
-    assert _table_state(kafka_bootstrap, f"{app_id}-violations-changelog") == {}
+    assert json_table_state(kafka_bootstrap, f"{app_id}-violations-changelog") == {}
     print(f"last restarted worker finished in {resumed_in:.1f} s")
 
 
@@ -181,7 +139,7 @@ def test_broker_restart_keeps_messages(tmp_path: Path) -> None:
         assert broker.stop() is True
         assert broker.status().running is False
         broker.start()
-        values = sorted(int(v) for _, v, _ in _read_all(bootstrap, topic))
+        values = sorted(int(r.value) for r in read_topic(bootstrap, topic))
         assert values == list(range(500))
         assert "4.3.1" in broker.status().describe()
     finally:
