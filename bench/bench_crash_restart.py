@@ -13,7 +13,7 @@ never reached the changelog (lost at the crash, or skipped by the restarted work
 Two arms, alternated trial by trial on one broker:
 
 - ``faust``: faust-streaming 0.15.3 as it is;
-- ``fixed``: with :func:`streamscribe.processors.faust_app.install_faust_fixes` (a complete
+- ``fixed``: with :func:`streamscribe.processors.faust_fixes.install_faust_fixes` (a complete
   producer-buffer flush before each commit; input partitions kept paused until the
   restarted worker has sought to its committed offsets; fetches limited to the partitions
   active when they began), what every streamscribe worker installs (the figures of record
@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_producer import bootstrap_address, loadavg, machine  # noqa: E402
 
-from streamscribe.kafka_admin import create_topics, delete_topics  # noqa: E402
-from streamscribe.producers.delivery import DeliveryProducer  # noqa: E402
+from streamscribe.core.admin import create_topics, delete_topics  # noqa: E402
+from streamscribe.core.kafka import DeliveryProducer  # noqa: E402
 from streamscribe.schemas.topics import TopicSpec  # noqa: E402
 from tests.integration.kafka_read import json_table_state  # noqa: E402
 from tests.procs import Proc, python_cmd  # noqa: E402

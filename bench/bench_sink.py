@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))  # for tests.pg
 from streamscribe.consumers.sink import DecodedBatch, run_sink  # noqa: E402
 from streamscribe.consumers.store import TranscriptStore  # noqa: E402
 from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript  # noqa: E402
-from streamscribe.settings import Settings  # noqa: E402
+from streamscribe.core.settings import Settings  # noqa: E402
 
 RESULTS: Final = ROOT / "bench" / "results" / "sink.json"
 BATCH_SIZES: Final = (1, 10, 100, 500)
@@ -95,7 +95,7 @@ def bench_store(url: str, n: int) -> dict[str, Any]:
 def bench_kafka_sink(bootstrap: str, n: int, batch_size: int, workdir: Path) -> dict[str, Any]:
     from confluent_kafka import Producer
 
-    from streamscribe.kafka_admin import create_topics
+    from streamscribe.core.admin import create_topics
     from streamscribe.schemas.topics import Topics
 
     topics = Topics(f"bench{uuid.uuid4().hex[:8]}.")

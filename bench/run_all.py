@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bench_producer import broker_answers
 
-    from streamscribe.settings import Settings
+    from streamscribe.core.settings import Settings
 
     settings = Settings.from_env()
     bootstrap = settings.bootstrap

@@ -46,11 +46,11 @@ from streamscribe.consumers.kafka_io import (
     producer_config,
     stop_on_signals,
 )
-from streamscribe.schemas.errors import ContractError, SinkError
+from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.schemas.events import Alert
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaException
 
-from streamscribe.schemas.errors import StreamscribeError
-from streamscribe.settings import Settings
+from streamscribe.core.errors import StreamscribeError
+from streamscribe.core.settings import Settings
 
 Command = Callable[[Settings, argparse.Namespace], int]
 EXIT_BAD_INPUT: Final = 2

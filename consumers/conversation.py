@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from streamscribe.consumers.store import SessionInfo, TranscriptStore
-from streamscribe.schemas.errors import SinkError
+from streamscribe.core.errors import SinkError
 from streamscribe.schemas.transcripts import FinalTranscript
 
 FORMATS: Final = ("text", "json", "srt")

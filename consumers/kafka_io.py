@@ -25,8 +25,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
-from streamscribe.schemas.errors import SinkError
-from streamscribe.settings import Settings
+from streamscribe.core.errors import SinkError
+from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -58,11 +58,11 @@ from streamscribe.consumers.latency import (
     stage_latencies,
     summarize,
 )
-from streamscribe.schemas.errors import ContractError, SinkError
+from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.schemas.events import LatencyRecord, now_us
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ A database error is retried (``DB_RETRIES``) and then stops the sink without com
 
 Example::
 
-    >>> from streamscribe.settings import Settings
+    >>> from streamscribe.core.settings import Settings
     >>> stats = run_sink(Settings.from_env(), db_url="sqlite:///t.db",
     ...                  from_earliest=True, max_idle_s=5.0)  # doctest: +SKIP
 """
@@ -46,11 +46,11 @@ from streamscribe.consumers.kafka_io import (
     stop_on_signals,
 )
 from streamscribe.consumers.store import TranscriptStore, WriteResult
-from streamscribe.schemas.errors import ContractError, SinkError
+from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.schemas.events import DeadLetter
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import TranscriptEvent, decode_transcript
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

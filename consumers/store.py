@@ -71,7 +71,7 @@ from sqlalchemy.exc import (
 )
 
 from streamscribe.consumers.latency import STAGES, stage_latencies
-from streamscribe.schemas.errors import SinkError
+from streamscribe.core.errors import SinkError
 from streamscribe.schemas.events import LatencyRecord, now_us
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript, TranscriptEvent
 

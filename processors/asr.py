@@ -28,7 +28,7 @@ every later step feeds the last token, ``use_cache_branch=True``, the growing
 The number of generated tokens is capped in proportion to the audio length
 (:class:`DecodeConfig`), so a decoder stuck in a loop on noise or silence stops.
 
-Errors (all under the project root ``streamscribe.schemas.errors``)::
+Errors (all under the project root ``streamscribe.core.errors``)::
 
     StreamscribeError
     └── ProcessorError
@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from streamscribe.schemas.errors import AsrError
+from streamscribe.core.errors import AsrError, AsrInputError, AsrModelError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -102,12 +102,6 @@ _REPLACEMENT_CHAR: Final = "\ufffd"
 _LOGITS: Final = "logits"
 
 
-class AsrModelError(AsrError):
-    """Model or tokenizer files are missing, unreadable or do not have the expected signature."""
-
-
-class AsrInputError(AsrError):
-    """The audio given to :meth:`MoonshineAsr.transcribe` is unusable (shape, values, length)."""
 
 
 @dataclass(frozen=True)

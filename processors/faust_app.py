@@ -14,8 +14,8 @@ Delivery guarantee (at-least-once, made here for every stage):
    :func:`install_faust_fixes` has fixed three faust-streaming 0.15.3 bugs that otherwise
    lose messages around a crash: a buffer flush that returns with table writes unsent, a
    restart that skips records fetched before its seek, and a fetch that reads "no active
-   partition" as "all partitions" and undoes that seek (see each). A crash replays the events
-   after the last commit; their state may already be in the changelog, so every stage
+   partition" as "all partitions" and undoes that seek (see :mod:`faust_fixes`). A crash
+   replays the events after the last commit; their state may already be in the changelog, so every stage
    dedupes replays on ids carried by the data (chunk ``seq``, utterance ``part``).
 4. A worker that cannot go on (e.g. ASR error budget exhausted) exits non-zero *before*
    the batch is acked, so no audio is dropped silently.
@@ -26,7 +26,6 @@ handled, :func:`event_scope` sets it to the event being handled.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -38,10 +37,11 @@ from typing import Any
 import faust
 from faust.streams import _current_event  # the context variable behind current_event()
 
-from streamscribe.schemas.errors import StreamscribeError
+from streamscribe.core.errors import StreamscribeError
+from streamscribe.core.settings import Settings
+from streamscribe.processors.faust_fixes import install_faust_fixes
 from streamscribe.schemas.events import DeadLetter
 from streamscribe.schemas.topics import Topics
-from streamscribe.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -74,161 +74,6 @@ async def guarded(
         )
         logging.shutdown()
         os._exit(EXIT_STAGE_FAILURE)
-
-
-def install_complete_producer_flush() -> None:
-    """Make faust's producer flush wait for every buffered table write (idempotent).
-
-    Table writes (``table[key] = value``) reach Kafka through faust's ``ProducerBuffer``: a
-    queue drained by a background task. Before committing offsets, faust (at-least-once)
-    awaits ``producer.flush()``, which drains that buffer first -- but in faust-streaming
-    0.15.3 ``ProducerBuffer.flush`` returns as soon as no message leaves the buffer within
-    0.1 s, and it ignores the message the background task has taken from the queue but
-    not yet handed to aiokafka. Either way offsets are committed while changelog writes of
-    acked events are still in this process; a SIGKILL then loses them and the restarted
-    worker restores a table older than its committed offsets. Traced here: commits began
-    with a table write in flight (taken from the queue, not yet in aiokafka). The losses
-    measured in crash runs came from the restart bug below; this closes the smaller window
-    too: the flush returns only when the queue is empty and nothing is in flight.
-    """
-    from faust.transport.producer import ProducerBuffer
-
-    if getattr(ProducerBuffer, "_streamscribe_complete_flush", False):
-        return
-    send_one = ProducerBuffer._send_pending
-
-    async def _send_pending(self: Any, fut: Any) -> None:
-        self._ss_in_flight = getattr(self, "_ss_in_flight", 0) + 1
-        try:
-            await send_one(self, fut)
-        finally:
-            self._ss_in_flight -= 1
-            self.message_sent.set()
-
-    async def flush(self: Any) -> None:
-        give_up_at = None  # while stopping, the sending task may already be gone
-        while self.size or getattr(self, "_ss_in_flight", 0):
-            if self.state != "running":
-                now = asyncio.get_running_loop().time()
-                give_up_at = give_up_at or now + 10.0
-                if now > give_up_at:
-                    raise RuntimeError(
-                        f"cannot flush: producer {self.state}, {self.size} table writes unsent"
-                    )
-            self.message_sent.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.message_sent.wait(), timeout=0.5)
-
-    ProducerBuffer._send_pending = _send_pending
-    ProducerBuffer.flush = flush
-    ProducerBuffer._streamscribe_complete_flush = True
-
-
-def install_seek_before_resume() -> None:
-    """Seek a restarted worker's input partitions to the committed offsets *before* fetching.
-
-    After restoring its tables, faust 0.15.3 resumes the input partitions and only then
-    seeks them to the committed offsets, while the fetcher -- already running to read the
-    changelogs -- keeps iterating. Records fetched in that window are handed on and not
-    processed; after the seek faust's read position is back at the committed offset, the
-    next record it sees is the one after them, and faust records the skipped range as a
-    "gap" (offsets it believes do not exist) and commits past it. Measured here: 3 of 8
-    restarts of the foundation's counter worker lost 45-60 messages per partition this
-    way. This keeps the input partitions paused until the seek is done: ``resume_partitions``
-    calls made while faust completes recovery are deferred until after ``perform_seek``.
-    """
-    from faust.tables.recovery import Recovery
-    from faust.transport.consumer import Consumer
-
-    if getattr(Consumer, "_streamscribe_seek_first", False):
-        return
-    resume = Consumer.resume_partitions
-    seek = Consumer.perform_seek
-
-    def resume_partitions(self: Any, tps: Any) -> None:
-        deferred = getattr(self, "_ss_deferred", None)
-        if deferred is None:
-            resume(self, tps)
-        else:
-            deferred.update(tps)
-
-    async def perform_seek(self: Any) -> None:
-        await seek(self)
-        deferred, self._ss_deferred = getattr(self, "_ss_deferred", None), None
-        if deferred:
-            resume(self, deferred)
-
-    Consumer.resume_partitions = resume_partitions
-    Consumer.perform_seek = perform_seek
-    Recovery.on_recovery_completed = _completing(Recovery.on_recovery_completed)
-    Recovery._resume_streams = _completing(Recovery._resume_streams)
-    Consumer._streamscribe_seek_first = True
-
-
-def _completing(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Wrap a Recovery step: its ``resume_partitions`` calls wait for its seek."""
-
-    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
-        from faust.transport.consumer import Consumer
-
-        consumer = self.app.consumer
-        consumer._ss_depth = getattr(consumer, "_ss_depth", 0) + 1
-        if getattr(consumer, "_ss_deferred", None) is None:
-            consumer._ss_deferred = set()
-        try:
-            await method(self, *args, **kwargs)
-        finally:
-            consumer._ss_depth -= 1
-            if consumer._ss_depth == 0:  # no seek came (rebalancing again): resume now
-                deferred, consumer._ss_deferred = consumer._ss_deferred, None
-                if deferred:
-                    Consumer.resume_partitions(consumer, deferred)
-
-    return wrapper
-
-
-def install_fetch_snapshot() -> None:
-    """Fetch only from the partitions that were active when the fetch began.
-
-    faust hands its *live* set of active partitions to the fetch running in the consumer
-    thread, which waits up to a second for records and re-reads the set while it waits.
-    When faust pauses every partition in that second (the end of table recovery: the
-    changelogs are paused, the input partitions are not resumed yet), the set is empty,
-    and aiokafka reads an empty set as "all partitions": the fetch returns the input
-    partition's records, moving aiokafka's position past them, while faust drops them as
-    not active. If this lands just after the seek to the committed offset, the seek is
-    undone and faust commits over the records as a "gap". Traced here: the fetch returned
-    107 records (63..169) 3 ms before the seek ended; the next records began at 170. A
-    snapshot taken when the fetch begins (and no fetch at all for an empty one) keeps
-    paused partitions out of it.
-    """
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    if getattr(AIOKafkaConsumerThread, "_streamscribe_snapshot", False):
-        return
-    fetch = AIOKafkaConsumerThread._fetch_records
-
-    async def _fetch_records(
-        self: Any,
-        consumer: Any,
-        active_partitions: Any,
-        timeout: float | None = None,
-        max_records: int | None = None,
-    ) -> Any:
-        snapshot = frozenset(active_partitions or ())
-        if not snapshot:
-            return {}
-        return await fetch(self, consumer, snapshot, timeout=timeout, max_records=max_records)
-
-    AIOKafkaConsumerThread._fetch_records = _fetch_records
-    AIOKafkaConsumerThread._streamscribe_snapshot = True
-
-
-def install_faust_fixes() -> None:
-    """The fixes above; every streamscribe worker installs them before faust starts."""
-    install_complete_producer_flush()
-    install_seek_before_resume()
-    install_fetch_snapshot()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ would produce for the same file:
 The file is read a chunk at a time, so memory stays bounded by the open utterances, not the
 file length. Results are in stream order: by ``start_ms``, then channel.
 
-Errors: an unreadable file raises :class:`~streamscribe.schemas.errors.ContractError`; a
+Errors: an unreadable file raises :class:`~streamscribe.core.errors.ContractError`; a
 chunk the validator rejects raises its :class:`ValidationError`; a model failure raises
 :class:`AsrError` (all under ``StreamscribeError``).
 
@@ -53,7 +53,7 @@ from streamscribe.processors.segmenter import (
     segment_many,
 )
 from streamscribe.processors.vad import SileroVad
-from streamscribe.schemas.errors import ContractError
+from streamscribe.core.errors import ContractError
 from streamscribe.schemas.pcm import PCM_S16LE, encode_payload
 
 if TYPE_CHECKING:

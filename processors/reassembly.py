@@ -45,7 +45,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from streamscribe.schemas.errors import SegmenterError
+from streamscribe.core.errors import SegmenterError
 from streamscribe.schemas.pcm import PCM_S16LE
 
 DEFAULT_WINDOW_CHUNKS: Final = 8
@@ -185,7 +185,7 @@ class JitterConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> JitterConfig:
-        """Build from a :class:`streamscribe.settings.Settings`."""
+        """Build from a :class:`streamscribe.core.settings.Settings`."""
         return cls(
             window_chunks=settings.jitter_window_chunks, gap_timeout_ms=settings.gap_timeout_ms
         )

@@ -53,11 +53,11 @@ from streamscribe.processors.recognizer_core import (
     piece_key,
 )
 from streamscribe.processors.stabilize import LineStabilizer
-from streamscribe.schemas.errors import AsrError, ContractError, StreamscribeError
+from streamscribe.core.errors import AsrError, ContractError, StreamscribeError
 from streamscribe.schemas.events import now_us
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
 from streamscribe.schemas.utterances import KIND_FINAL, UtteranceMessage, line_id
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -72,7 +72,7 @@ from streamscribe.processors.reassembly import Chunk, Gap, Item, pack_state, unp
 from streamscribe.processors.resample import TARGET_RATE, StreamingResampler, total_outputs
 from streamscribe.processors.vad import FRAME_SAMPLES, SileroVad, VadState
 from streamscribe.processors.validate import ChunkValidator, ValidationConfig
-from streamscribe.schemas.errors import SegmenterError, StreamscribeError, ValidationError
+from streamscribe.core.errors import SegmenterError, StreamscribeError, ValidationError
 from streamscribe.schemas.pcm import PCM_S16LE, Float32Array, encode_payload, float_to_pcm16
 
 RATE: Final = TARGET_RATE
@@ -130,7 +130,7 @@ class SegmenterConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> SegmenterConfig:
-        """Build from a :class:`streamscribe.settings.Settings`."""
+        """Build from a :class:`streamscribe.core.settings.Settings`."""
         return cls(
             threshold=settings.vad_threshold,
             neg_threshold=settings.vad_neg_threshold,

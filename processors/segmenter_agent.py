@@ -43,9 +43,9 @@ from streamscribe.processors.vad import SileroVad
 from streamscribe.processors.validate import ValidationConfig, decode_checked
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import TICK_KEY, Tick, is_tick
-from streamscribe.schemas.errors import ContractError, StreamscribeError
+from streamscribe.core.errors import ContractError, StreamscribeError
 from streamscribe.schemas.events import now_us
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class SegmenterStage:
         async def segmenter(stream: Any) -> None:
             # faust acks the events of a batch only after the loop body has handled them
             # (``take_events`` acks when the generator resumes). Batches lost chunks after a
-            # restart until ``faust_app.install_fetch_snapshot`` (3 of 8 crash runs before,
+            # restart until ``faust_fixes.install_fetch_snapshot`` (3 of 8 crash runs before,
             # 0 of 12 after).
             if settings.segmenter_batch_max <= 1:
                 async for event in stream.events():

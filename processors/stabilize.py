@@ -19,7 +19,7 @@ line and may differ from the stable prefix.
 The state is a small JSON-able dict (:meth:`LineStabilizer.to_dict` /
 :meth:`LineStabilizer.from_dict`), so it can live in a Faust table.
 
-Errors (under the project root ``streamscribe.schemas.errors``)::
+Errors (under the project root ``streamscribe.core.errors``)::
 
     AsrError
     └── StabilizerError            stabilisation misuse or bad state
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from streamscribe.processors.text import normalize_word
-from streamscribe.schemas.errors import AsrError
+from streamscribe.core.errors import LineClosedError, StabilizerError, StabilizerStateError
 
 __all__ = [
     "STATE_VERSION",
@@ -64,16 +64,7 @@ STATE_VERSION: Final = 1
 """Version tag written by :meth:`LineStabilizer.to_dict`."""
 
 
-class StabilizerError(AsrError):
-    """Stabilisation was misused or its state is bad."""
 
-
-class LineClosedError(StabilizerError):
-    """``update`` or ``finalize`` on a line that was already finalised."""
-
-
-class StabilizerStateError(StabilizerError):
-    """A state dict could not be restored."""
 
 
 @dataclass(frozen=True)

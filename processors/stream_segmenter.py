@@ -39,7 +39,7 @@ from streamscribe.processors.segmenter import (
 )
 from streamscribe.processors.vad import SileroVad
 from streamscribe.schemas.audio import AudioChunk
-from streamscribe.schemas.errors import SegmenterError, StreamscribeError
+from streamscribe.core.errors import SegmenterError, StreamscribeError
 from streamscribe.schemas.events import (
     EVENT_GAP,
     EVENT_IDLE_TIMEOUT,

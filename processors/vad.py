@@ -36,7 +36,7 @@ import numpy as np
 import onnxruntime as ort
 
 from streamscribe.processors.reassembly import pack_state, unpack_state
-from streamscribe.schemas.errors import SegmenterError
+from streamscribe.core.errors import SegmenterError
 from streamscribe.schemas.pcm import Float32Array
 
 VAD_RATE: Final = 16000

@@ -1,6 +1,6 @@
 """Validation of decoded chunks: reject with a reason, or return float32 samples.
 
-A chunk is rejected (:class:`~streamscribe.schemas.errors.ValidationError`, carrying the raw
+A chunk is rejected (:class:`~streamscribe.core.errors.ValidationError`, carrying the raw
 payload) when its encoding is unknown, its sample rate is not supported, its payload is over
 the size limit, its payload length is not ``n_samples`` times the bytes per sample, its
 declared duration disagrees with ``n_samples / sample_rate``, or a float payload holds NaN
@@ -40,7 +40,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from streamscribe.processors.reassembly import Chunk, pack_state, unpack_state
-from streamscribe.schemas.errors import ValidationError
+from streamscribe.core.errors import ValidationError
 from streamscribe.schemas.pcm import (
     BYTES_PER_SAMPLE,
     ENCODINGS,

@@ -18,7 +18,7 @@ from typing import Any
 import faust
 
 from streamscribe.processors.faust_app import StageTopics, make_app
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def ensure_changelog_topics(app: faust.App, settings: Settings) -> None:
     yet when the first table write checks partition counts (``PartitionsMismatch``).
     Created here, before the consumer exists, they are in its first metadata.
     """
-    from streamscribe.kafka_admin import create_topics
+    from streamscribe.core.admin import create_topics
     from streamscribe.schemas.topics import TopicSpec
 
     specs = [

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from streamscribe.producers.delivery import DeliveryProducer, DeliveryStats
+from streamscribe.core.kafka import DeliveryProducer, DeliveryStats
 from streamscribe.producers.inject import Injector, Outgoing, parse_inject_spec
 from streamscribe.producers.pacing import parse_pace, sleep_until
 from streamscribe.producers.source import (
@@ -37,7 +37,7 @@ from streamscribe.producers.source import (
     read_audio,
 )
 from streamscribe.schemas.audio import SessionMeta
-from streamscribe.schemas.errors import ProducerError
+from streamscribe.core.errors import ProducerError
 from streamscribe.schemas.events import now_us
 
 PROGRESS_EVERY_S = 5.0

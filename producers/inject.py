@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamscribe.schemas.audio import AudioChunk
-from streamscribe.schemas.errors import ProducerError
+from streamscribe.core.errors import ProducerError
 from streamscribe.schemas.pcm import PCM_F32LE, decode_payload
 
 KINDS = ("duplicate", "reorder", "drop", "garbage", "nan")

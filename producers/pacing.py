@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from streamscribe.schemas.errors import ProducerError
+from streamscribe.core.errors import ProducerError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamscribe.schemas.audio import AudioChunk, SessionMeta
-from streamscribe.schemas.errors import ProducerError
+from streamscribe.core.errors import ProducerError
 from streamscribe.schemas.pcm import (
     ENCODINGS,
     PCM_F32LE,

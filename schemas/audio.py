@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from streamscribe.schemas.avro_codec import AvroType
-from streamscribe.schemas.errors import ContractError
+from streamscribe.core.errors import ContractError
 
 AUDIO_CHUNK_TYPE = AvroType("AudioChunk", type_id=1, versions={1: "audio_chunk.v1.avsc"})
 AUDIO_SCHEMA_VERSION = AUDIO_CHUNK_TYPE.current

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import fastavro
 
-from streamscribe.schemas.errors import ContractError
+from streamscribe.core.errors import ContractError
 
 MAGIC: Final = 0xA5
 HEADER_BYTES: Final = 3

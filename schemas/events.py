@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from streamscribe.schemas.errors import ContractError, StreamscribeError
+from streamscribe.core.errors import ContractError, StreamscribeError
 from streamscribe.schemas.json_codec import decode_json, encode_json
 
 EVENT_SESSION_START: Final = "session_start"

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 
-from streamscribe.schemas.errors import ContractError
+from streamscribe.core.errors import ContractError
 
 
 @cache

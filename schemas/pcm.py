@@ -21,7 +21,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from streamscribe.schemas.errors import ContractError
+from streamscribe.core.errors import ContractError
 
 PCM_S16LE: Final = "pcm_s16le"
 PCM_MULAW: Final = "pcm_mulaw"

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from streamscribe.schemas.errors import ContractError
+from streamscribe.core.errors import ContractError
 from streamscribe.schemas.json_codec import decode_json, encode_json
 
 TRANSCRIPT_SCHEMA_VERSION: Final = 1

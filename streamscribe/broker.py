@@ -9,7 +9,7 @@ metadata request *and* its group and transaction coordinators are loaded.
 Example::
 
     from streamscribe.broker import LocalBroker
-    from streamscribe.settings import Settings
+    from streamscribe.core.settings import Settings
 
     broker = LocalBroker(Settings.from_env().with_overrides(broker_port=19092))
     broker.start()            # returns the bootstrap address, "127.0.0.1:19092"
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from streamscribe.schemas.errors import BrokerError
-from streamscribe.settings import Settings
+from streamscribe.core.errors import BrokerError
+from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each subcommand declares its options here and calls into a service package; services are
 imported only when their command runs (no side effects at import). A
-:class:`~streamscribe.schemas.errors.StreamscribeError` or a bad argument ends the command
+:class:`~streamscribe.core.errors.StreamscribeError` or a bad argument ends the command
 with a one-line message on stderr and a non-zero exit, never a traceback.
 
 Example::
@@ -21,14 +21,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from streamscribe.schemas.errors import StreamscribeError
-from streamscribe.settings import Settings
+from streamscribe.core.errors import StreamscribeError
+from streamscribe.core.settings import Settings
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 
-
-class CliError(StreamscribeError):
-    """A command cannot run as asked (bad argument, missing file)."""
 
 
 # --------------------------------------------------------------------------- broker/topics
@@ -62,7 +59,7 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
-    from streamscribe.kafka_admin import create_topics, describe_topics
+    from streamscribe.core.admin import create_topics, describe_topics
     from streamscribe.schemas.topics import Topics
 
     topics = Topics(settings.topic_prefix)

@@ -10,8 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from streamscribe.schemas.errors import StreamscribeError
-from streamscribe.settings import Settings
+from streamscribe.core.errors import StreamscribeError, UsageError
+from streamscribe.core.settings import Settings
 
 SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]
 
@@ -143,7 +143,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise CommandError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+        raise UsageError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
     settings = settings.with_overrides(group_id=args.group_id, instance_id=args.instance_id)
     if args.workers and args.workers > 1 and args.instance_index is None:
         argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
@@ -249,9 +249,6 @@ def add_consumers(sub: SubParsers) -> None:
 
     register(sub)
 
-
-class CommandError(StreamscribeError):
-    """A command was asked for something it cannot do."""
 
 
 REGISTRARS: list[Callable[[SubParsers], None]] = [

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 CALL_PACE = "x2"
 
@@ -105,7 +105,7 @@ class LiveView:
     def _run(self) -> None:
         from confluent_kafka import Consumer
 
-        from streamscribe.schemas.errors import ContractError
+        from streamscribe.core.errors import ContractError
         from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
 
         c = Consumer(
@@ -175,7 +175,7 @@ def main() -> int:
         "STREAMSCRIBE_WORKER_DATA_DIR": str(root / f"worker-{run}"),
     }
     try:
-        from streamscribe.kafka_admin import create_topics
+        from streamscribe.core.admin import create_topics
         from streamscribe.schemas.topics import Topics
 
         topics = Topics(prefix)

@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import Tick, is_tick
-from streamscribe.schemas.errors import BrokerError, ContractError
+from streamscribe.core.errors import BrokerError, ContractError
 from streamscribe.schemas.events import Alert, DeadLetter, SessionEvent
 from streamscribe.schemas.topics import (
     ALERTS,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from streamscribe.schemas.topics import Topics
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 BROKER_FIXTURES = {"kafka_bootstrap", "topics", "broker_settings"}
 
@@ -76,7 +76,7 @@ def references() -> dict[str, str]:
 @pytest.fixture
 def topics(kafka_bootstrap: str) -> Topics:
     """The pipeline's topics under a prefix unique to this test, created."""
-    from streamscribe.kafka_admin import create_topics
+    from streamscribe.core.admin import create_topics
 
     t = Topics(f"t{uuid.uuid4().hex[:10]}.")
     create_topics(kafka_bootstrap, t.specs(partitions=4))

@@ -8,7 +8,7 @@ is skipped, so counts stay exact under at-least-once delivery.
 Run: python counter_app.py BOOTSTRAP TOPIC APP_ID DATA_DIR [DELAY_S] [GUARANTEE] [FIXES] [INSTANCE]
 
 GUARANTEE defaults to ``at_least_once``, the pipeline's. FIXES ``fixed`` (default) installs
-:func:`streamscribe.processors.faust_app.install_faust_fixes`, as every pipeline worker
+:func:`streamscribe.processors.faust_fixes.install_faust_fixes`, as every pipeline worker
 does; ``faust`` runs faust-streaming as it is, which loses messages on some restarts
 (``bench/bench_crash_restart.py`` counts how often). INSTANCE, when given, is the
 worker's static group membership id (``group.instance.id``): a restarted worker with the
@@ -24,7 +24,7 @@ from typing import Any
 
 import faust
 
-from streamscribe.processors.faust_app import install_faust_fixes
+from streamscribe.processors.faust_fixes import install_faust_fixes
 
 
 def make_app(

@@ -28,7 +28,7 @@ from streamscribe.consumers.store import TranscriptStore
 from streamscribe.schemas.events import Alert, DeadLetter, now_us
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript, PartialTranscript
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 from tests.pg import PostgresServer, pg_server  # noqa: F401  (pg_server: the session fixture)
 
 pytestmark = pytest.mark.integration
@@ -237,7 +237,7 @@ def test_sink_stores_each_line_once_and_dead_letters_garbage(
 CRASH_SCRIPT = """
 import json, os, sys
 from streamscribe.consumers.sink import run_sink
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 bootstrap, prefix, db_url, group, out = sys.argv[1:6]
 settings = Settings.from_env().with_overrides(
@@ -301,7 +301,7 @@ def test_crash_between_db_commit_and_offset_commit_loses_and_duplicates_nothing(
 SIGTERM_SCRIPT = """
 import dataclasses, json, sys
 from streamscribe.consumers.sink import run_sink
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 bootstrap, prefix, db_url, group = sys.argv[1:5]
 settings = Settings.from_env().with_overrides(bootstrap_servers=bootstrap, topic_prefix=prefix)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from streamscribe.broker import LocalBroker, free_port
-from streamscribe.kafka_admin import create_topics
-from streamscribe.producers.delivery import DeliveryProducer
+from streamscribe.core.admin import create_topics
+from streamscribe.core.kafka import DeliveryProducer
 from streamscribe.schemas.topics import TopicSpec
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 from tests.integration.kafka_read import json_table_state, read_topic
 from tests.procs import Proc, python_cmd
 

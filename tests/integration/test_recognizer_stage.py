@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamscribe.kafka_admin import create_topics
+from streamscribe.core.admin import create_topics
 from streamscribe.processors.asr import MoonshineAsr
 from streamscribe.processors.offline import transcribe_file
 from streamscribe.processors.text import wer, word_errors

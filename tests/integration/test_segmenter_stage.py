@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streamscribe.kafka_admin import create_topics
+from streamscribe.core.admin import create_topics
 from streamscribe.processors.segmenter import segment_file
-from streamscribe.producers.delivery import DeliveryProducer
+from streamscribe.core.kafka import DeliveryProducer
 from streamscribe.producers.source import chunk_channel, read_audio
 from streamscribe.schemas.events import now_us
 from streamscribe.schemas.topics import Topics

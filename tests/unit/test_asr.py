@@ -24,7 +24,7 @@ from streamscribe.processors.asr import (
     read_audio_16k,
 )
 from streamscribe.processors.text import normalized_words, wer, word_errors
-from streamscribe.schemas.errors import AsrError, StreamscribeError
+from streamscribe.core.errors import AsrError, StreamscribeError
 
 REFERENCES = Path(__file__).parents[1] / "data" / "references.json"
 SHARED_REFERENCES = Path(__file__).parents[2].parent / "shared" / "data" / "references.json"

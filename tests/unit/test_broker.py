@@ -9,8 +9,8 @@ import pytest
 from streamscribe import broker as broker_mod
 from streamscribe.broker import LocalBroker
 from streamscribe.cli import main
-from streamscribe.schemas.errors import BrokerError
-from streamscribe.settings import Settings
+from streamscribe.core.errors import BrokerError
+from streamscribe.core.settings import Settings
 
 
 def _broker(tmp_path: Path) -> LocalBroker:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from streamscribe.cli import build_parser
-from streamscribe.settings import KAFKA_VERSION
+from streamscribe.core.settings import KAFKA_VERSION
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 

@@ -16,7 +16,7 @@ from streamscribe.consumers.conversation import (
     union_length,
 )
 from streamscribe.consumers.store import TranscriptStore
-from streamscribe.schemas.errors import SinkError
+from streamscribe.core.errors import SinkError
 from streamscribe.schemas.transcripts import FinalTranscript
 
 ROLES = ("agent", "customer")

@@ -12,7 +12,7 @@ from streamscribe.consumers.alerts import PhraseMatcher, alerts_for, load_phrase
 from streamscribe.consumers.sink import decode_batch
 from streamscribe.consumers.store import TranscriptStore
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
-from streamscribe.settings import Settings
+from streamscribe.core.settings import Settings
 
 
 class FakeMessage:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from streamscribe.consumers import store as store_module
 from streamscribe.consumers.store import SCHEMA_VERSION, TranscriptStore, schema_version
-from streamscribe.schemas.errors import SinkError
+from streamscribe.core.errors import SinkError
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
 
 

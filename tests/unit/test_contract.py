@@ -11,7 +11,7 @@ import pytest
 
 from streamscribe.schemas.audio import AUDIO_CHUNK_TYPE, AudioChunk, SessionMeta
 from streamscribe.schemas.avro_codec import AvroType
-from streamscribe.schemas.errors import ContractError
+from streamscribe.core.errors import ContractError
 from streamscribe.schemas.events import Alert, DeadLetter, LatencyRecord, SessionEvent
 from streamscribe.schemas.pcm import (
     decode_payload,

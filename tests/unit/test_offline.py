@@ -29,7 +29,7 @@ from streamscribe.processors.offline import (
 from streamscribe.processors.segmenter import make_chunks, segment_file
 from streamscribe.processors.text import wer, word_errors
 from streamscribe.processors.vad import SileroVad
-from streamscribe.schemas.errors import ContractError
+from streamscribe.core.errors import ContractError
 
 REFERENCES = Path(__file__).parents[1] / "data" / "references.json"
 

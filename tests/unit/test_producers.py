@@ -20,7 +20,7 @@ from streamscribe.producers.source import (
     read_audio,
 )
 from streamscribe.schemas.audio import AudioChunk
-from streamscribe.schemas.errors import ProducerError
+from streamscribe.core.errors import ProducerError
 from streamscribe.schemas.pcm import decode_payload
 
 

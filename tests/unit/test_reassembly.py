@@ -16,7 +16,7 @@ from streamscribe.processors.reassembly import (
     pack_state,
     unpack_state,
 )
-from streamscribe.schemas.errors import SegmenterError
+from streamscribe.core.errors import SegmenterError
 
 RATE = 16000
 CHUNK = 1600  # 100 ms

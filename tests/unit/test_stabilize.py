@@ -22,7 +22,7 @@ from streamscribe.processors.stabilize import (
     StabilizerStateError,
 )
 from streamscribe.processors.text import normalize_text, normalized_words, word_errors
-from streamscribe.schemas.errors import AsrError
+from streamscribe.core.errors import AsrError
 
 
 def _check_invariants(views: list[PartialView]) -> None:

@@ -42,7 +42,7 @@ from streamscribe.processors.vad import (
     VadState,
     default_model_path,
 )
-from streamscribe.schemas.errors import SegmenterError, ValidationError
+from streamscribe.core.errors import SegmenterError, ValidationError
 from streamscribe.schemas.pcm import decode_payload, float_to_pcm16
 
 F = FRAME_SAMPLES
@@ -269,7 +269,7 @@ def test_energy_gate_skips_the_vad_only_after_a_warm_up_outside_speech() -> None
 
 def test_configs_follow_the_settings() -> None:
     from streamscribe.processors.reassembly import JitterConfig
-    from streamscribe.settings import Settings
+    from streamscribe.core.settings import Settings
 
     assert SegmenterConfig.from_settings(Settings()) == SegmenterConfig()
     assert JitterConfig.from_settings(Settings()) == JitterConfig()

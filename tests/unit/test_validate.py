@@ -9,7 +9,7 @@ import pytest
 
 from streamscribe.processors.reassembly import Chunk
 from streamscribe.processors.validate import ChunkValidator, ValidationConfig, decode_checked
-from streamscribe.schemas.errors import ValidationError
+from streamscribe.core.errors import ValidationError
 from streamscribe.schemas.pcm import encode_payload
 
 RATE = 16000

@@ -3,14 +3,23 @@
 ::
 
     StreamscribeError
+    ├── UsageError               a command cannot run as asked (bad argument, bad setting)
     ├── ContractError            a message or payload breaks the contract (decode, schema)
     ├── ProducerError            the edge could not read its input or deliver to Kafka
     ├── ProcessorError           a stream stage failed
     │   ├── ValidationError      a chunk was rejected (NaN, bad length, unknown rate, ...)
     │   ├── SegmenterError       reassembly / VAD / endpointing failed
     │   └── AsrError             the ASR model failed on an utterance
+    │       ├── AsrModelError    model or tokenizer files missing, unreadable, wrong signature
+    │       ├── AsrInputError    the audio handed to the model is unusable
+    │       └── StabilizerError  partial stabilisation misused or its state is bad
+    │           ├── LineClosedError       update/finalize on a line already finalised
+    │           └── StabilizerStateError  a stabiliser state could not be restored
     ├── SinkError                a consumer could not store or serve a result
-    └── BrokerError              the local broker could not be fetched, started or stopped
+    └── BrokerError              the local broker or the Kafka cluster could not be used
+
+Every exception class of the project is in this module (a test checks it). It imports
+nothing of ours: it is the bottom of the kernel, so ``schemas/`` may import it too.
 
 An error about a message carries where it came from (topic, partition, offset) and its
 raw bytes, so that a dead letter can be written from the exception alone.
@@ -44,6 +53,10 @@ class StreamscribeError(Exception):
         return self
 
 
+class UsageError(StreamscribeError):
+    """A command cannot run as asked: a bad argument, a bad setting, a missing file."""
+
+
 class ContractError(StreamscribeError):
     """A message or payload does not follow the contract (undecodable, wrong schema)."""
 
@@ -74,3 +87,23 @@ class SinkError(StreamscribeError):
 
 class BrokerError(StreamscribeError):
     """The local broker could not be fetched, started or stopped."""
+
+
+class AsrModelError(AsrError):
+    """Model or tokenizer files are missing, unreadable or do not have the expected signature."""
+
+
+class AsrInputError(AsrError):
+    """The audio given to the ASR core is unusable (shape, values, length)."""
+
+
+class StabilizerError(AsrError):
+    """Stabilisation was misused or its state is bad."""
+
+
+class LineClosedError(StabilizerError):
+    """``update`` or ``finalize`` on a line that was already finalised."""
+
+
+class StabilizerStateError(StabilizerError):
+    """A state dict could not be restored."""

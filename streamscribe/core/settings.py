@@ -2,11 +2,13 @@
 
 Every knob is an environment variable with the ``STREAMSCRIBE_`` prefix (plus the standard
 ``KAFKA_BOOTSTRAP_SERVERS``). Nothing else in the code base reads ``os.environ`` for
-configuration; CLI flags override fields with :func:`dataclasses.replace`.
+configuration; CLI flags override fields with :meth:`Settings.with_overrides`. Values are
+parsed and checked by pydantic (``STREAMSCRIBE_PARTITIONS=four`` is a
+:class:`~streamscribe.core.errors.UsageError` naming the variable).
 
 Example::
 
-    >>> from streamscribe.settings import Settings
+    >>> from streamscribe.core.settings import Settings
     >>> s = Settings.from_env({"STREAMSCRIBE_TOPIC_PREFIX": "t1."})
     >>> s.topic_prefix
     't1.'
@@ -14,12 +16,15 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError as PydanticValidationError
+
+from streamscribe.core.errors import UsageError
 
 ENV_PREFIX = "STREAMSCRIBE_"
 DEFAULT_BROKER_PORT = 9092
@@ -34,9 +39,10 @@ def _project_root() -> Path:
     return Path.home() / ".cache" / "streamscribe-home"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseModel):
     """All configuration of streamscribe; frozen, built once by :meth:`from_env`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Kafka
     bootstrap_servers: str | None = None  # None = the local broker on broker_port
@@ -107,32 +113,31 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            values[f.name] = _coerce(f.type, raw, f.name)
+        values: dict[str, Any] = {
+            name: env[ENV_PREFIX + name.upper()]
+            for name in cls.model_fields
+            if ENV_PREFIX + name.upper() in env
+        }
         if "bootstrap_servers" not in values and env.get("KAFKA_BOOTSTRAP_SERVERS"):
             values["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
-        return cls(**values)
+        try:
+            return cls.model_validate(values)
+        except PydanticValidationError as exc:
+            raise UsageError(_describe(exc)) from None
 
     def with_overrides(self, **changes: Any) -> Settings:
-        """A copy with the given fields replaced; ``None`` values are ignored."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given fields replaced (and checked); ``None`` values are ignored."""
+        values = self.model_dump()
+        values.update({k: v for k, v in changes.items() if v is not None})
+        try:
+            return type(self).model_validate(values)
+        except PydanticValidationError as exc:
+            raise UsageError(_describe(exc)) from None
 
 
-def _coerce(type_name: Any, raw: str, name: str) -> Any:
-    t = str(type_name)
-    try:
-        if t.startswith("int"):
-            return int(raw)
-        if t.startswith("float"):
-            return float(raw)
-        if t.startswith("bool"):
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
-        if t.startswith("Path"):
-            return Path(raw)
-    except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
-    return raw
+def _describe(exc: PydanticValidationError) -> str:
+    """One line per bad value, named as the environment variable that sets it."""
+    return "; ".join(
+        f"{ENV_PREFIX}{'.'.join(str(x) for x in e['loc']).upper()}: {e['msg']}"
+        for e in exc.errors()
+    )

@@ -2,20 +2,35 @@
 
 Example::
 
-    from streamscribe.kafka_admin import create_topics
+    from streamscribe.core.admin import create_topics
     from streamscribe.schemas.topics import Topics
     create_topics("127.0.0.1:9092", Topics("streamscribe.").specs(partitions=4))
+
+The specs are anything with ``name``, ``partitions`` and ``configs`` (the contract's
+``TopicSpec``, or the worker's changelog topics): the kernel imports nothing of ``schemas/``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamscribe.schemas.errors import BrokerError
-from streamscribe.schemas.topics import TopicSpec
+from streamscribe.core.errors import BrokerError
+
+
+class TopicSpec(Protocol):
+    """What :func:`create_topics` needs of a topic."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def partitions(self) -> int: ...
+    @property
+    def configs(self) -> Mapping[str, str]: ...
 
 ADMIN_TIMEOUT_S = 30.0
 
@@ -31,11 +46,11 @@ def admin_client(bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
 
 
-def create_topics(bootstrap: str, specs: list[TopicSpec]) -> dict[str, str]:
+def create_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> dict[str, str]:
     """Create missing topics; existing ones are left as they are. Returns name -> outcome."""
     admin = admin_client(bootstrap)
     new = [
-        NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.configs)
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.configs))
         for s in specs
     ]
     outcome: dict[str, str] = {}
@@ -54,8 +69,6 @@ def create_topics(bootstrap: str, specs: list[TopicSpec]) -> dict[str, str]:
 
 def describe_topics(bootstrap: str, names: list[str] | None = None) -> list[TopicInfo]:
     """Topics with partition counts and message counts (sum of high - low watermarks)."""
-    from confluent_kafka import Consumer
-
     admin = admin_client(bootstrap)
     try:
         md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
