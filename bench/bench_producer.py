@@ -58,10 +58,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.* helpers used by the other broker benches
 
 from streamscribe.core.admin import admin_client, create_topics  # noqa: E402
+from streamscribe.core.settings import Settings  # noqa: E402
 from streamscribe.producers.file_producer import ProduceJob, run_produce  # noqa: E402
 from streamscribe.schemas.audio import AudioChunk  # noqa: E402
 from streamscribe.schemas.topics import Topics  # noqa: E402
-from streamscribe.core.settings import Settings  # noqa: E402
 
 RESULTS: Final = ROOT / "bench" / "results" / "producer.json"
 FILES: Final = ("two_cities.wav", "beckett.wav")  # 48 kHz and 16 kHz, mono PCM16

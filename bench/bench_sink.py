@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))  # for tests.pg
 
 from streamscribe.consumers.sink import DecodedBatch, run_sink  # noqa: E402
 from streamscribe.consumers.store import TranscriptStore  # noqa: E402
-from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript  # noqa: E402
 from streamscribe.core.settings import Settings  # noqa: E402
+from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript  # noqa: E402
 
 RESULTS: Final = ROOT / "bench" / "results" / "sink.json"
 BATCH_SIZES: Final = (1, 10, 100, 500)

@@ -47,10 +47,10 @@ from streamscribe.consumers.kafka_io import (
     stop_on_signals,
 )
 from streamscribe.core.errors import ContractError, SinkError
+from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import Alert
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
-from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

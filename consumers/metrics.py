@@ -59,10 +59,10 @@ from streamscribe.consumers.latency import (
     summarize,
 )
 from streamscribe.core.errors import ContractError, SinkError
+from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import LatencyRecord, now_us
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
-from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -47,10 +47,10 @@ from streamscribe.consumers.kafka_io import (
 )
 from streamscribe.consumers.store import TranscriptStore, WriteResult
 from streamscribe.core.errors import ContractError, SinkError
+from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import DeadLetter
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import TranscriptEvent, decode_transcript
-from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

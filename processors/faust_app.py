@@ -15,8 +15,8 @@ Delivery guarantee (at-least-once, made here for every stage):
    lose messages around a crash: a buffer flush that returns with table writes unsent, a
    restart that skips records fetched before its seek, and a fetch that reads "no active
    partition" as "all partitions" and undoes that seek (see :mod:`faust_fixes`). A crash
-   replays the events after the last commit; their state may already be in the changelog, so every stage
-   dedupes replays on ids carried by the data (chunk ``seq``, utterance ``part``).
+   replays the events after the last commit; their state may already be in the changelog,
+   so every stage dedupes replays on ids carried by the data (chunk ``seq``, utterance ``part``).
 4. A worker that cannot go on (e.g. ASR error budget exhausted) exits non-zero *before*
    the batch is acked, so no audio is dropped silently.
 

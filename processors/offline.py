@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from streamscribe.core.errors import ContractError
 from streamscribe.processors.reassembly import Chunk
 from streamscribe.processors.segmenter import (
     ChannelSegmenter,
@@ -53,7 +54,6 @@ from streamscribe.processors.segmenter import (
     segment_many,
 )
 from streamscribe.processors.vad import SileroVad
-from streamscribe.core.errors import ContractError
 from streamscribe.schemas.pcm import PCM_S16LE, encode_payload
 
 if TYPE_CHECKING:

@@ -35,6 +35,8 @@ from typing import Any
 import faust
 import numpy as np
 
+from streamscribe.core.errors import AsrError, ContractError, StreamscribeError
+from streamscribe.core.settings import Settings
 from streamscribe.processors.decode_scheduler import DecodeOutcome, DecodeScheduler
 from streamscribe.processors.faust_app import (
     StageTopics,
@@ -53,11 +55,9 @@ from streamscribe.processors.recognizer_core import (
     piece_key,
 )
 from streamscribe.processors.stabilize import LineStabilizer
-from streamscribe.core.errors import AsrError, ContractError, StreamscribeError
 from streamscribe.schemas.events import now_us
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
 from streamscribe.schemas.utterances import KIND_FINAL, UtteranceMessage, line_id
-from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -61,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 
+from streamscribe.core.errors import SegmenterError, StreamscribeError, ValidationError
 from streamscribe.processors.features import (
     NOISE_FLOOR_MIN,
     StreamingLogMel,
@@ -72,7 +73,6 @@ from streamscribe.processors.reassembly import Chunk, Gap, Item, pack_state, unp
 from streamscribe.processors.resample import TARGET_RATE, StreamingResampler, total_outputs
 from streamscribe.processors.vad import FRAME_SAMPLES, SileroVad, VadState
 from streamscribe.processors.validate import ChunkValidator, ValidationConfig
-from streamscribe.core.errors import SegmenterError, StreamscribeError, ValidationError
 from streamscribe.schemas.pcm import PCM_S16LE, Float32Array, encode_payload, float_to_pcm16
 
 RATE: Final = TARGET_RATE

@@ -22,6 +22,8 @@ from typing import Any
 
 import faust
 
+from streamscribe.core.errors import ContractError, StreamscribeError
+from streamscribe.core.settings import Settings
 from streamscribe.processors.faust_app import (
     StageTopics,
     dead_letter_for,
@@ -43,9 +45,7 @@ from streamscribe.processors.vad import SileroVad
 from streamscribe.processors.validate import ValidationConfig, decode_checked
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import TICK_KEY, Tick, is_tick
-from streamscribe.core.errors import ContractError, StreamscribeError
 from streamscribe.schemas.events import now_us
-from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

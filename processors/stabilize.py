@@ -47,8 +47,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from streamscribe.processors.text import normalize_word
 from streamscribe.core.errors import LineClosedError, StabilizerError, StabilizerStateError
+from streamscribe.processors.text import normalize_word
 
 __all__ = [
     "STATE_VERSION",

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from streamscribe.core.errors import SegmenterError, StreamscribeError
 from streamscribe.processors.reassembly import Chunk, Gap, Item, JitterBuffer, JitterConfig
 from streamscribe.processors.segmenter import (
     ChannelSegmenter,
@@ -39,7 +40,6 @@ from streamscribe.processors.segmenter import (
 )
 from streamscribe.processors.vad import SileroVad
 from streamscribe.schemas.audio import AudioChunk
-from streamscribe.core.errors import SegmenterError, StreamscribeError
 from streamscribe.schemas.events import (
     EVENT_GAP,
     EVENT_IDLE_TIMEOUT,

@@ -35,8 +35,8 @@ from typing import Final, NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from streamscribe.processors.reassembly import pack_state, unpack_state
 from streamscribe.core.errors import SegmenterError
+from streamscribe.processors.reassembly import pack_state, unpack_state
 from streamscribe.schemas.pcm import Float32Array
 
 VAD_RATE: Final = 16000

@@ -39,8 +39,8 @@ from typing import Any, Final
 import numpy as np
 from scipy.signal import lfilter
 
-from streamscribe.processors.reassembly import Chunk, pack_state, unpack_state
 from streamscribe.core.errors import ValidationError
+from streamscribe.processors.reassembly import Chunk, pack_state, unpack_state
 from streamscribe.schemas.pcm import (
     BYTES_PER_SAMPLE,
     ENCODINGS,

@@ -17,8 +17,8 @@ from typing import Any
 
 import faust
 
-from streamscribe.processors.faust_app import StageTopics, make_app
 from streamscribe.core.settings import Settings
+from streamscribe.processors.faust_app import StageTopics, make_app
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from streamscribe.core.errors import ProducerError
 from streamscribe.core.kafka import DeliveryProducer, DeliveryStats
 from streamscribe.producers.inject import Injector, Outgoing, parse_inject_spec
 from streamscribe.producers.pacing import parse_pace, sleep_until
@@ -37,7 +38,6 @@ from streamscribe.producers.source import (
     read_audio,
 )
 from streamscribe.schemas.audio import SessionMeta
-from streamscribe.core.errors import ProducerError
 from streamscribe.schemas.events import now_us
 
 PROGRESS_EVERY_S = 5.0

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamscribe.schemas.audio import AudioChunk
 from streamscribe.core.errors import ProducerError
+from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.pcm import PCM_F32LE, decode_payload
 
 KINDS = ("duplicate", "reorder", "drop", "garbage", "nan")

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from streamscribe.core.errors import ProducerError
 from streamscribe.core.kafka import DeliveryProducer, DeliveryStats
 from streamscribe.producers.source import chunk_samples
 from streamscribe.schemas.audio import ROLE_MIC, AudioChunk, SessionMeta
-from streamscribe.core.errors import ProducerError
 from streamscribe.schemas.events import now_us
 from streamscribe.schemas.pcm import PCM_S16LE, encode_payload
 

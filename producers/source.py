@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from streamscribe.schemas.audio import AudioChunk, SessionMeta
 from streamscribe.core.errors import ProducerError
+from streamscribe.schemas.audio import AudioChunk, SessionMeta
 from streamscribe.schemas.pcm import (
     ENCODINGS,
     PCM_F32LE,

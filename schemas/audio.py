@@ -15,8 +15,8 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from streamscribe.schemas.avro_codec import AvroType
 from streamscribe.core.errors import ContractError
+from streamscribe.schemas.avro_codec import AvroType
 
 AUDIO_CHUNK_TYPE = AvroType("AudioChunk", type_id=1, versions={1: "audio_chunk.v1.avsc"})
 AUDIO_SCHEMA_VERSION = AUDIO_CHUNK_TYPE.current

@@ -14,8 +14,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from streamscribe.schemas.avro_codec import AvroType
 from streamscribe.core.errors import ContractError
+from streamscribe.schemas.avro_codec import AvroType
 
 UTTERANCE_TYPE = AvroType(
     "UtteranceMessage", type_id=2, versions={1: "utterance.v1.avsc", 2: "utterance.v2.avsc"}

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from streamscribe.core.errors import StreamscribeError, UsageError
+from streamscribe.core.errors import UsageError
 from streamscribe.core.settings import Settings
 
 SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]

@@ -21,9 +21,9 @@ from typing import Any, TextIO
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
+from streamscribe.core.errors import BrokerError, ContractError
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import Tick, is_tick
-from streamscribe.core.errors import BrokerError, ContractError
 from streamscribe.schemas.events import Alert, DeadLetter, SessionEvent
 from streamscribe.schemas.topics import (
     ALERTS,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from streamscribe.schemas.topics import Topics
 from streamscribe.core.settings import Settings
+from streamscribe.schemas.topics import Topics
 
 BROKER_FIXTURES = {"kafka_bootstrap", "topics", "broker_settings"}
 

@@ -25,10 +25,10 @@ from streamscribe.consumers.alerts import run_alerts
 from streamscribe.consumers.metrics import MetricsService
 from streamscribe.consumers.sink import run_sink
 from streamscribe.consumers.store import TranscriptStore
+from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import Alert, DeadLetter, now_us
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript, PartialTranscript
-from streamscribe.core.settings import Settings
 from tests.pg import PostgresServer, pg_server  # noqa: F401  (pg_server: the session fixture)
 
 pytestmark = pytest.mark.integration

@@ -30,12 +30,12 @@ from streamscribe.consumers.latency import END_TO_END, STAGES, stage_latencies
 from streamscribe.consumers.sink import SinkStats, run_sink
 from streamscribe.consumers.store import SessionInfo, TranscriptStore, utterances
 from streamscribe.core.admin import create_topics
+from streamscribe.core.settings import Settings
 from streamscribe.processors.segmenter import UtteranceSpan, segment_file
 from streamscribe.processors.text import wer, word_errors
 from streamscribe.schemas.events import LatencyRecord, now_us
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import FinalTranscript
-from streamscribe.core.settings import Settings
 from tests.integration.pipeline import (
     dead_letters,
     finals_by_line,

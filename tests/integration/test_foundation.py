@@ -14,8 +14,8 @@ import pytest
 from streamscribe.broker import LocalBroker, free_port
 from streamscribe.core.admin import create_topics
 from streamscribe.core.kafka import DeliveryProducer
-from streamscribe.schemas.topics import TopicSpec
 from streamscribe.core.settings import Settings
+from streamscribe.schemas.topics import TopicSpec
 from tests.integration.kafka_read import json_table_state, read_topic
 from tests.procs import Proc, python_cmd
 

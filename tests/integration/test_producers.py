@@ -14,11 +14,11 @@ import soundfile as sf
 
 from streamscribe.broker import LocalBroker, free_port
 from streamscribe.core.admin import create_topics
+from streamscribe.core.settings import Settings
 from streamscribe.producers.file_producer import ProduceJob, run_produce
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.pcm import decode_to_pcm16
 from streamscribe.schemas.topics import Topics
-from streamscribe.core.settings import Settings
 from tests.integration.kafka_read import read_topic
 
 pytestmark = pytest.mark.integration

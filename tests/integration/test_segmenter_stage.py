@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 
 from streamscribe.core.admin import create_topics
-from streamscribe.processors.segmenter import segment_file
 from streamscribe.core.kafka import DeliveryProducer
+from streamscribe.processors.segmenter import segment_file
 from streamscribe.producers.source import chunk_channel, read_audio
 from streamscribe.schemas.events import now_us
 from streamscribe.schemas.topics import Topics

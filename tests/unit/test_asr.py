@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamscribe.core.errors import AsrError, StreamscribeError
 from streamscribe.processors import asr as asr_module
 from streamscribe.processors.asr import (
     SAMPLE_RATE,
@@ -24,7 +25,6 @@ from streamscribe.processors.asr import (
     read_audio_16k,
 )
 from streamscribe.processors.text import normalized_words, wer, word_errors
-from streamscribe.core.errors import AsrError, StreamscribeError
 
 REFERENCES = Path(__file__).parents[1] / "data" / "references.json"
 SHARED_REFERENCES = Path(__file__).parents[2].parent / "shared" / "data" / "references.json"

@@ -8,8 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamscribe.consumers.latency import LatencyWindow, SlaSpec
 from streamscribe.consumers.metrics import LatencyMetrics, MetricsService
-from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript
 from streamscribe.core.settings import Settings
+from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript
 
 T0 = 1_700_000_000_000_000
 

@@ -11,8 +11,8 @@ from streamscribe.consumers import commands
 from streamscribe.consumers.alerts import PhraseMatcher, alerts_for, load_phrases, normalize
 from streamscribe.consumers.sink import decode_batch
 from streamscribe.consumers.store import TranscriptStore
-from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
 from streamscribe.core.settings import Settings
+from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
 
 
 class FakeMessage:

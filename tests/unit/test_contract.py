@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamscribe.core.errors import ContractError
 from streamscribe.schemas.audio import AUDIO_CHUNK_TYPE, AudioChunk, SessionMeta
 from streamscribe.schemas.avro_codec import AvroType
-from streamscribe.core.errors import ContractError
 from streamscribe.schemas.events import Alert, DeadLetter, LatencyRecord, SessionEvent
 from streamscribe.schemas.pcm import (
     decode_payload,

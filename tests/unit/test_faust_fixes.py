@@ -13,9 +13,9 @@ from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
+from streamscribe.core.settings import Settings
 from streamscribe.processors.faust_app import make_app
 from streamscribe.processors.faust_fixes import _completing, install_faust_fixes
-from streamscribe.core.settings import Settings
 
 install_faust_fixes()
 

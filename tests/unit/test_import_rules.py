@@ -99,8 +99,8 @@ def test_every_exception_class_is_in_the_one_tree() -> None:
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ClassDef) and any(
-                    isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception")))
-                    or isinstance(b, ast.Attribute) and b.attr.endswith(("Error", "Exception"))
+                    (isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception"))))
+                    or (isinstance(b, ast.Attribute) and b.attr.endswith(("Error", "Exception")))
                     for b in node.bases
                 ):
                     outside.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from streamscribe.core.errors import ContractError
 from streamscribe.processors import offline as offline_module
 from streamscribe.processors.asr import (
     SAMPLE_RATE,
@@ -29,7 +30,6 @@ from streamscribe.processors.offline import (
 from streamscribe.processors.segmenter import make_chunks, segment_file
 from streamscribe.processors.text import wer, word_errors
 from streamscribe.processors.vad import SileroVad
-from streamscribe.core.errors import ContractError
 
 REFERENCES = Path(__file__).parents[1] / "data" / "references.json"
 

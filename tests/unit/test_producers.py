@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from streamscribe.core.errors import ProducerError
 from streamscribe.producers.inject import Injector, parse_inject_spec
 from streamscribe.producers.pacing import Pace, parse_pace
 from streamscribe.producers.source import (
@@ -20,7 +21,6 @@ from streamscribe.producers.source import (
     read_audio,
 )
 from streamscribe.schemas.audio import AudioChunk
-from streamscribe.core.errors import ProducerError
 from streamscribe.schemas.pcm import decode_payload
 
 

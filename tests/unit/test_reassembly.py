@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from streamscribe.core.errors import SegmenterError
 from streamscribe.processors.reassembly import (
     Chunk,
     Gap,
@@ -16,7 +17,6 @@ from streamscribe.processors.reassembly import (
     pack_state,
     unpack_state,
 )
-from streamscribe.core.errors import SegmenterError
 
 RATE = 16000
 CHUNK = 1600  # 100 ms

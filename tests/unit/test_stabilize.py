@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 
+from streamscribe.core.errors import AsrError
 from streamscribe.processors import stabilize as stabilize_module
 from streamscribe.processors import text as text_module
 from streamscribe.processors.asr import SAMPLE_RATE, MoonshineAsr, bundled_recording, read_audio_16k
@@ -22,7 +23,6 @@ from streamscribe.processors.stabilize import (
     StabilizerStateError,
 )
 from streamscribe.processors.text import normalize_text, normalized_words, word_errors
-from streamscribe.core.errors import AsrError
 
 
 def _check_invariants(views: list[PartialView]) -> None:

@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from streamscribe.core.errors import SegmenterError, ValidationError
 from streamscribe.processors.reassembly import Chunk, Gap, Item, JitterBuffer
 from streamscribe.processors.resample import StreamingResampler, total_outputs
 from streamscribe.processors.segmenter import (
@@ -42,7 +43,6 @@ from streamscribe.processors.vad import (
     VadState,
     default_model_path,
 )
-from streamscribe.core.errors import SegmenterError, ValidationError
 from streamscribe.schemas.pcm import decode_payload, float_to_pcm16
 
 F = FRAME_SAMPLES
@@ -268,8 +268,8 @@ def test_energy_gate_skips_the_vad_only_after_a_warm_up_outside_speech() -> None
 
 
 def test_configs_follow_the_settings() -> None:
-    from streamscribe.processors.reassembly import JitterConfig
     from streamscribe.core.settings import Settings
+    from streamscribe.processors.reassembly import JitterConfig
 
     assert SegmenterConfig.from_settings(Settings()) == SegmenterConfig()
     assert JitterConfig.from_settings(Settings()) == JitterConfig()

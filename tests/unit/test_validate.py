@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
+from streamscribe.core.errors import ValidationError
 from streamscribe.processors.reassembly import Chunk
 from streamscribe.processors.validate import ChunkValidator, ValidationConfig, decode_checked
-from streamscribe.core.errors import ValidationError
 from streamscribe.schemas.pcm import encode_payload
 
 RATE = 16000
