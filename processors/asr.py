@@ -102,8 +102,6 @@ _REPLACEMENT_CHAR: Final = "\ufffd"
 _LOGITS: Final = "logits"
 
 
-
-
 @dataclass(frozen=True)
 class DecodeConfig:
     """Greedy-decoding limits.

@@ -64,9 +64,6 @@ STATE_VERSION: Final = 1
 """Version tag written by :meth:`LineStabilizer.to_dict`."""
 
 
-
-
-
 @dataclass(frozen=True)
 class PartialView:
     """What to publish for one partial: the whole line text and its never-retracted prefix."""

@@ -27,7 +27,6 @@ from streamscribe.core.settings import Settings
 Handler = Callable[[Settings, argparse.Namespace], int]
 
 
-
 # --------------------------------------------------------------------------- broker/topics
 def _broker_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     return settings.with_overrides(

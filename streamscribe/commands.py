@@ -250,7 +250,6 @@ def add_consumers(sub: SubParsers) -> None:
     register(sub)
 
 
-
 REGISTRARS: list[Callable[[SubParsers], None]] = [
     add_produce,
     add_mic,

@@ -32,6 +32,7 @@ class TopicSpec(Protocol):
     @property
     def configs(self) -> Mapping[str, str]: ...
 
+
 ADMIN_TIMEOUT_S = 30.0
 
 

@@ -187,9 +187,7 @@ class DeliveryProducer:
     def flush(self, timeout_s: float | None = None) -> int:
         return int(self._producer.flush(self.flush_timeout_s if timeout_s is None else timeout_s))
 
-    def deliver_all(
-        self, what: str, error: type[StreamscribeError] = BrokerError
-    ) -> None:
+    def deliver_all(self, what: str, error: type[StreamscribeError] = BrokerError) -> None:
         """Wait for every delivery report; ``error`` if a message is missing or failed."""
         remaining = self.flush()
         if remaining:
