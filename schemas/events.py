@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from streamscribe.core.errors import ContractError, StreamscribeError
-from streamscribe.schemas.json_codec import decode_json, encode_json
+from streamscribe.core.errors import StreamscribeError
+from streamscribe.schemas.json_codec import JsonRecord
 
 EVENT_SESSION_START: Final = "session_start"
 EVENT_SPEECH_START: Final = "speech_start"
@@ -39,17 +39,11 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _decode(cls: type[Any], data: bytes, schema: str) -> Any:
-    doc = decode_json(data, schema)
-    try:
-        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
-    except TypeError as exc:
-        raise ContractError(f"{schema}: {exc}", raw=bytes(data)) from exc
-
-
 @dataclass(frozen=True)
-class SessionEvent:
+class SessionEvent(JsonRecord):
     """Something that happened to a session's channel, at a stream time."""
+
+    SCHEMA = "session_event"
 
     session_id: str
     channel: int
@@ -64,17 +58,12 @@ class SessionEvent:
     def key(self) -> bytes:
         return self.session_id.encode()
 
-    def encode(self) -> bytes:
-        return encode_json(asdict(self))
-
-    @classmethod
-    def decode(cls, data: bytes) -> SessionEvent:
-        return _decode(cls, data, "session_event")
-
 
 @dataclass(frozen=True)
-class DeadLetter:
+class DeadLetter(JsonRecord):
     """A message a stage could not handle, with where it came from and why."""
+
+    SCHEMA = "dead_letter"
 
     source_topic: str
     source_partition: int
@@ -139,17 +128,12 @@ class DeadLetter:
             session_id=session_id,
         )
 
-    def encode(self) -> bytes:
-        return encode_json(asdict(self))
-
-    @classmethod
-    def decode(cls, data: bytes) -> DeadLetter:
-        return _decode(cls, data, "dead_letter")
-
 
 @dataclass(frozen=True)
-class LatencyRecord:
+class LatencyRecord(JsonRecord):
     """Per-utterance stage latencies (ms), computed from a final's timestamps."""
+
+    SCHEMA = "latency_record"
 
     session_id: str
     channel: int
@@ -159,17 +143,12 @@ class LatencyRecord:
     clamped: list[str] = field(default_factory=list)
     schema_version: int = 1
 
-    def encode(self) -> bytes:
-        return encode_json(asdict(self))
-
-    @classmethod
-    def decode(cls, data: bytes) -> LatencyRecord:
-        return _decode(cls, data, "latency_record")
-
 
 @dataclass(frozen=True)
-class Alert:
+class Alert(JsonRecord):
     """A configured phrase found in a final transcript."""
+
+    SCHEMA = "alert"
 
     session_id: str
     channel: int
@@ -184,10 +163,3 @@ class Alert:
     @property
     def key(self) -> bytes:
         return self.session_id.encode()
-
-    def encode(self) -> bytes:
-        return encode_json(asdict(self))
-
-    @classmethod
-    def decode(cls, data: bytes) -> Alert:
-        return _decode(cls, data, "alert")

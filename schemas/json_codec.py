@@ -2,15 +2,17 @@
 
 JSON documents (UTF-8, one object per Kafka value) are for downstream readers that know
 nothing of streamscribe: kcat, ksqlDB, Kafka Connect. Each type has a JSON Schema file in
-``schemas/json``; :func:`decode_json` checks a value against it.
+``schemas/json``; :func:`decode_json` checks a value against it. The message dataclasses
+inherit :class:`JsonRecord`, which names their schema and gives them ``encode``/``decode``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import jsonschema
 
@@ -43,3 +45,41 @@ def decode_json(data: bytes, schema_name: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ContractError(f"{schema_name}: not a JSON object", raw=bytes(data))
     return doc
+
+
+R = TypeVar("R")
+
+
+def from_doc(cls: type[R], doc: dict[str, Any], data: bytes, schema_name: str) -> R:
+    """Build dataclass ``cls`` from a checked document (unknown fields ignored)."""
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    try:
+        return cls(**{k: v for k, v in doc.items() if k in fields and fields[k].init})
+    except TypeError as exc:
+        raise ContractError(f"{schema_name}: {exc}", raw=bytes(data)) from exc
+
+
+class JsonRecord:
+    """Mixin of the JSON message dataclasses: ``SCHEMA`` names the JSON Schema file.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Alert2(JsonRecord):
+    ...     SCHEMA = "alert"
+    ...     session_id: str
+    >>> Alert2("s").encode()
+    b'{"session_id":"s"}'
+    """
+
+    SCHEMA: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def encode(self) -> bytes:
+        return encode_json(self.to_dict())
+
+    @classmethod
+    def decode(cls: type[R], data: bytes) -> R:
+        schema = cls.SCHEMA  # type: ignore[attr-defined]
+        return from_doc(cls, decode_json(data, schema), data, schema)

@@ -21,8 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from streamscribe.core.errors import ContractError
-from streamscribe.schemas.json_codec import decode_json, encode_json
+from streamscribe.schemas.json_codec import JsonRecord, decode_json, from_doc
 
 TRANSCRIPT_SCHEMA_VERSION: Final = 1
 KIND_PARTIAL: Final = "partial"
@@ -41,7 +40,9 @@ TIMESTAMP_ORDER: Final = (
 
 
 @dataclass(frozen=True)
-class _TranscriptBase:
+class _TranscriptBase(JsonRecord):
+    SCHEMA = "transcript_event"
+
     session_id: str
     channel: int
     role: str
@@ -73,9 +74,6 @@ class _TranscriptBase:
         d["line_id"] = self.line_id
         return d
 
-    def encode(self) -> bytes:
-        return encode_json(self.to_dict())
-
 
 @dataclass(frozen=True)
 class PartialTranscript(_TranscriptBase):
@@ -94,11 +92,7 @@ TranscriptEvent = PartialTranscript | FinalTranscript
 
 def decode_transcript(data: bytes) -> TranscriptEvent:
     """Decode a ``TranscriptEvent`` JSON value into its typed form."""
-    doc = decode_json(data, "transcript_event")
+    doc = decode_json(data, _TranscriptBase.SCHEMA)
     cls: type[PartialTranscript] | type[FinalTranscript]
     cls = PartialTranscript if doc["kind"] == KIND_PARTIAL else FinalTranscript
-    fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__ and k != "kind"}
-    try:
-        return cls(**fields)
-    except TypeError as exc:
-        raise ContractError(f"TranscriptEvent: {exc}", raw=bytes(data)) from exc
+    return from_doc(cls, doc, data, "TranscriptEvent")
