@@ -5,9 +5,10 @@ phrase found in a final's text (case- and punctuation-insensitive, on word bound
 becomes an :class:`~streamscribe.schemas.events.Alert` JSON on ``<prefix>alerts``, keyed by
 session id.
 
-Commit order: produce the batch's alerts (idempotent producer, ``acks=all``,
-``murmur2_random``, delivery callbacks) → ``flush`` and check every delivery report →
-commit the batch's offsets synchronously. Alerts are therefore at least once: a crash
+Commit order: produce the batch's alerts (the kernel's idempotent
+:class:`~streamscribe.core.kafka.DeliveryProducer`) → wait for and check every delivery
+report (``deliver_all``) → the one consume loop (:func:`~streamscribe.core.kafka.consume_batches`)
+commits the batch's offsets synchronously. Alerts are therefore at least once: a crash
 before the offset commit re-sends that batch's alerts (consumers of alerts dedupe on
 ``(session_id, channel, utterance, phrase)``). Undecodable values are counted and logged;
 the sink is the one that dead-letters them.
@@ -34,30 +35,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Message
 
-from streamscribe.consumers.kafka_io import (
-    DeliveryTracker,
-    IdleClock,
-    consumer_config,
-    flush,
-    next_offsets,
-    produce,
-    producer_config,
-    stop_on_signals,
-)
-from streamscribe.core.errors import ContractError, SinkError
+from streamscribe.consumers.decode import ReadCounts, finals_of
+from streamscribe.core.errors import SinkError
+from streamscribe.core.kafka import DeliveryProducer, Publisher, Subscription, consume_batches
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import Alert
 from streamscribe.schemas.topics import Topics
-from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
+from streamscribe.schemas.transcripts import FinalTranscript
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP_ID: Final = "streamscribe-alerts"
+CLIENT_ID: Final = "streamscribe-alerts"
 BATCH_SIZE: Final = 500
-POLL_TIMEOUT_S: Final = 0.5
-FLUSH_TIMEOUT_S: Final = 30.0
 _NON_WORD: Final = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -125,11 +117,29 @@ def load_phrases(phrases: str | None = None, phrases_file: str | Path | None = N
 
 
 @dataclass
-class AlertStats:
-    messages: int = 0
-    finals: int = 0
+class AlertStats(ReadCounts):
+    """Counters of one :func:`run_alerts` (``messages``, ``finals``, ``undecodable``, ...)."""
+
     alerts: int = 0
-    undecodable: int = 0
+
+
+def publish_alerts(
+    values: Iterable[bytes | None],
+    matcher: PhraseMatcher,
+    out: Publisher,
+    topic: str,
+    stats: AlertStats,
+) -> None:
+    """One batch: send an alert per phrase found in each final, then wait for delivery.
+
+    Returns only when every alert of the batch is delivered (:class:`SinkError` if not),
+    so the loop may then commit the batch's offsets.
+    """
+    for final in finals_of(values, stats):
+        for alert in alerts_for(final, matcher):
+            out.send(topic, alert.key, alert.encode())
+            stats.alerts += 1
+    out.deliver_all("alerts", error=SinkError)
 
 
 def run_alerts(
@@ -144,56 +154,24 @@ def run_alerts(
     """Match phrases in finals and publish alerts until stopped (signal, event or idle)."""
     matcher = PhraseMatcher(phrases)
     topics = Topics(settings.topic_prefix)
-    stop = stop_event or threading.Event()
     stats = AlertStats()
-    conf = consumer_config(
-        settings, group_id=group_id, from_earliest=from_earliest, client_id="streamscribe-alerts"
-    )
-    consumer = Consumer(conf)
-    producer = Producer(producer_config(settings, client_id="streamscribe-alerts"))
-    tracker = DeliveryTracker("alerts")
-    idle = IdleClock(max_idle_s)
+    producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
+
+    def handle(messages: Sequence[Message]) -> None:
+        publish_alerts([m.value() for m in messages], matcher, producer, topics.alerts, stats)
+
     log.info("alerts: %d phrases -> %s", len(matcher.phrases), topics.alerts)
+    sub = Subscription([topics.transcripts], group_id, CLIENT_ID, from_earliest)
     try:
-        consumer.subscribe([topics.transcripts], on_assign=idle.on_assign)
-        with stop_on_signals(stop):
-            while not stop.is_set():
-                msgs = consumer.consume(num_messages=BATCH_SIZE, timeout=POLL_TIMEOUT_S)
-                data = []
-                for m in msgs:
-                    err = m.error()
-                    if err is None:
-                        data.append(m)
-                    elif err.fatal():
-                        raise SinkError(f"fatal Kafka error: {err.str()}")
-                    else:
-                        log.warning("consumer error: %s", err.str())
-                if not data:
-                    if idle.expired():
-                        break
-                    continue
-                idle.touch()
-                for m in data:
-                    stats.messages += 1
-                    try:
-                        event = decode_transcript(m.value() or b"")
-                    except ContractError as exc:
-                        stats.undecodable += 1
-                        log.warning("undecodable transcript (the sink dead-letters it): %s", exc)
-                        continue
-                    if not isinstance(event, FinalTranscript):
-                        continue
-                    stats.finals += 1
-                    for alert in alerts_for(event, matcher):
-                        produce(producer, topics.alerts, alert.key, alert.encode(), tracker)
-                        stats.alerts += 1
-                flush(producer, tracker, FLUSH_TIMEOUT_S)
-                try:
-                    consumer.commit(offsets=next_offsets(data), asynchronous=False)
-                except KafkaException as exc:
-                    log.warning("offset commit failed (alerts may repeat): %s", exc)
+        consume_batches(
+            settings,
+            sub,
+            handle,
+            batch_size=BATCH_SIZE,
+            max_idle_s=max_idle_s,
+            stop_event=stop_event,
+        )
     finally:
-        consumer.close()
-        producer.flush(FLUSH_TIMEOUT_S)
+        producer.close()
     log.info("alerts: stopped: %s", stats)
     return stats

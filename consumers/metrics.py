@@ -18,8 +18,10 @@ time (``publish_to_sink``; the sink stores its own ``stored_at_us``, which
                                                dead-letters them; this one only counts)
 =============================================  ==========================================
 
-Offsets are committed asynchronously after each batch is observed: the figures live in
-memory, so a restart starts new histograms anyway (Prometheus handles counter resets).
+Offsets are committed by the one consume loop (:func:`streamscribe.core.kafka.consume_batches`)
+after each batch is observed: the figures live in memory, so a restart starts new
+histograms anyway (Prometheus handles counter resets), and a replayed batch only counts
+twice in figures that a restart would have reset.
 
 Example::
 
@@ -36,16 +38,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from streamscribe.consumers.kafka_io import (
-    IdleClock,
-    consumer_config,
-    next_offsets,
-    stop_on_signals,
-)
+from streamscribe.consumers.decode import ReadCounts, finals_of
 from streamscribe.consumers.latency import (
     ALL_SERIES,
     QUANTILES,
@@ -58,17 +54,18 @@ from streamscribe.consumers.latency import (
     stage_latencies,
     summarize,
 )
-from streamscribe.core.errors import ContractError, SinkError
+from streamscribe.core.errors import SinkError
+from streamscribe.core.kafka import LoopStats, Subscription, consume_batches
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import LatencyRecord, now_us
 from streamscribe.schemas.topics import Topics
-from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
+from streamscribe.schemas.transcripts import FinalTranscript
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP_ID: Final = "streamscribe-metrics"
 DEFAULT_WINDOW: Final = "1000"
-POLL_TIMEOUT_S: Final = 0.5
+CLIENT_ID: Final = "streamscribe-metrics"
 BATCH_SIZE: Final = 500
 #: Histogram buckets (ms): fine below the 450 ms SLA, coarse up to a minute.
 BUCKETS_MS: Final = (
@@ -183,11 +180,10 @@ class LatencyMetrics:
 
 
 @dataclass
-class MetricsStats:
-    messages: int = 0
-    finals: int = 0
+class MetricsStats(ReadCounts):
+    """Counters of one :meth:`MetricsService.run` (``messages``, ``finals``, ...)."""
+
     latency_records: int = 0
-    undecodable: int = 0
 
 
 class MetricsService:
@@ -223,6 +219,7 @@ class MetricsService:
             sla or SlaSpec(settings.sla_ms, settings.sla_violation_rate),
         )
         self.stats = MetricsStats()
+        self.loop_stats = LoopStats()
         self._server: Any = None
 
     def start_http(self) -> int:
@@ -240,59 +237,28 @@ class MetricsService:
 
     def handle(self, values: Sequence[bytes | None], received_at_us: int) -> None:
         """Observe one batch of raw transcript values (partials are ignored)."""
-        for raw in values:
-            self.stats.messages += 1
-            try:
-                event = decode_transcript(raw if raw is not None else b"")
-            except ContractError as exc:
-                self.stats.undecodable += 1
-                self.metrics.undecodable.inc()
-                log.warning("undecodable transcript (the sink dead-letters it): %s", exc.reason)
-                continue
-            if isinstance(event, FinalTranscript):
-                self.stats.finals += 1
-                if self.metrics.observe(event, received_at_us) is not None:
-                    self.stats.latency_records += 1
+        undecodable = self.stats.undecodable
+        for final in finals_of(values, self.stats):
+            if self.metrics.observe(final, received_at_us) is not None:
+                self.stats.latency_records += 1
+        self.metrics.undecodable.inc(self.stats.undecodable - undecodable)
         self.metrics.refresh()
 
     def run(
         self, *, stop_event: threading.Event | None = None, max_idle_s: float | None = None
     ) -> MetricsStats:
-        stop = stop_event or threading.Event()
+        """Observe transcripts until stopped (signal, ``stop_event`` or ``max_idle_s``)."""
         topics = Topics(self.settings.topic_prefix)
-        consumer = Consumer(
-            consumer_config(
-                self.settings,
-                group_id=self.group_id,
-                from_earliest=self.from_earliest,
-                client_id="streamscribe-metrics",
-            )
+        sub = Subscription([topics.transcripts], self.group_id, CLIENT_ID, self.from_earliest)
+        consume_batches(
+            self.settings,
+            sub,
+            lambda msgs: self.handle([m.value() for m in msgs], now_us()),
+            batch_size=BATCH_SIZE,
+            max_idle_s=max_idle_s,
+            stop_event=stop_event,
+            stats=self.loop_stats,
         )
-        idle = IdleClock(max_idle_s)
-        try:
-            consumer.subscribe([topics.transcripts], on_assign=idle.on_assign)
-            with stop_on_signals(stop):
-                while not stop.is_set():
-                    msgs = consumer.consume(num_messages=BATCH_SIZE, timeout=POLL_TIMEOUT_S)
-                    data = [m for m in msgs if m.error() is None]
-                    for m in msgs:
-                        err = m.error()
-                        if err is not None:
-                            if err.fatal():
-                                raise SinkError(f"fatal Kafka error: {err.str()}")
-                            log.warning("consumer error: %s", err.str())
-                    if not data:
-                        if idle.expired():
-                            break
-                        continue
-                    idle.touch()
-                    self.handle([m.value() for m in data], now_us())
-                    try:
-                        consumer.commit(offsets=next_offsets(data), asynchronous=True)
-                    except KafkaException as exc:
-                        log.warning("offset commit failed: %s", exc)
-        finally:
-            consumer.close()
         return self.stats
 
     def close(self) -> None:

@@ -2,21 +2,24 @@
 
 Commit order (the delivery guarantee is made here)::
 
-    1. consume a batch (at most ``batch_size`` messages, one poll)
+    1. consume a batch (at most ``batch_size`` messages, one poll) — the one consume loop,
+       :func:`streamscribe.core.kafka.consume_batches`
     2. decode each value; an undecodable one becomes a DeadLetter produced to
        ``<prefix>deadletter`` (source topic/partition/offset, reason, raw bytes)
     3. upsert every decoded event of the batch in ONE database transaction and commit it
-    4. flush the dead-letter producer and check every delivery report (acks=all)
+    4. wait for every dead letter's delivery report and check it (acks=all)
     5. (test hook ``after_db_commit``)
-    6. commit the batch's offsets (last offset + 1 per partition) to Kafka, synchronously
+    6. the loop commits the batch's offsets (last offset + 1 per partition), synchronously
 
-Offsets are committed only after the rows and the dead letters are durable, so a crash
-anywhere before step 6 replays the batch; the replay is harmless because the upsert is
-idempotent (a final not published later than the stored one changes nothing) — at-least-once
-delivery, exactly-once effect on the store. Dead letters themselves are at least once.
-``enable.auto.commit`` and ``enable.auto.offset.store`` are off; a failed offset commit
-(e.g. a rebalance) is logged and counted, and the next owner replays those messages.
-A database error is retried (``DB_RETRIES``) and then stops the sink without committing.
+Steps 2 to 5 are :class:`SinkHandler`, the loop's ``handle``; the loop commits only after
+it has returned, so offsets are committed only after the rows and the dead letters are
+durable, and a crash anywhere before step 6 replays the batch; the replay is harmless
+because the upsert is idempotent (a final not published later than the stored one changes
+nothing) — at-least-once delivery, exactly-once effect on the store. Dead letters
+themselves are at least once. ``enable.auto.commit`` and ``enable.auto.offset.store`` are
+off; a failed offset commit (e.g. a rebalance) is logged and counted, and the next owner
+replays those messages. A database error is retried (``DB_RETRIES`` times, exponential
+backoff) and then stops the sink without committing.
 
 Example::
 
@@ -29,24 +32,29 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-
-from streamscribe.consumers.kafka_io import (
-    DeliveryTracker,
-    IdleClock,
-    consumer_config,
-    flush,
-    produce,
-    producer_config,
-    stop_on_signals,
+from confluent_kafka import KafkaError, TopicPartition
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
 )
+
 from streamscribe.consumers.store import TranscriptStore, WriteResult
 from streamscribe.core.errors import ContractError, SinkError
+from streamscribe.core.kafka import (
+    DeliveryProducer,
+    LoopStats,
+    Publisher,
+    Subscription,
+    consume_batches,
+    next_offsets,
+)
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import DeadLetter
 from streamscribe.schemas.topics import Topics
@@ -57,10 +65,11 @@ log = logging.getLogger(__name__)
 STAGE: Final = "sink"
 DEFAULT_GROUP_ID: Final = "streamscribe-sink"
 DEFAULT_BATCH_SIZE: Final = 500
-POLL_TIMEOUT_S: Final = 0.1  # bounds the publish->sink wait at low rates
+CLIENT_ID: Final = "streamscribe-sink"
+DEADLETTER_CLIENT_ID: Final = "streamscribe-sink-deadletter"
 DB_RETRIES: Final = 3
+#: The wait before the n-th database retry is this times 2**(n-1): 0.5, 1, 2 s.
 DB_RETRY_BACKOFF_S: Final = 0.5
-DEADLETTER_FLUSH_TIMEOUT_S: Final = 30.0
 
 
 class KafkaMessage(Protocol):
@@ -88,29 +97,26 @@ class DecodedBatch:
 
 
 @dataclass
-class SinkStats:
-    """Counters of one :func:`run_sink` run."""
+class SinkStats(LoopStats):
+    """Counters of one :func:`run_sink` run.
 
-    messages: int = 0
+    The consume loop counts ``batches``, ``messages``, ``kafka_errors``, ``offset_commits``
+    and ``offset_commit_failures`` (of the batches handled); :meth:`add` counts the rest.
+    """
+
     finals: int = 0
     finals_written: int = 0
     finals_unchanged: int = 0
     partials: int = 0
     dead_letters: int = 0
-    batches: int = 0
-    offset_commits: int = 0
-    offset_commit_failures: int = 0
-    kafka_errors: int = 0
     db_retries: int = 0
 
     def add(self, batch: DecodedBatch, result: WriteResult) -> None:
-        self.messages += batch.messages
         self.finals += result.finals_in
         self.finals_written += result.finals_written
         self.finals_unchanged += result.finals_unchanged
         self.partials += result.partials_in
         self.dead_letters += len(batch.dead_letters)
-        self.batches += 1
 
 
 def decode_batch(messages: Sequence[KafkaMessage], *, stage: str = STAGE) -> DecodedBatch:
@@ -120,11 +126,9 @@ def decode_batch(messages: Sequence[KafkaMessage], *, stage: str = STAGE) -> Dec
     """
     events: list[TranscriptEvent] = []
     dead: list[DeadLetter] = []
-    offsets: dict[tuple[str, int], int] = {}
     for msg in messages:
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
         raw = msg.value()
-        offsets[(topic, partition)] = max(offsets.get((topic, partition), 0), offset + 1)
         try:
             if raw is None:
                 raise ContractError("transcript_event: empty value (tombstone)", raw=b"")
@@ -145,23 +149,79 @@ def decode_batch(messages: Sequence[KafkaMessage], *, stage: str = STAGE) -> Dec
                     error_type=type(exc).__name__,
                 )
             )
+    offsets = {(tp.topic, tp.partition): tp.offset for tp in next_offsets(messages)}
     return DecodedBatch(events, dead, offsets, len(messages))
 
 
 def _write_with_retry(
-    store: TranscriptStore, events: list[TranscriptEvent], stats: SinkStats
+    store: TranscriptStore,
+    events: list[TranscriptEvent],
+    stats: SinkStats,
+    *,
+    backoff_s: float = DB_RETRY_BACKOFF_S,
 ) -> WriteResult:
-    for attempt in range(DB_RETRIES + 1):
-        try:
-            return store.write(events)
-        except SinkError as exc:
-            if attempt == DB_RETRIES:
-                raise
-            stats.db_retries += 1
-            delay = DB_RETRY_BACKOFF_S * 2**attempt
-            log.warning("%s; retrying in %.1f s", exc.reason, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    """``store.write``, retried ``DB_RETRIES`` times on :class:`SinkError`, then raised."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        stats.db_retries += 1
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait_s = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("%s; retrying in %.1f s", getattr(exc, "reason", exc), wait_s)
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(SinkError),
+        stop=stop_after_attempt(DB_RETRIES + 1),
+        wait=wait_exponential(multiplier=backoff_s, exp_base=2),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(store.write, events)
+
+
+class SinkHandler:
+    """Steps 2 to 5 of the commit order for one batch (the consume loop's ``handle``).
+
+    Returns only when the batch's rows are committed and its dead letters delivered;
+    raises :class:`SinkError` otherwise (and the loop commits no offsets).
+    """
+
+    def __init__(
+        self,
+        store: TranscriptStore,
+        dead_letters: Publisher,
+        deadletter_topic: str,
+        stats: SinkStats,
+        *,
+        after_db_commit: Callable[[DecodedBatch], None] | None = None,
+        db_retry_backoff_s: float = DB_RETRY_BACKOFF_S,
+    ) -> None:
+        self.store = store
+        self.dead_letters = dead_letters
+        self.deadletter_topic = deadletter_topic
+        self.stats = stats
+        self.after_db_commit = after_db_commit
+        self.db_retry_backoff_s = db_retry_backoff_s
+
+    def __call__(self, messages: Sequence[KafkaMessage]) -> None:
+        batch = decode_batch(messages)
+        for dl in batch.dead_letters:
+            log.warning(
+                "dead letter %s[%d]@%d: %s",
+                dl.source_topic,
+                dl.source_partition,
+                dl.source_offset,
+                dl.reason,
+            )
+            key = dl.key.encode() if dl.key is not None else None
+            self.dead_letters.send(self.deadletter_topic, key, dl.encode())
+        result = _write_with_retry(
+            self.store, batch.events, self.stats, backoff_s=self.db_retry_backoff_s
+        )
+        if batch.dead_letters:
+            self.dead_letters.deliver_all("dead letters", error=SinkError)
+        self.stats.add(batch, result)
+        if self.after_db_commit is not None:
+            self.after_db_commit(batch)
 
 
 def run_sink(
@@ -186,78 +246,34 @@ def run_sink(
         raise ValueError("batch_size must be >= 1")
     topics = Topics(settings.topic_prefix)
     store = TranscriptStore(db_url or settings.db_url)
-    stop = stop_event or threading.Event()
     stats = SinkStats()
-    consumer = Consumer(
-        consumer_config(
-            settings, group_id=group_id, from_earliest=from_earliest, client_id="streamscribe-sink"
-        )
+    producer = DeliveryProducer.from_settings(settings, client_id=DEADLETTER_CLIENT_ID)
+    handler = SinkHandler(
+        store, producer, topics.deadletter, stats, after_db_commit=after_db_commit
     )
-    producer = Producer(producer_config(settings, client_id="streamscribe-sink-deadletter"))
-    tracker = DeliveryTracker("dead letters")
     log.info("sink: %s -> %s (group %s)", topics.transcripts, store.safe_url, group_id)
-    idle = IdleClock(max_idle_s)
+    sub = Subscription([topics.transcripts], group_id, CLIENT_ID, from_earliest)
     try:
-        consumer.subscribe([topics.transcripts], on_assign=idle.on_assign)
-        with stop_on_signals(stop):
-            while not stop.is_set():
-                polled = consumer.consume(num_messages=batch_size, timeout=POLL_TIMEOUT_S)
-                msgs = [m for m in polled if not _is_error(m, stats)]
-                if not msgs:
-                    if idle.expired():
-                        log.info("sink: idle for %.1f s, stopping", max_idle_s)
-                        break
-                    continue
-                idle.touch()
-                batch = decode_batch(msgs)
-                for dl in batch.dead_letters:
-                    log.warning(
-                        "dead letter %s[%d]@%d: %s",
-                        dl.source_topic,
-                        dl.source_partition,
-                        dl.source_offset,
-                        dl.reason,
-                    )
-                    key = dl.key.encode() if dl.key is not None else None
-                    produce(producer, topics.deadletter, key, dl.encode(), tracker)
-                result = _write_with_retry(store, batch.events, stats)
-                if batch.dead_letters:
-                    flush(producer, tracker, DEADLETTER_FLUSH_TIMEOUT_S)
-                stats.add(batch, result)
-                if after_db_commit is not None:
-                    after_db_commit(batch)
-                _commit(consumer, batch, stats)
+        consume_batches(
+            settings,
+            sub,
+            handler,
+            batch_size=batch_size,
+            max_idle_s=max_idle_s,
+            stop_event=stop_event,
+            stats=stats,
+        )
     finally:
-        consumer.close()
-        producer.flush(DEADLETTER_FLUSH_TIMEOUT_S)
+        producer.close()
         store.close()
     log.info("sink: stopped: %s", stats)
     return stats
 
 
-def _is_error(msg: Message, stats: SinkStats) -> bool:
-    err = msg.error()
-    if err is None:
-        return False
-    stats.kafka_errors += 1
-    if err.fatal():
-        raise SinkError(f"fatal Kafka error: {err.str()}")
-    log.warning("consumer error: %s", err.str())
-    return True
-
-
-def _commit(consumer: Consumer, batch: DecodedBatch, stats: SinkStats) -> None:
-    try:
-        consumer.commit(offsets=batch.topic_partitions(), asynchronous=False)
-        stats.offset_commits += 1
-    except KafkaException as exc:
-        stats.offset_commit_failures += 1
-        log.warning("offset commit failed (the batch will be replayed, idempotently): %s", exc)
-
-
 __all__ = [
     "DEFAULT_GROUP_ID",
     "DecodedBatch",
+    "SinkHandler",
     "SinkStats",
     "decode_batch",
     "run_sink",

@@ -1,40 +1,19 @@
 """The transcript store: SQLAlchemy Core on SQLite or PostgreSQL, no Kafka.
 
 URLs: ``sqlite:///path/to/transcripts.db`` (the default, ``Settings.db_url``) or
-``postgresql+psycopg://user@host:5432/db``. The store creates its own schema
-(``metadata.create_all`` plus a one-row-per-version ``schema_version`` table; a newer
-database than this code is refused).
+``postgresql+psycopg://user@host:5432/db``. The store creates its own schema and migrates
+an older one (the tables, versions and migrations: :mod:`streamscribe.consumers.store_schema`).
 
-Tables::
-
-    schema_version (version PK, applied_at_us)
-    sessions   (session_id PK, first_seen_us, last_seen_us, channels, roles JSON {"0": "agent"})
-    channels   (session_id, channel, role)                             PK (session_id, channel)
-    utterances (session_id, channel, utterance, role, text, start_ms, end_ms, confidence,
-                error, revision, reason, degraded, summary JSON, timestamps JSON,
-                published_at_us, stored_at_us)             PK (session_id, channel, utterance)
-    partials   (same key; the latest partial of a line that has no final yet)
-    latency    (same key; revision, one <stage>_ms column per stage, end_to_end_ms,
-                clamped, stored_at_us)
-
-Which final wins (:func:`supersedes`): a final replaces the stored row of its line
-``(session_id, channel, utterance)`` when it was **published later** — its
-``timestamps["published_at_us"]`` (kept in the ``published_at_us`` column) is greater
-than the stored one; when either side lacks that timestamp, a higher ``revision`` wins.
-So a duplicate or replay of the same event (same publish time) changes nothing, not even
-``stored_at_us``; an older event arriving late changes nothing; a re-transcription (a
-new processors group run ``--from-earliest``: same keys, revisions that need not be
-higher, later publish times) updates the row. The rule is applied twice: the stored
-state of the batch's sessions is read first so that only winning lines are sent, and the
-dialect's ``INSERT .. ON CONFLICT DO UPDATE .. WHERE <stored loses>`` guards against a
-concurrent writer. Within one batch the latest published final of a line wins (the first
+Which final wins is the rule of :func:`~streamscribe.consumers.store_rows.supersedes`
+(published later wins; without a publish time, the higher revision). It is applied twice:
+the stored state of the batch's sessions is read first so that only winning lines are
+sent, and the dialect's ``INSERT .. ON CONFLICT DO UPDATE .. WHERE <stored loses>`` guards
+against a concurrent writer. So a duplicate or replay changes nothing, not even
+``stored_at_us``. Within one batch the latest published final of a line wins (the first
 one seen on a tie). Partials keep the highest revision of a line that has no final; a
 partial of a line already final is ignored. Sessions, channels and latency rows are
 touched only for events actually written. Every call of :meth:`TranscriptStore.write` is
 one transaction; :meth:`~TranscriptStore.write_batched` bounds the events per transaction.
-
-Schema versions: v1 the tables above without ``utterances.published_at_us``; v2 adds it
-(backfilled from ``timestamps``). Opening an older database migrates it (``MIGRATIONS``).
 
 Example::
 
@@ -51,316 +30,58 @@ Example::
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import (
-    ArgumentError,
-    IntegrityError,
-    NoSuchModuleError,
-    OperationalError,
-    ProgrammingError,
-    SQLAlchemyError,
-)
+from sqlalchemy.exc import SQLAlchemyError
 
-from streamscribe.consumers.latency import STAGES, stage_latencies
+from streamscribe.consumers.latency import stage_latencies
+from streamscribe.consumers.store_rows import (
+    LineKey,
+    SessionInfo,
+    StoredFinal,
+    WriteResult,
+    dedupe,
+    final_row,
+    final_wins,
+    latency_record,
+    latency_row,
+    line_key,
+    partial_row,
+    partial_wins,
+    published_at,
+    session_info,
+    stored_final,
+    stored_partial,
+    supersedes,
+)
+from streamscribe.consumers.store_schema import (
+    KEY_COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    channels,
+    check_url,
+    ensure_schema,
+    latency,
+    metadata,
+    open_engine,
+    partials,
+    schema_version,
+    sessions,
+    short_error,
+    utterances,
+)
 from streamscribe.core.errors import SinkError
 from streamscribe.schemas.events import LatencyRecord, now_us
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript, TranscriptEvent
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
-PUBLISHED_AT: Final = "published_at_us"
-SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
-SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
-SCHEMA_ATTEMPTS: Final = 5
-
-metadata = sa.MetaData()
-
-schema_version = sa.Table(
-    "schema_version",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("applied_at_us", sa.BigInteger, nullable=False),
-)
-
-sessions = sa.Table(
-    "sessions",
-    metadata,
-    sa.Column("session_id", sa.Text, primary_key=True),
-    sa.Column("first_seen_us", sa.BigInteger, nullable=False),
-    sa.Column("last_seen_us", sa.BigInteger, nullable=False),
-    sa.Column("channels", sa.Integer, nullable=False),
-    sa.Column("roles", sa.JSON, nullable=False),
-    sa.Index("ix_sessions_last_seen", "last_seen_us"),
-)
-
-channels = sa.Table(
-    "channels",
-    metadata,
-    sa.Column("session_id", sa.Text, primary_key=True),
-    sa.Column("channel", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("role", sa.Text, nullable=False),
-)
-
-
-def _line_key() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("session_id", sa.Text, primary_key=True),
-        sa.Column("channel", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("utterance", sa.Integer, primary_key=True, autoincrement=False),
-    ]
-
-
-utterances = sa.Table(
-    "utterances",
-    metadata,
-    *_line_key(),
-    sa.Column("role", sa.Text, nullable=False),
-    sa.Column("text", sa.Text, nullable=False),
-    sa.Column("start_ms", sa.Float, nullable=False),
-    sa.Column("end_ms", sa.Float, nullable=False),
-    sa.Column("confidence", sa.Float),
-    sa.Column("error", sa.Text),
-    sa.Column("revision", sa.Integer, nullable=False),
-    sa.Column("reason", sa.Text),
-    sa.Column("degraded", sa.Boolean, nullable=False),
-    sa.Column("summary", sa.JSON),
-    sa.Column("timestamps", sa.JSON, nullable=False),
-    sa.Column(PUBLISHED_AT, sa.BigInteger),  # timestamps["published_at_us"]; None if absent
-    sa.Column("stored_at_us", sa.BigInteger, nullable=False),
-)
-
-partials = sa.Table(
-    "partials",
-    metadata,
-    *_line_key(),
-    sa.Column("role", sa.Text, nullable=False),
-    sa.Column("revision", sa.Integer, nullable=False),
-    sa.Column("text", sa.Text, nullable=False),
-    sa.Column("stable_text", sa.Text, nullable=False),
-    sa.Column("start_ms", sa.Float, nullable=False),
-    sa.Column("end_ms", sa.Float, nullable=False),
-    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
-)
-
-latency = sa.Table(
-    "latency",
-    metadata,
-    *_line_key(),
-    sa.Column("revision", sa.Integer, nullable=False),
-    *[sa.Column(f"{stage}_ms", sa.Float) for stage in STAGES],
-    sa.Column("end_to_end_ms", sa.Float, nullable=False),
-    sa.Column("clamped", sa.Text, nullable=False),
-    sa.Column("stored_at_us", sa.BigInteger, nullable=False),
-    sa.Index("ix_latency_stored_at", "stored_at_us"),
-)
-
-_KEY: Final = ("session_id", "channel", "utterance")
-LineKey = tuple[str, int, int]
-
-
-def _migrate_v2_published_at(conn: Connection) -> None:
-    """v2: ``utterances.published_at_us``, backfilled from the ``timestamps`` JSON.
-
-    Idempotent (the column may exist already when a concurrent opener raced us).
-    """
-    have = {c["name"] for c in sa.inspect(conn).get_columns("utterances")}
-    if PUBLISHED_AT not in have:
-        conn.execute(sa.text(f"ALTER TABLE utterances ADD COLUMN {PUBLISHED_AT} BIGINT"))
-    published = sa.cast(utterances.c.timestamps[PUBLISHED_AT].as_string(), sa.BigInteger)
-    conn.execute(
-        utterances.update()
-        .where(utterances.c.published_at_us.is_(None))
-        .values(published_at_us=published)
-    )
-
-
-#: version -> function that migrates a database from ``version - 1`` to ``version``.
-MIGRATIONS: Final[dict[int, Callable[[Connection], None]]] = {2: _migrate_v2_published_at}
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What one :meth:`TranscriptStore.write` did."""
-
-    finals_in: int = 0
-    finals_written: int = 0  # inserted, or replaced a row published earlier
-    partials_in: int = 0
-    partials_written: int = 0
-    sessions_touched: int = 0
-
-    @property
-    def finals_unchanged(self) -> int:
-        """Finals that changed nothing (replays, duplicates, late older events)."""
-        return self.finals_in - self.finals_written
-
-    def __add__(self, other: WriteResult) -> WriteResult:
-        return WriteResult(
-            self.finals_in + other.finals_in,
-            self.finals_written + other.finals_written,
-            self.partials_in + other.partials_in,
-            self.partials_written + other.partials_written,
-            self.sessions_touched + other.sessions_touched,
-        )
-
-
-@dataclass(frozen=True)
-class StoredFinal:
-    """A final as stored, with the sink's time."""
-
-    final: FinalTranscript
-    stored_at_us: int
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """One row of ``sessions`` plus counts from ``utterances``."""
-
-    session_id: str
-    first_seen_us: int
-    last_seen_us: int
-    channels: int
-    roles: dict[str, str] = field(default_factory=dict)
-    finals: int = 0
-    end_ms: float = 0.0
-
-
-_Ev = TypeVar("_Ev", FinalTranscript, PartialTranscript)
-
-
-def _published_at(f: TranscriptEvent) -> int | None:
-    t = f.timestamps.get(PUBLISHED_AT)
-    return None if t is None else int(t)
-
-
-def supersedes(
-    new_published_at_us: int | None,
-    new_revision: int,
-    old_published_at_us: int | None,
-    old_revision: int,
-) -> bool:
-    """Whether a final replaces a stored one of the same line (see the module doc).
-
-    >>> supersedes(2_000, 1, 1_000, 3)  # published later: a re-transcription
-    True
-    >>> supersedes(1_000, 1, 1_000, 1), supersedes(900, 5, 1_000, 1)  # replay; late and older
-    (False, False)
-    >>> supersedes(None, 2, 1_000, 1)  # no publish time: the revision decides
-    True
-    """
-    if new_published_at_us is not None and old_published_at_us is not None:
-        return new_published_at_us > old_published_at_us
-    return new_revision > old_revision
-
-
-def _final_wins(new: FinalTranscript, old: FinalTranscript) -> bool:
-    return supersedes(_published_at(new), new.revision, _published_at(old), old.revision)
-
-
-def _partial_wins(new: PartialTranscript, old: PartialTranscript) -> bool:
-    return new.revision > old.revision
-
-
-def _dedupe(events: Iterable[_Ev], wins: Callable[[_Ev, _Ev], bool]) -> dict[LineKey, _Ev]:
-    """The winning event per line; the first one seen wins a tie."""
-    best: dict[LineKey, _Ev] = {}
-    for ev in events:
-        k = (ev.session_id, ev.channel, ev.utterance)
-        cur = best.get(k)
-        if cur is None or wins(ev, cur):
-            best[k] = ev
-    return best
-
-
-def _key(e: TranscriptEvent) -> LineKey:
-    return (e.session_id, e.channel, e.utterance)
-
-
-def _final_row(f: FinalTranscript, stored_at_us: int) -> dict[str, Any]:
-    return {
-        "session_id": f.session_id,
-        "channel": f.channel,
-        "utterance": f.utterance,
-        "role": f.role,
-        "text": f.text,
-        "start_ms": f.start_ms,
-        "end_ms": f.end_ms,
-        "confidence": f.confidence,
-        "error": f.error,
-        "revision": f.revision,
-        "reason": f.reason,
-        "degraded": f.degraded,
-        "summary": f.summary,
-        "timestamps": dict(f.timestamps),
-        PUBLISHED_AT: _published_at(f),
-        "stored_at_us": stored_at_us,
-    }
-
-
-def _partial_row(p: PartialTranscript, at_us: int) -> dict[str, Any]:
-    return {
-        "session_id": p.session_id,
-        "channel": p.channel,
-        "utterance": p.utterance,
-        "role": p.role,
-        "revision": p.revision,
-        "text": p.text,
-        "stable_text": p.stable_text,
-        "start_ms": p.start_ms,
-        "end_ms": p.end_ms,
-        "updated_at_us": at_us,
-    }
-
-
-def _latency_row(rec: LatencyRecord, revision: int, stored_at_us: int) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "session_id": rec.session_id,
-        "channel": rec.channel,
-        "utterance": rec.utterance,
-        "revision": revision,
-        "end_to_end_ms": rec.end_to_end_ms,
-        "clamped": ",".join(rec.clamped),
-        "stored_at_us": stored_at_us,
-    }
-    for stage in STAGES:
-        row[f"{stage}_ms"] = rec.stages_ms.get(stage)
-    return row
-
-
-def _check_url(url: str, *, create: bool) -> sa.URL:
-    try:
-        parsed = sa.make_url(url)
-    except ArgumentError as exc:
-        raise SinkError(f"bad database URL {url!r}: {exc}") from None
-    if parsed.get_backend_name() not in SUPPORTED_DIALECTS:
-        raise SinkError(
-            f"unsupported database {parsed.get_backend_name()!r} in {url!r} "
-            f"(use sqlite:///path.db or postgresql+psycopg://...)"
-        )
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        path = Path(parsed.database or "")
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        elif not path.exists():
-            raise SinkError(f"no transcript database at {path} (run `streamscribe sink` first)")
-    return parsed
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the sink
-    cur.execute("PRAGMA synchronous=FULL")  # a commit survives power loss before offsets move
-    cur.close()
+_Row = TypeVar("_Row")
 
 
 class TranscriptStore:
@@ -370,54 +91,11 @@ class TranscriptStore:
     """
 
     def __init__(self, url: str, *, create: bool = True, echo: bool = False) -> None:
-        parsed = _check_url(url, create=create)
+        parsed = check_url(url, create=create)
         self.url = url
         self.dialect = parsed.get_backend_name()
-        try:
-            self.engine: Engine = sa.create_engine(parsed, echo=echo, future=True)
-        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-            raise SinkError(f"cannot open database {url!r}: {exc}") from None
-        if self.dialect == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._ensure_schema()
-
-    # ---------------------------------------------------------------- schema
-    def _ensure_schema(self) -> None:
-        """Create tables, record or migrate the schema version.
-
-        Several processes may open a new database at once (a sink and a reader, two
-        sinks): a lost race (duplicate version row, table created meanwhile) is retried.
-        """
-        for attempt in range(SCHEMA_ATTEMPTS):
-            try:
-                with self.engine.begin() as conn:
-                    self._create_or_migrate(conn)
-                return
-            except (IntegrityError, OperationalError, ProgrammingError) as exc:
-                if attempt == SCHEMA_ATTEMPTS - 1 or not _is_race(exc):
-                    raise SinkError(
-                        f"cannot open database {self.safe_url}: {_short(exc)}"
-                    ) from None
-                time.sleep(0.1 * (attempt + 1))
-            except SQLAlchemyError as exc:
-                raise SinkError(f"cannot open database {self.safe_url}: {_short(exc)}") from None
-
-    def _create_or_migrate(self, conn: Connection) -> None:
-        metadata.create_all(conn, checkfirst=True)
-        current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
-        if current is None:
-            row = {"version": SCHEMA_VERSION, "applied_at_us": now_us()}
-            conn.execute(schema_version.insert().values(**row))
-            return
-        if current > SCHEMA_VERSION:
-            raise SinkError(
-                f"database schema v{current} is newer than this streamscribe "
-                f"(v{SCHEMA_VERSION}); upgrade streamscribe"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[version](conn)
-            conn.execute(schema_version.insert().values(version=version, applied_at_us=now_us()))
-            log.info("migrated transcript store to schema v%d", version)
+        self.engine: Engine = open_engine(parsed, echo=echo)
+        ensure_schema(self.engine, self.safe_url)
 
     @property
     def safe_url(self) -> str:
@@ -445,15 +123,10 @@ class TranscriptStore:
         Raises :class:`SinkError` if the database fails (nothing of the batch is kept).
         """
         at = now_us() if stored_at_us is None else stored_at_us
-        finals = _dedupe((e for e in events if isinstance(e, FinalTranscript)), _final_wins)
-        parts = _dedupe(
-            (
-                e
-                for e in events
-                if isinstance(e, PartialTranscript)
-                and (e.session_id, e.channel, e.utterance) not in finals
-            ),
-            _partial_wins,
+        finals = dedupe((e for e in events if isinstance(e, FinalTranscript)), final_wins)
+        parts = dedupe(
+            (e for e in events if isinstance(e, PartialTranscript) and line_key(e) not in finals),
+            partial_wins,
         )
         n_finals = sum(isinstance(e, FinalTranscript) for e in events)
         n_partials = sum(isinstance(e, PartialTranscript) for e in events)
@@ -472,7 +145,7 @@ class TranscriptStore:
                     self._touch_sessions(conn, changed, sorted(touched), at)
                     self._drop_finished_partials(conn, sorted(touched))
         except SQLAlchemyError as exc:
-            raise SinkError(f"database write failed ({self.dialect}): {_short(exc)}") from exc
+            raise SinkError(f"database write failed ({self.dialect}): {short_error(exc)}") from exc
         return WriteResult(n_finals, len(written), n_partials, len(p_written), len(touched))
 
     def write_batched(
@@ -505,7 +178,8 @@ class TranscriptStore:
         newer = [
             f
             for f in finals
-            if _key(f) not in have or supersedes(_published_at(f), f.revision, *have[_key(f)])
+            if line_key(f) not in have
+            or supersedes(published_at(f), f.revision, *have[line_key(f)])
         ]
         if newer:
             stmt = self._insert(utterances)
@@ -517,8 +191,8 @@ class TranscriptStore:
                 (both_published, c.published_at_us < new.published_at_us),
                 else_=c.revision < new.revision,
             )
-            self._upsert(conn, utterances, stmt, stored_loses, [_final_row(f, at) for f in newer])
-        return [_key(f) for f in newer]
+            self._upsert(conn, utterances, stmt, stored_loses, [final_row(f, at) for f in newer])
+        return [line_key(f) for f in newer]
 
     def _upsert_partials(
         self, conn: Connection, parts: Sequence[PartialTranscript], at: int
@@ -538,20 +212,25 @@ class TranscriptStore:
         p = partials.c
         q = sa.select(p.session_id, p.channel, p.utterance, p.revision)
         have = {(r[0], r[1], r[2]): r[3] for r in conn.execute(q.where(p.session_id.in_(sids)))}
-        newer = [e for e in parts if _key(e) not in finished and have.get(_key(e), -1) < e.revision]
+        newer = [
+            e
+            for e in parts
+            if line_key(e) not in finished and have.get(line_key(e), -1) < e.revision
+        ]
         if newer:
             stmt = self._insert(partials)
             guard = p.revision < stmt.excluded.revision
-            self._upsert(conn, partials, stmt, guard, [_partial_row(e, at) for e in newer])
-        return [_key(e) for e in newer]
+            self._upsert(conn, partials, stmt, guard, [partial_row(e, at) for e in newer])
+        return [line_key(e) for e in newer]
 
     @staticmethod
     def _upsert(
         conn: Connection, table: sa.Table, stmt: Any, where: Any, rows: list[dict[str, Any]]
     ) -> None:
-        update = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in _KEY}
+        update = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in KEY_COLUMNS}
         conn.execute(
-            stmt.on_conflict_do_update(index_elements=list(_KEY), set_=update, where=where), rows
+            stmt.on_conflict_do_update(index_elements=list(KEY_COLUMNS), set_=update, where=where),
+            rows,
         )
 
     def _write_latency(self, conn: Connection, finals: list[FinalTranscript], at: int) -> None:
@@ -561,13 +240,15 @@ class TranscriptStore:
                 f.session_id, f.channel, f.utterance, f.timestamps, stored_at_us=at
             )
             if rec is None:
-                missing.append((f.session_id, f.channel, f.utterance))
+                missing.append(line_key(f))
             else:
-                rows.append(_latency_row(rec, f.revision, at))
+                rows.append(latency_row(rec, f.revision, at))
         if rows:
             stmt = self._insert(latency)
-            update = {c.name: stmt.excluded[c.name] for c in latency.c if c.name not in _KEY}
-            conn.execute(stmt.on_conflict_do_update(index_elements=list(_KEY), set_=update), rows)
+            update = {c.name: stmt.excluded[c.name] for c in latency.c if c.name not in KEY_COLUMNS}
+            conn.execute(
+                stmt.on_conflict_do_update(index_elements=list(KEY_COLUMNS), set_=update), rows
+            )
         if missing:  # a re-transcription without timestamps: drop the stale figures
             conn.execute(
                 latency.delete().where(
@@ -641,36 +322,24 @@ class TranscriptStore:
     # ---------------------------------------------------------------- reading
     def finals(self, session_id: str) -> list[StoredFinal]:
         """A session's finals ordered by stream time (start, channel, utterance)."""
-        q = (
-            sa.select(utterances)
-            .where(utterances.c.session_id == session_id)
-            .order_by(utterances.c.start_ms, utterances.c.channel, utterances.c.utterance)
-        )
-        with self._reading() as conn:
-            return [_stored_final(row._mapping) for row in conn.execute(q)]
+        return self._lines(utterances, session_id, stored_final)
 
     def partials(self, session_id: str) -> list[PartialTranscript]:
         """The latest partial of each line of the session that has no final yet."""
+        return self._lines(partials, session_id, stored_partial)
+
+    def _lines(
+        self, table: sa.Table, session_id: str, from_row: Callable[[Mapping[Any, Any]], _Row]
+    ) -> list[_Row]:
+        """A session's rows of a per-line table, ordered by (start, channel, utterance)."""
+        c = table.c
         q = (
-            sa.select(partials)
-            .where(partials.c.session_id == session_id)
-            .order_by(partials.c.start_ms, partials.c.channel, partials.c.utterance)
+            sa.select(table)
+            .where(c.session_id == session_id)
+            .order_by(c.start_ms, c.channel, c.utterance)
         )
         with self._reading() as conn:
-            return [
-                PartialTranscript(
-                    session_id=m["session_id"],
-                    channel=m["channel"],
-                    role=m["role"],
-                    utterance=m["utterance"],
-                    revision=m["revision"],
-                    text=m["text"],
-                    start_ms=m["start_ms"],
-                    end_ms=m["end_ms"],
-                    stable_text=m["stable_text"],
-                )
-                for m in (row._mapping for row in conn.execute(q))
-            ]
+            return [from_row(row._mapping) for row in conn.execute(q)]
 
     def sessions(self, limit: int | None = 50, session_id: str | None = None) -> list[SessionInfo]:
         """Sessions, most recently seen first, with their final count and last end time."""
@@ -693,18 +362,7 @@ class TranscriptStore:
         if limit is not None:
             q = q.limit(limit)
         with self._reading() as conn:
-            return [
-                SessionInfo(
-                    session_id=m["session_id"],
-                    first_seen_us=m["first_seen_us"],
-                    last_seen_us=m["last_seen_us"],
-                    channels=m["channels"],
-                    roles=dict(m["roles"] or {}),
-                    finals=int(m["finals"] or 0),
-                    end_ms=float(m["end_ms"] or 0.0),
-                )
-                for m in (row._mapping for row in conn.execute(q))
-            ]
+            return [session_info(row._mapping) for row in conn.execute(q)]
 
     def session(self, session_id: str) -> SessionInfo | None:
         found = self.sessions(limit=1, session_id=session_id)
@@ -716,7 +374,7 @@ class TranscriptStore:
         if since_us is not None:
             q = q.where(latency.c.stored_at_us >= since_us)
         with self._reading() as conn:
-            return [_latency_record(row._mapping) for row in conn.execute(q)]
+            return [latency_record(row._mapping) for row in conn.execute(q)]
 
     def counts(self) -> dict[str, int]:
         """Row count per table (for tests, benches and the sink's summary)."""
@@ -732,7 +390,7 @@ class TranscriptStore:
             with self.engine.connect() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise SinkError(f"cannot read {self.safe_url}: {_short(exc)}") from None
+            raise SinkError(f"cannot read {self.safe_url}: {short_error(exc)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -744,47 +402,19 @@ class TranscriptStore:
         self.close()
 
 
-def _stored_final(m: Any) -> StoredFinal:
-    return StoredFinal(
-        final=FinalTranscript(
-            session_id=m["session_id"],
-            channel=m["channel"],
-            role=m["role"],
-            utterance=m["utterance"],
-            revision=m["revision"],
-            text=m["text"],
-            start_ms=m["start_ms"],
-            end_ms=m["end_ms"],
-            confidence=m["confidence"],
-            error=m["error"],
-            timestamps=dict(m["timestamps"] or {}),
-            summary=m["summary"],
-            degraded=bool(m["degraded"]),
-            reason=m["reason"],
-        ),
-        stored_at_us=m["stored_at_us"],
-    )
-
-
-def _latency_record(m: Any) -> LatencyRecord:
-    return LatencyRecord(
-        session_id=m["session_id"],
-        channel=m["channel"],
-        utterance=m["utterance"],
-        stages_ms={s: m[f"{s}_ms"] for s in STAGES if m[f"{s}_ms"] is not None},
-        end_to_end_ms=m["end_to_end_ms"],
-        clamped=[c for c in (m["clamped"] or "").split(",") if c],
-    )
-
-
-def _is_race(exc: SQLAlchemyError) -> bool:
-    """A concurrent schema creation: duplicate row/table/type, or SQLite busy/locked."""
-    text = str(getattr(exc, "orig", exc)).lower()
-    return any(s in text for s in ("unique", "duplicate", "already exists", "locked", "busy"))
-
-
-def _short(exc: BaseException) -> str:
-    """The first line of a database error, without SQLAlchemy's statement dump."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SessionInfo",
+    "StoredFinal",
+    "TranscriptStore",
+    "WriteResult",
+    "channels",
+    "latency",
+    "metadata",
+    "partials",
+    "schema_version",
+    "sessions",
+    "supersedes",
+    "utterances",
+]

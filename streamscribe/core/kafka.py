@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -206,6 +206,13 @@ class DeliveryProducer:
             self.stats.failed += remaining
             self.stats.errors["not_flushed"] = self.stats.errors.get("not_flushed", 0) + remaining
         return self.stats
+
+
+class Publisher(Protocol):
+    """What a consume-loop handler needs of :class:`DeliveryProducer` (fakes in unit tests)."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
+    def deliver_all(self, what: str, error: type[StreamscribeError] = ...) -> None: ...
 
 
 # ------------------------------------------------------------------------- consume loop

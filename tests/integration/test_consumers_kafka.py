@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamscribe.consumers import commands
+from streamscribe.cli import main as cli_main
 from streamscribe.consumers.alerts import run_alerts
 from streamscribe.consumers.metrics import MetricsService
 from streamscribe.consumers.sink import run_sink
@@ -369,9 +369,7 @@ def test_conversation_of_a_stereo_call_from_kafka(
     stats = run_sink(settings, db_url=url, group_id="conv", from_earliest=True, max_idle_s=IDLE_S)
     assert (stats.finals_written, stats.finals_unchanged) == (4, 4)
 
-    parser = commands.argparse.ArgumentParser()
-    commands.add_arguments_transcript(parser)
-    assert commands.cmd_transcript(settings, parser.parse_args([sid, "--db", url])) == 0
+    assert cli_main(["transcript", sid, "--db", url]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "[00:00] agent: thank you for calling",
         "[00:07] customer: hi i want a new plan",
