@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,9 @@ from streamscribe.processors.asr import (
     bundled_recording,
     read_audio_16k,
 )
-from streamscribe.processors.text import wer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.wer
+from tests.wer import wer
 
 RESULTS = Path(__file__).parent / "results" / "asr_model.json"
 REFERENCES = Path(__file__).parents[1] / "tests" / "data" / "references.json"

@@ -157,11 +157,6 @@ class Decoded:
     decode_s: float
     audio_s: float
 
-    @property
-    def compute_s(self) -> float:
-        """Wall time spent in the model (encode + decode)."""
-        return self.encode_s + self.decode_s
-
 
 @dataclass(frozen=True)
 class ModelFiles:

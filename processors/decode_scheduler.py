@@ -5,7 +5,8 @@ A final is never dropped and jumps ahead of every waiting partial. A partial rep
 waiting partial of the same line (only the newest is decoded), and a partial that waited
 longer than the policy allows is shed, and with two or more decode slots one is reserved
 for finals — so when the worker falls behind, the partial rate
-of each line falls and finals keep their latency.
+of each line falls and finals keep their latency. A failed decode is retried ``retries``
+times (tenacity); the last error is reported in the :class:`DecodeOutcome`, never raised.
 
 Example::
 
@@ -25,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ class SchedulerStats:
 
 
 class DecodeScheduler:
+    """The decode queue of one worker (see the module docstring)."""
+
     def __init__(
         self,
         decode: DecodeFn,
@@ -142,8 +147,32 @@ class DecodeScheduler:
             self.stats.shed += 1
         return None
 
-    async def _loop(self, finals_only: bool = False) -> None:
+    async def _decode_with_retries(self, job: _Job) -> Any:
+        """Run the decode in the executor; a failure is retried ``retries`` times."""
         loop = asyncio.get_running_loop()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retries + 1),
+            retry=retry_if_exception_type(Exception),
+            after=lambda state: log.warning(
+                "decode of %s failed (attempt %d): %s",
+                job.line_id,
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else None,
+            ),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await loop.run_in_executor(
+                    self.executor, self.decode, job.line_id, job.audio
+                )
+        raise AssertionError("unreachable: tenacity returns or re-raises")  # pragma: no cover
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+
+    async def _loop(self, finals_only: bool = False) -> None:
         while True:
             job = self._next(finals_only)
             if job is None:
@@ -151,20 +180,10 @@ class DecodeScheduler:
                 continue
             out = DecodeOutcome(waited_s=time.monotonic() - job.queued_at)
             out.start_us = time.time_ns() // 1000
-            for attempt in range(self.retries + 1):
-                try:
-                    out.result = await loop.run_in_executor(
-                        self.executor, self.decode, job.line_id, job.audio
-                    )
-                    out.error = None
-                    break
-                except Exception as exc:  # the model failed: retried, then reported
-                    out.error = exc
-                    if attempt < self.retries:
-                        self.stats.retries += 1
-                    log.warning(
-                        "decode of %s failed (attempt %d): %s", job.line_id, attempt + 1, exc
-                    )
+            try:
+                out.result = await self._decode_with_retries(job)
+            except Exception as exc:  # the model failed after its retries: reported
+                out.error = exc
             out.end_us = time.time_ns() // 1000
             if job.final:
                 self.stats.finals += 1

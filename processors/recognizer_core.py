@@ -1,107 +1,122 @@
-"""The recognizer stage core: utterance messages in, decode jobs and transcripts out. No Kafka.
+"""The recognizer stage core: utterance messages in; decodes, transcripts and table writes out.
 
-Per line (session, channel, utterance) a small :class:`LineState` tracks which parts of
-the utterance have arrived (duplicates from a replay are dropped by ``part``), how much
-audio there is, what was decoded last, and the partial stabiliser. The audio itself is
-kept by the caller, one piece per part (written once: bytes stored grow linearly).
+No Kafka, no faust. The same shape as ``StreamSegmenter.process``: state + input → output
++ state. The state is the map of open lines (:class:`RecognizerLine`, each holding all of
+its line's state) kept in memory; the tables hold only its changelog copy, read back on
+a miss (after a restart or a rebalance). One message goes through it as follows (the
+agent, :mod:`recognizer_agent`, only decodes, sends and writes)::
 
-Partial scheme (chosen with the figures in ``bench/results/asr_model.json``): each partial
-re-decodes the whole utterance so far — the most accurate choice, because tiny Moonshine
-gains from left context — but only when the new audio since the last partial is at least
-``max(update_interval, growth * decoded)``: intervals grow geometrically with the line, so
-a line of length L costs about ``L * (1 + 1/growth)`` seconds of decoding instead of the
-``L^2 / (2 * interval)`` of re-decoding at every update. Under load, partials whose update
-is older than ``stale_after_s`` are shed, only the newest update of a line in a batch is
-decoded (coalescing), and finals always go first and are never dropped.
+    msg = decode_message(value, key)         # ContractError -> dead letter
+    step = core.accept(msg, partition)       # Accepted: writes, and maybe a Decode
+    # writes -> tables; step.decode: a partial goes to the DecodeScheduler and, when
+    # decoded, core.partial_event(decode, outcome) is published; a final is decoded
+    # before the loop moves on, then
+    done = core.finish(decode, outcome)      # Finished: the final, writes, dead letter
+
+- Only utterances written by this group's own segmenter are taken (``origin``): a
+  re-transcription group started from the earliest offset does not decode the first
+  group's copies of the same lines.
+- A replayed part is dropped by its ``part`` index; a part of a finished line is late.
+- A failed final (the scheduler has retried it once) is published with ``error`` set and
+  the stable prefix as its text, and asks for a dead letter; :attr:`RecognizerCore.budget`
+  says when failures pass ``max_error_rate`` (the worker then exits before the ack).
 
 Example::
 
-    >>> policy = PartialPolicy(interval_samples=8000, growth=0.3)
-    >>> policy.due(decoded=0, available=8000), policy.due(decoded=48000, available=56000)
-    (True, False)
+    >>> from streamscribe.core.settings import Settings
+    >>> from streamscribe.processors.asr import Decoded
+    >>> from streamscribe.processors.decode_scheduler import DecodeOutcome
+    >>> from streamscribe.schemas.utterances import UtteranceMessage
+    >>> core = RecognizerCore(RecognizerConfig.from_settings(Settings()), {}, {})
+    >>> msg = UtteranceMessage("s", 0, "agent", 0, "final", 0, 0, 0, 8000, b"\\0\\0" * 8000)
+    >>> step = core.accept(msg, partition=0)
+    >>> step.verdict, [w.key for w in step.writes], step.decode.final
+    ('accept', ['s/0/0#0'], True)
+    >>> decoded = Decoded("hi there", [], 0.0, 0.9, False, 0.0, 0.0, 0.5)
+    >>> done = core.finish(step.decode, DecodeOutcome(decoded))
+    >>> done.event.text, done.event.end_ms, done.dead_letter, len(core)
+    ('hi there', 500.0, None, 0)
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+import fnmatch
+import json
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
 
-from streamscribe.processors.stabilize import LineStabilizer
+from streamscribe.core.errors import AsrError, ContractError
+from streamscribe.core.settings import Settings
+from streamscribe.processors.decode_scheduler import DecodeOutcome
+from streamscribe.processors.recognizer_line import (
+    DEFAULT_GROWTH,
+    RATE,
+    Audio,
+    DecodeJob,
+    PartialPolicy,
+    RecognizerLine,
+    Verdict,
+    piece_key,
+)
+from streamscribe.schemas.events import now_us
+from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
+from streamscribe.schemas.utterances import KIND_FINAL, UtteranceMessage, line_id
 
-RATE: Final = 16000
-DEFAULT_GROWTH: Final = 0.3
-DEFAULT_STALE_AFTER_S: Final = 1.5
+__all__ = [
+    "AUDIO_TABLE",
+    "DEFAULT_GROWTH",
+    "LINES_TABLE",
+    "RATE",
+    "Accepted",
+    "Decode",
+    "ErrorBudget",
+    "Finished",
+    "PartialPolicy",
+    "RecognizerConfig",
+    "RecognizerCore",
+    "RecognizerStats",
+    "TableWrite",
+    "Verdict",
+    "decode_message",
+    "injected_failures",
+    "piece_key",
+]
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class PartialPolicy:
-    """When a speech-so-far update deserves a decode (see the module docstring)."""
-
-    interval_samples: int = RATE // 2
-    growth: float = DEFAULT_GROWTH
-    stale_after_s: float = DEFAULT_STALE_AFTER_S
-
-    def due(self, decoded: int, available: int) -> bool:
-        return available - decoded >= max(self.interval_samples, int(self.growth * decoded))
-
-    def fresh(self, decided_at_us: int, now_us: int) -> bool:
-        return decided_at_us <= 0 or now_us - decided_at_us <= self.stale_after_s * 1_000_000
-
-
-@dataclass
-class LineState:
-    """What the recognizer remembers of one line between messages (JSON in a table)."""
-
-    role: str
-    start_sample: int
-    next_part: int = 0
-    end_sample: int = 0
-    decoded_samples: int = 0  # audio length of the last partial decode
-    missing_parts: int = 0
-    done: bool = False
-    stabilizer: dict[str, Any] = field(default_factory=lambda: LineStabilizer().to_dict())
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LineState:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-    @property
-    def audio_samples(self) -> int:
-        return self.end_sample - self.start_sample
-
-
-class Verdict:
-    """What to do with an arriving part."""
-
-    DUPLICATE: Final = "duplicate"  # already applied (a replay): ignore
-    LATE: Final = "late"  # the line is finished: ignore
-    ACCEPT: Final = "accept"
+LINES_TABLE: Final = "recognizer-lines"
+"""Line id -> the line's changelog copy (:meth:`RecognizerLine.to_doc`)."""
+AUDIO_TABLE: Final = "recognizer-audio"
+""":func:`piece_key` -> the raw PCM16 bytes of one part, written once."""
+ERROR_WINDOW: Final = 50
+ERROR_MIN_ATTEMPTS: Final = 10
+ASR_ERROR_TYPE: Final = "AsrError"
 
 
-def accept_part(line: LineState | None, part: int) -> str:
-    if line is None:
-        return Verdict.ACCEPT
-    if line.done:
-        return Verdict.LATE
-    if part < line.next_part:
-        return Verdict.DUPLICATE
-    return Verdict.ACCEPT
+class KeyReader(Protocol):
+    """What the core reads the stored copy through: a faust table, or a dict in tests."""
 
-
-def piece_key(line_id: str, part: int) -> str:
-    return f"{line_id}#{part}"
+    def get(self, key: str, /) -> Any: ...
 
 
 @dataclass
 class ErrorBudget:
-    """Recent decode outcomes; :meth:`exceeded` when failures pass the allowed rate."""
+    """Recent decode outcomes; :meth:`exceeded` when failures pass the allowed rate.
+
+    >>> budget = ErrorBudget(max_rate=0.5, window=4, min_attempts=2)
+    >>> budget.record(False)
+    >>> budget.exceeded()
+    False
+    >>> budget.record(False)
+    >>> budget.exceeded()
+    True
+    """
 
     max_rate: float
-    window: int = 50
-    min_attempts: int = 10
+    window: int = ERROR_WINDOW
+    min_attempts: int = ERROR_MIN_ATTEMPTS
     outcomes: list[bool] = field(default_factory=list)
 
     def record(self, ok: bool) -> None:
@@ -111,3 +126,284 @@ class ErrorBudget:
     def exceeded(self) -> bool:
         n = len(self.outcomes)
         return n >= self.min_attempts and self.outcomes.count(False) / n > self.max_rate
+
+
+@dataclass(frozen=True)
+class RecognizerConfig:
+    """The settings the core uses."""
+
+    group_id: str
+    policy: PartialPolicy
+    max_error_rate: float
+    fail_patterns: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RecognizerConfig:
+        return cls(
+            group_id=settings.group_id,
+            policy=PartialPolicy(
+                interval_samples=int(settings.update_interval_s * RATE),
+                growth=settings.partial_growth,
+            ),
+            max_error_rate=settings.max_error_rate,
+            fail_patterns=tuple(p for p in settings.asr_fail_lines.split(",") if p),
+        )
+
+
+@dataclass(frozen=True)
+class TableWrite:
+    """One write to a table: ``value`` None deletes ``key``."""
+
+    table: str
+    key: str
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Decode:
+    """A decode to run: the job and the message it answers."""
+
+    line_id: str
+    job: DecodeJob
+    msg: UtteranceMessage
+
+    @property
+    def audio(self) -> Audio:
+        return self.job.audio
+
+    @property
+    def final(self) -> bool:
+        return self.job.final
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What one message asks for: table writes, and a decode (None: nothing to decode)."""
+
+    verdict: str
+    writes: tuple[TableWrite, ...] = ()
+    decode: Decode | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished line: the final to publish, table writes, and a dead-letter reason."""
+
+    event: FinalTranscript
+    writes: tuple[TableWrite, ...]
+    dead_letter: str | None = None
+
+
+@dataclass
+class RecognizerStats:
+    finals: int = 0
+    partials: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    foreign: int = 0
+
+
+def decode_message(value: bytes, key: bytes | None) -> UtteranceMessage:
+    """Decode an utterance message; its key must be its session id (else ContractError).
+
+    >>> value = UtteranceMessage("s", 0, "agent", 0, "final", 0, 0, 0, 2, b"\\0\\0" * 2).encode()
+    >>> decode_message(value, b"s").line_id
+    's/0/0'
+    >>> decode_message(value, b"other")
+    Traceback (most recent call last):
+    ...
+    streamscribe.core.errors.ContractError: message key b'other' is not the session id
+    """
+    msg = UtteranceMessage.decode(value)
+    if key is None or bytes(key).decode("utf-8", "replace") != msg.session_id:
+        raise ContractError(f"message key {key!r} is not the session id", raw=value)
+    return msg
+
+
+def injected_failures(
+    transcribe: Callable[[Audio], Any], patterns: Sequence[str]
+) -> Callable[[str, Audio], Any]:
+    """The scheduler's decode function: ``transcribe``, failing on lines matching a pattern.
+
+    >>> decode = injected_failures(len, ["fail-*/0/1"])
+    >>> decode("ok/0/1", [0.0, 0.0])
+    2
+    >>> decode("fail-b/0/1", [])
+    Traceback (most recent call last):
+    ...
+    streamscribe.core.errors.AsrError: injected inference failure for line fail-b/0/1
+    """
+
+    def decode(lid: str, audio: Audio) -> Any:
+        if any(fnmatch.fnmatchcase(lid, p) for p in patterns):
+            raise AsrError(f"injected inference failure for line {lid}")
+        return transcribe(audio)
+
+    return decode
+
+
+def _timestamps(msg: UtteranceMessage, out: DecodeOutcome, published_us: int) -> dict[str, int]:
+    ts = {
+        "captured_at_us": msg.captured_at_us,
+        "broker_at_us": msg.broker_at_us,
+        "received_at_us": msg.received_at_us,
+        "decided_at_us": msg.decided_at_us,
+        "decode_start_us": out.start_us,
+        "decode_end_us": out.end_us,
+        "published_at_us": published_us,
+    }
+    return {k: int(v) for k, v in ts.items() if v and v > 0}
+
+
+class RecognizerCore:
+    """The open lines of this worker and the rules of the stage (module docstring).
+
+    ``lines`` and ``pieces`` read the changelog copy (the two tables) on a miss; the
+    writes the core returns keep that copy current.
+    """
+
+    def __init__(
+        self,
+        config: RecognizerConfig,
+        lines: KeyReader,
+        pieces: KeyReader,
+        *,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        self.config = config
+        self.budget = ErrorBudget(config.max_error_rate)
+        self.stats = RecognizerStats()
+        self._stored_lines = lines
+        self._stored_pieces = pieces
+        self._clock = clock
+        self._open: dict[str, RecognizerLine] = {}
+
+    def __len__(self) -> int:
+        """Open lines held in memory."""
+        return len(self._open)
+
+    def line(self, lid: str) -> RecognizerLine | None:
+        """The open line ``lid`` held in memory, if any."""
+        return self._open.get(lid)
+
+    # ------------------------------------------------------------------ input
+    def accept(self, msg: UtteranceMessage, partition: int | None = None) -> Accepted:
+        """Apply one utterance message (see the module docstring)."""
+        if msg.origin is not None and msg.origin != self.config.group_id:
+            self.stats.foreign += 1  # another processor group's segmentation
+            return Accepted(Verdict.FOREIGN)
+        lid = msg.line_id
+        line = self._lookup(lid, partition)
+        verdict = Verdict.ACCEPT if line is None else line.verdict(msg.part)
+        if verdict != Verdict.ACCEPT:
+            self.stats.duplicates += 1
+            return Accepted(verdict)
+        if line is None:
+            line = RecognizerLine(msg.role, msg.start_sample, partition=partition)
+            self._open[lid] = line
+        first = line.next_part
+        if missing := line.append(msg.part, msg.end_sample, msg.payload):
+            log.warning("line %s: parts %d..%d missing", lid, first, first + missing - 1)
+        piece = TableWrite(AUDIO_TABLE, piece_key(lid, msg.part), msg.payload)
+        if msg.kind == KIND_FINAL:
+            return Accepted(verdict, (piece,), Decode(lid, line.job(final=True), msg))
+        decode = None
+        if line.partial_due(self.config.policy):
+            decode = Decode(lid, line.job(final=False), msg)
+        return Accepted(verdict, (piece, TableWrite(LINES_TABLE, lid, line.to_doc())), decode)
+
+    def _lookup(self, lid: str, partition: int | None) -> RecognizerLine | None:
+        line = self._open.get(lid)
+        if line is not None:
+            return line
+        doc = self._stored_lines.get(lid)
+        if not doc:
+            return None
+        line = RecognizerLine.restore(
+            doc, lambda part: self._stored_pieces.get(piece_key(lid, part)), partition=partition
+        )
+        if line.open:
+            self._open[lid] = line
+        return line
+
+    # ---------------------------------------------------------------- results
+    def partial_event(self, decode: Decode, out: DecodeOutcome) -> PartialTranscript | None:
+        """The partial to publish for a decoded partial job (None: failed, or line closed)."""
+        if out.error is not None:
+            return None
+        applied = decode.job.line.apply_partial(out.result.text)
+        if applied is None:
+            return None
+        text, stable, revision = applied
+        msg, line = decode.msg, decode.job.line
+        self.stats.partials += 1
+        return PartialTranscript(
+            session_id=msg.session_id,
+            channel=msg.channel,
+            role=line.role,
+            utterance=msg.utterance,
+            revision=revision,
+            text=text,
+            stable_text=stable,
+            start_ms=line.start_sample * 1000 / RATE,
+            end_ms=(line.start_sample + decode.job.samples) * 1000 / RATE,
+            confidence=out.result.confidence,
+            timestamps=_timestamps(msg, out, self._clock()),
+            degraded=msg.degraded,
+        )
+
+    def finish(self, decode: Decode, out: DecodeOutcome) -> Finished:
+        """Finish a line with its decoded final (``out.error`` set: it failed after retries)."""
+        msg, line, lid = decode.msg, decode.job.line, decode.line_id
+        self.budget.record(out.error is None)
+        error = None if out.error is None else f"{type(out.error).__name__}: {out.error}"
+        text, revision = line.finish(None if error else out.result.text)
+        event = FinalTranscript(
+            session_id=msg.session_id,
+            channel=msg.channel,
+            role=line.role,
+            utterance=msg.utterance,
+            revision=revision,
+            text=text,
+            start_ms=msg.start_sample * 1000 / RATE,
+            end_ms=msg.end_sample * 1000 / RATE,
+            confidence=None if error else out.result.confidence,
+            error=error,
+            timestamps=_timestamps(msg, out, self._clock()),
+            summary=json.loads(msg.summary_json) if msg.summary_json else None,
+            degraded=msg.degraded or line.missing_parts > 0,
+            reason=msg.reason,
+        )
+        writes = [TableWrite(AUDIO_TABLE, piece_key(lid, i)) for i in range(line.next_part)]
+        # A small "done" marker makes a replayed part of this line recognisable as late;
+        # the marker of the line before it is no longer needed.
+        writes.append(
+            TableWrite(LINES_TABLE, lid, RecognizerLine.done_doc(line.role, line.start_sample))
+        )
+        self._open.pop(lid, None)
+        if msg.utterance > 0:
+            previous = line_id(msg.session_id, msg.channel, msg.utterance - 1)
+            writes.append(TableWrite(LINES_TABLE, previous))
+            self._evict(previous)
+        self.stats.finals += 1
+        if error is None:
+            return Finished(event, tuple(writes))
+        self.stats.errors += 1
+        return Finished(event, tuple(writes), dead_letter=f"line {lid}: {error}")
+
+    # -------------------------------------------------------------- rebalance
+    def evict(self, partitions: Collection[int]) -> list[str]:
+        """Drop the open lines of revoked partitions; returns their ids.
+
+        Their pending partials publish nothing; a later message of such a line (after the
+        partition came back) rebuilds it from the tables.
+        """
+        gone = [lid for lid, line in self._open.items() if line.partition in partitions]
+        for lid in gone:
+            self._evict(lid)
+        return gone
+
+    def _evict(self, lid: str) -> None:
+        line = self._open.pop(lid, None)
+        if line is not None:
+            line.evicted = True

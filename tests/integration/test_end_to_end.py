@@ -32,7 +32,6 @@ from streamscribe.consumers.store import SessionInfo, TranscriptStore, utterance
 from streamscribe.core.admin import create_topics
 from streamscribe.core.settings import Settings
 from streamscribe.processors.segmenter import UtteranceSpan, segment_file
-from streamscribe.processors.text import wer, word_errors
 from streamscribe.schemas.events import LatencyRecord, now_us
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import FinalTranscript
@@ -47,6 +46,7 @@ from tests.integration.pipeline import (
 )
 from tests.pg import PostgresServer, pg_server  # noqa: F401  (pg_server: the session fixture)
 from tests.procs import ROOT, streamscribe_cmd
+from tests.wer import wer, word_errors
 
 pytestmark = pytest.mark.integration
 

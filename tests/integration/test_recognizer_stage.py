@@ -13,7 +13,6 @@ import pytest
 from streamscribe.core.admin import create_topics
 from streamscribe.processors.asr import MoonshineAsr
 from streamscribe.processors.offline import transcribe_file
-from streamscribe.processors.text import wer, word_errors
 from streamscribe.schemas.topics import Topics
 from tests.integration.pipeline import (
     dead_letters,
@@ -23,6 +22,7 @@ from tests.integration.pipeline import (
     wait_finals,
 )
 from tests.procs import Proc
+from tests.wer import wer, word_errors
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,8 @@ from streamscribe.processors.asr import (
     bundled_recording,
     read_audio_16k,
 )
-from streamscribe.processors.text import normalized_words, wer, word_errors
+from streamscribe.processors.text import normalized_words
+from tests.wer import wer, word_errors
 
 REFERENCES = Path(__file__).parents[1] / "data" / "references.json"
 SHARED_REFERENCES = Path(__file__).parents[2].parent / "shared" / "data" / "references.json"

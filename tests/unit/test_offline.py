@@ -28,8 +28,8 @@ from streamscribe.processors.offline import (
     utterance_audio,
 )
 from streamscribe.processors.segmenter import make_chunks, segment_file
-from streamscribe.processors.text import wer, word_errors
 from streamscribe.processors.vad import SileroVad
+from tests.wer import wer, word_errors
 
 REFERENCES = Path(__file__).parents[1] / "data" / "references.json"
 

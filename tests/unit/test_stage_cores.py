@@ -12,13 +12,8 @@ from pathlib import Path
 import pytest
 
 from streamscribe.processors.decode_scheduler import DecodeScheduler
-from streamscribe.processors.recognizer_core import (
-    ErrorBudget,
-    LineState,
-    PartialPolicy,
-    Verdict,
-    accept_part,
-)
+from streamscribe.processors.recognizer_core import ErrorBudget, PartialPolicy, Verdict
+from streamscribe.processors.recognizer_line import RecognizerLine
 from streamscribe.processors.stream_segmenter import (
     Arrival,
     ChannelBatch,
@@ -98,14 +93,18 @@ def test_partial_policy_grows_geometrically() -> None:
     assert total < 20 * (1 + 1 / 0.3) + 1  # ~L * (1 + 1/growth), not L^2 / (2 * 0.5)
 
 
-def test_accept_part_dedupes_replays() -> None:
-    line = LineState(role="agent", start_sample=0, next_part=3)
-    assert accept_part(None, 0) == Verdict.ACCEPT
-    assert accept_part(line, 2) == Verdict.DUPLICATE
-    assert accept_part(line, 3) == Verdict.ACCEPT
-    done = LineState(role="agent", start_sample=0, done=True)
-    assert accept_part(done, 7) == Verdict.LATE
-    assert LineState.from_dict(line.to_dict()) == line
+def test_line_verdict_dedupes_replays() -> None:
+    line = RecognizerLine(role="agent", start_sample=0)
+    assert line.verdict(0) == Verdict.ACCEPT
+    for part in range(3):
+        line.append(part, 100 * (part + 1), b"\0\0" * 100)
+    assert line.verdict(2) == Verdict.DUPLICATE
+    assert line.verdict(3) == Verdict.ACCEPT
+    done = RecognizerLine.restore(RecognizerLine.done_doc("agent", 0), {}.get)
+    assert done.verdict(7) == Verdict.LATE
+    pieces = dict.fromkeys(range(3), b"\0\0" * 100)
+    again = RecognizerLine.restore(line.to_doc(), pieces.get)
+    assert again.to_doc() == line.to_doc() and again.audio.shape == (300,)
 
 
 def test_error_budget() -> None:

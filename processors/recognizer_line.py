@@ -1,0 +1,277 @@
+"""One transcript line of the recognizer: all of its state in one pure object. No Kafka.
+
+A line is one utterance of one channel (``session/channel/utterance``). It arrives as parts
+(``update`` messages with the audio since the previous part, then one ``final``); a
+:class:`RecognizerLine`
+
+- **accepts a part** (:meth:`~RecognizerLine.verdict`): a part already applied (a replay
+  after a crash) is a duplicate, any part after the line was finished is late; a gap in
+  the ``part`` numbers is counted as missing audio and marks the final ``degraded``;
+- **appends its audio** to an in-memory float32 buffer, converting each PCM16 part once
+  (:func:`streamscribe.schemas.pcm.decode_payload`); a decode job gets a view of the buffer,
+  never a re-joined copy;
+- **says when a partial is due** (:class:`PartialPolicy`) and builds the :class:`DecodeJob`;
+- **applies a decode result** through its :class:`LineStabilizer` (partials);
+- **finishes** (:meth:`~RecognizerLine.finish`): the fields of the
+  :class:`~streamscribe.schemas.transcripts.FinalTranscript`.
+
+The part of the state that must survive a crash is its *changelog copy*: the small JSON
+document of :meth:`~RecognizerLine.to_doc` (positions, counters, stabiliser) plus the raw
+parts, each stored once under :func:`piece_key`. :meth:`RecognizerLine.restore` rebuilds
+the same line from them.
+
+Partial scheme (chosen with the figures in ``bench/results/asr_model.json``): each partial
+re-decodes the whole utterance so far — the most accurate choice, because tiny Moonshine
+gains from left context — but only when the new audio since the last partial is at least
+``max(update_interval, growth * decoded)``: intervals grow geometrically with the line, so
+a line of length L costs about ``L * (1 + 1/growth)`` seconds of decoding instead of the
+``L^2 / (2 * interval)`` of re-decoding at every update.
+
+Example::
+
+    >>> import numpy as np
+    >>> from streamscribe.schemas.pcm import encode_payload
+    >>> line = RecognizerLine(role="agent", start_sample=16000)
+    >>> line.verdict(0)
+    'accept'
+    >>> line.append(0, 24000, encode_payload(np.zeros(8000, np.float32), "pcm_s16le"))
+    0
+    >>> line.audio.shape, line.verdict(0)
+    ((8000,), 'duplicate')
+    >>> policy = PartialPolicy(interval_samples=8000, growth=0.3)
+    >>> line.partial_due(policy), line.partial_due(policy)   # taken: not due again
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from streamscribe.processors.stabilize import LineStabilizer
+from streamscribe.schemas.pcm import PCM_S16LE, decode_payload
+
+log = logging.getLogger(__name__)
+
+RATE: Final = 16000
+"""Sample rate of the utterance audio (Hz)."""
+DEFAULT_GROWTH: Final = 0.3
+MIN_BUFFER_SAMPLES: Final = RATE
+"""Initial capacity of a line's audio buffer (it doubles when full)."""
+
+Audio = npt.NDArray[np.float32]
+
+
+class Verdict:
+    """What to do with an arriving part."""
+
+    FOREIGN: Final = "foreign"  # another processor group's segmentation: ignore
+    DUPLICATE: Final = "duplicate"  # already applied (a replay): ignore
+    LATE: Final = "late"  # the line is finished: ignore
+    ACCEPT: Final = "accept"
+
+
+def piece_key(line_id: str, part: int) -> str:
+    """Key of one part's raw audio in the audio table.
+
+    >>> piece_key("s/0/3", 2)
+    's/0/3#2'
+    """
+    return f"{line_id}#{part}"
+
+
+@dataclass(frozen=True)
+class PartialPolicy:
+    """When a speech-so-far update deserves a decode (see the module docstring).
+
+    >>> policy = PartialPolicy(interval_samples=8000, growth=0.3)
+    >>> policy.due(decoded=0, available=8000), policy.due(decoded=48000, available=56000)
+    (True, False)
+    """
+
+    interval_samples: int = RATE // 2
+    growth: float = DEFAULT_GROWTH
+
+    def due(self, decoded: int, available: int) -> bool:
+        return available - decoded >= max(self.interval_samples, int(self.growth * decoded))
+
+
+class _AudioBuffer:
+    """Append-only float32 samples with amortised doubling.
+
+    :meth:`view` returns the samples so far without copying; later appends write past
+    the view's end (or into a new array), so a view handed to a decode never changes.
+    """
+
+    def __init__(self) -> None:
+        self._data: Audio = np.empty(0, dtype=np.float32)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, samples: Audio) -> None:
+        need = self._n + samples.shape[0]
+        if need > self._data.shape[0]:
+            grown = np.empty(max(need, 2 * self._data.shape[0], MIN_BUFFER_SAMPLES), np.float32)
+            grown[: self._n] = self._data[: self._n]
+            self._data = grown
+        self._data[self._n : need] = samples
+        self._n = need
+
+    def view(self) -> Audio:
+        return self._data[: self._n]
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """One decode of a line's audio so far (a partial) or of the whole line (the final).
+
+    ``samples`` is the line's length in stream samples when the job was built (partials
+    publish ``end_ms`` from it); ``audio`` a read-only view of the buffered samples.
+    """
+
+    line: RecognizerLine
+    audio: Audio
+    samples: int
+    final: bool
+
+
+class RecognizerLine:
+    """Everything the recognizer knows about one line (see the module docstring)."""
+
+    def __init__(self, role: str, start_sample: int, *, partition: int | None = None) -> None:
+        self.role = role
+        self.start_sample = start_sample
+        self.end_sample = start_sample
+        self.next_part = 0
+        self.decoded_samples = 0  # audio length of the last partial decode submitted
+        self.missing_parts = 0
+        self.done = False
+        self.evicted = False  # dropped from memory (partition revoked): its jobs publish nothing
+        self.partition = partition
+        self.stabilizer = LineStabilizer()
+        self._audio = _AudioBuffer()
+
+    # ---------------------------------------------------------------- parts in
+    @property
+    def audio_samples(self) -> int:
+        """Length of the line in stream samples (``end - start``; missing parts count)."""
+        return self.end_sample - self.start_sample
+
+    @property
+    def audio(self) -> Audio:
+        """The buffered audio of every part received, in part order (a view, not a copy)."""
+        return self._audio.view()
+
+    @property
+    def open(self) -> bool:
+        """Whether partial results may still be applied (not finished, not evicted)."""
+        return not (self.done or self.evicted)
+
+    def verdict(self, part: int) -> str:
+        """:class:`Verdict` for an arriving ``part``."""
+        if self.done:
+            return Verdict.LATE
+        if part < self.next_part:
+            return Verdict.DUPLICATE
+        return Verdict.ACCEPT
+
+    def append(self, part: int, end_sample: int, payload: bytes) -> int:
+        """Apply an accepted part (PCM16 bytes); returns how many parts before it are missing."""
+        missing = max(0, part - self.next_part)
+        self.missing_parts += missing
+        self._audio.append(decode_payload(payload, PCM_S16LE))
+        self.next_part = part + 1
+        self.end_sample = max(self.end_sample, end_sample)
+        return missing
+
+    # ----------------------------------------------------------------- decoding
+    def partial_due(self, policy: PartialPolicy) -> bool:
+        """Whether the audio since the last partial deserves a decode; if so it is taken."""
+        if not policy.due(self.decoded_samples, self.audio_samples):
+            return False
+        self.decoded_samples = self.audio_samples
+        return True
+
+    def job(self, *, final: bool) -> DecodeJob:
+        """A decode of the audio so far."""
+        return DecodeJob(self, self.audio, self.audio_samples, final)
+
+    def apply_partial(self, text: str) -> tuple[str, str, int] | None:
+        """Stabilise a partial hypothesis: ``(text, stable_text, revision)``, or None when
+        the line no longer takes partials (finished, or evicted from this worker)."""
+        if not self.open or self.stabilizer.closed:
+            return None
+        view = self.stabilizer.update(text)
+        return view.text, view.stable_text, view.revision
+
+    def finish(self, text: str | None) -> tuple[str, int]:
+        """Close the line with the final text (None: decode failed, keep the stable prefix).
+
+        Returns ``(text, revision)`` of the final; the audio buffer is released.
+        """
+        final = self.stabilizer.finalize(self.stabilizer.stable_text if text is None else text)
+        self.done = True
+        self._audio = _AudioBuffer()
+        return final.text, final.revision
+
+    # ------------------------------------------------------- the changelog copy
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON-able changelog copy of the line (the audio is stored per part)."""
+        return {
+            "role": self.role,
+            "start_sample": self.start_sample,
+            "next_part": self.next_part,
+            "end_sample": self.end_sample,
+            "decoded_samples": self.decoded_samples,
+            "missing_parts": self.missing_parts,
+            "done": self.done,
+            "stabilizer": {} if self.done else self.stabilizer.to_dict(),
+        }
+
+    @staticmethod
+    def done_doc(role: str, start_sample: int) -> dict[str, Any]:
+        """The small marker left for a finished line: a replayed part of it is late."""
+        line = RecognizerLine(role, start_sample)
+        line.done = True
+        line.end_sample = 0
+        return line.to_doc()
+
+    @classmethod
+    def restore(
+        cls,
+        doc: Mapping[str, Any],
+        piece: Callable[[int], bytes | None],
+        *,
+        partition: int | None = None,
+    ) -> RecognizerLine:
+        """Rebuild a line from its changelog copy; ``piece(part)`` returns a stored part.
+
+        >>> line = RecognizerLine("agent", 0)
+        >>> _ = line.append(0, 4, b"\\x00\\x40" * 4)
+        >>> pieces = {0: b"\\x00\\x40" * 4}
+        >>> again = RecognizerLine.restore(line.to_doc(), pieces.get)
+        >>> again.to_doc() == line.to_doc(), again.audio.tolist()
+        (True, [0.5, 0.5, 0.5, 0.5])
+        """
+        line = cls(str(doc["role"]), int(doc["start_sample"]), partition=partition)
+        line.next_part = int(doc.get("next_part", 0))
+        line.end_sample = int(doc.get("end_sample", line.start_sample))
+        line.decoded_samples = int(doc.get("decoded_samples", 0))
+        line.missing_parts = int(doc.get("missing_parts", 0))
+        line.done = bool(doc.get("done", False))
+        if line.done:
+            return line
+        state = doc.get("stabilizer")
+        line.stabilizer = LineStabilizer.from_dict(state) if state else LineStabilizer()
+        for part in range(line.next_part):
+            payload = piece(part)
+            if payload:  # a missing part was never stored
+                line._audio.append(decode_payload(payload, PCM_S16LE))
+        return line
