@@ -91,6 +91,12 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def edge_settings(bootstrap: str, audio_topic: str) -> Settings:
+    """Settings that make the producers publish to ``audio_topic`` on ``bootstrap``."""
+    prefix = audio_topic.removesuffix(Topics("").audio)
+    return Settings.from_env().with_overrides(bootstrap_servers=bootstrap, topic_prefix=prefix)
+
+
 def fresh_topics(bootstrap: str, tag: str, partitions: int | None = None) -> Topics:
     """A unique topic prefix for this run, with all pipeline topics created."""
     topics = Topics(f"bench-{tag}-{uuid.uuid4().hex[:8]}.")
@@ -211,7 +217,7 @@ def bench_asap(bootstrap: str, path: Path, sessions: int, runs: int) -> dict[str
         try:
             job = ProduceJob(files=[str(path)], sessions=sessions, pace="asap")
             cpu0 = time.process_time()
-            report = run_produce(job, bootstrap, topics.audio, progress=None)
+            report = run_produce(job, edge_settings(bootstrap, topics.audio), progress=None)
             cpu = time.process_time() - cpu0  # includes reading the file (a few ms)
             appended = [m.timestamp()[1] for m in read_records(bootstrap, topics.audio)]
         finally:
@@ -254,7 +260,7 @@ def bench_realtime(
     job = ProduceJob(files=[str(path)], sessions=sessions, stagger_s=stagger_s, pace="realtime")
     load_before = loadavg()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    report = run_produce(job, bootstrap, topic, progress=None)
+    report = run_produce(job, edge_settings(bootstrap, topic), progress=None)
     r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - w0
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     session_s = sessions * audio_s

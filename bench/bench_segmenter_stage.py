@@ -63,6 +63,7 @@ from bench_producer import (
     bootstrap_address,
     broker_answers,
     drop_topics,
+    edge_settings,
     fresh_topics,
     loadavg,
     machine,
@@ -274,14 +275,12 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, Any]:
         reports = [
             run_produce(
                 ProduceJob(files=[str(short)], sessions=args.sessions, session_id=f"s{tag}"),
-                bootstrap,
-                topics.audio,
+                edge_settings(bootstrap, topics.audio),
                 progress=None,
             ),
             run_produce(
                 ProduceJob(files=[str(long)], session_id=f"L{tag}"),
-                bootstrap,
-                topics.audio,
+                edge_settings(bootstrap, topics.audio),
                 progress=None,
             ),
         ]

@@ -1,5 +1,7 @@
 """``streamscribe worker``: one faust worker process running the processor stages.
 
+``streamscribe worker --workers N`` (the CLI) starts N such processes.
+
 Example::
 
     streamscribe worker --group-id streamscribe-processors
@@ -9,11 +11,8 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -56,12 +55,28 @@ def run_worker(
     instance: str | None = None,
     from_earliest: bool = False,
     log_level: str = "info",
-) -> None:
-    """Run one worker in this process until SIGTERM/SIGINT (faust's own main loop)."""
+) -> NoReturn:
+    """Run one worker in this process until SIGTERM/SIGINT; exits the process.
+
+    What ``faust worker`` does, without its command line (``sys.argv`` is not touched):
+    finalise the app, then :class:`faust.Worker` runs it and stops it cleanly on SIGTERM
+    or SIGINT. It raises :class:`SystemExit` with 0 after a clean stop and non-zero when
+    the app crashed.
+    """
     app, _ = build_worker(settings, stages=stages, instance=instance, from_earliest=from_earliest)
     ensure_changelog_topics(app, settings)
-    sys.argv = [sys.argv[0], "worker", "-l", log_level, "--without-web"]
-    app.main()
+    prepare_app(app)
+    worker = faust.Worker(app, loglevel=log_level)
+    worker.execute_from_commandline()
+
+
+def prepare_app(app: faust.App) -> None:
+    """The start-up steps of ``app.main()`` before it hands over to faust's command line."""
+    app.finalize()
+    app.worker_init()
+    if app.conf.autodiscover:
+        app.discover()
+    app.worker_init_post_autodiscover()
 
 
 def ensure_changelog_topics(app: faust.App, settings: Settings) -> None:
@@ -83,21 +98,3 @@ def ensure_changelog_topics(app: faust.App, settings: Settings) -> None:
         for name in app.tables
     ]
     create_topics(settings.bootstrap, specs)
-
-
-def spawn_workers(n: int, argv: list[str]) -> int:
-    """Run ``n`` worker processes (child ``i`` gets ``--instance-index i``); wait for them all."""
-    procs = []
-    for i in range(n):
-        cmd = [sys.executable, "-m", "streamscribe.cli", *argv, "--instance-index", str(i)]
-        procs.append(subprocess.Popen(cmd, env=os.environ.copy()))
-    code = 0
-    try:
-        for p in procs:
-            code = max(code, p.wait())
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
-    return code

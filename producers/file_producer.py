@@ -6,10 +6,10 @@ real-time pace (the load generator) as cheaply as one.
 
 Example::
 
+    from streamscribe.core.settings import Settings
     from streamscribe.producers.file_producer import ProduceJob, run_produce
-    report = run_produce(ProduceJob(files=["two_cities.wav"], pace="asap"), "127.0.0.1:9092",
-                         "streamscribe.audio")
-    print(report.delivery.delivered, report.chunks_by_session)
+    report = run_produce(ProduceJob(files=["two_cities.wav"], pace="asap"), Settings.from_env())
+    print(report.delivery.delivered, report.chunks_by_session)   # to <prefix>audio
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import TextIO
 
 from streamscribe.core.errors import ProducerError
 from streamscribe.core.kafka import DeliveryProducer, DeliveryStats
+from streamscribe.core.settings import Settings
 from streamscribe.producers.inject import Injector, Outgoing, parse_inject_spec
 from streamscribe.producers.pacing import parse_pace, sleep_until
 from streamscribe.producers.source import (
@@ -39,8 +40,10 @@ from streamscribe.producers.source import (
 )
 from streamscribe.schemas.audio import SessionMeta
 from streamscribe.schemas.events import now_us
+from streamscribe.schemas.topics import Topics
 
 PROGRESS_EVERY_S = 5.0
+CLIENT_ID = "streamscribe-produce"
 
 
 @dataclass(frozen=True)
@@ -171,20 +174,19 @@ def _streams(
 
 
 def run_produce(
-    job: ProduceJob,
-    bootstrap: str,
-    topic: str,
-    *,
-    linger_ms: int = 5,
-    flush_timeout_s: float = 30.0,
-    progress: TextIO | None = sys.stderr,
+    job: ProduceJob, settings: Settings, *, progress: TextIO | None = sys.stderr
 ) -> ProduceReport:
-    """Publish the job's sessions; returns counts (the caller exits non-zero on failures)."""
+    """Publish the job's sessions to the audio topic of ``settings``; returns counts.
+
+    The cluster, topic prefix, ``linger_ms`` and ``flush_timeout_s`` come from
+    ``settings``; the caller exits non-zero when messages were not delivered.
+    """
     pace = parse_pace(job.pace)
     spec = parse_inject_spec(job.inject)
     plans = plan_sessions(job)
     injector = Injector(spec, job.seed)
-    producer = DeliveryProducer(bootstrap, linger_ms=linger_ms, flush_timeout_s=flush_timeout_s)
+    topic = Topics(settings.topic_prefix).audio
+    producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
     by_session: Counter[str] = Counter()
     total_audio = sum(p.source.duration_s for p in plans)
     mono0, wall0 = time.monotonic(), now_us()

@@ -24,13 +24,17 @@ import numpy as np
 
 from streamscribe.core.errors import ProducerError
 from streamscribe.core.kafka import DeliveryProducer, DeliveryStats
+from streamscribe.core.settings import Settings
 from streamscribe.producers.source import chunk_samples
 from streamscribe.schemas.audio import ROLE_MIC, AudioChunk, SessionMeta
 from streamscribe.schemas.events import now_us
 from streamscribe.schemas.pcm import PCM_S16LE, encode_payload
+from streamscribe.schemas.topics import Topics
 
 QUEUE_BLOCKS = 256
 DEFAULT_RATE = 16000
+BLOCK_WAIT_S = 0.2
+CLIENT_ID = "streamscribe-mic"
 
 
 def load_sounddevice() -> Any:
@@ -67,8 +71,7 @@ class MicReport:
 
 
 def run_mic(
-    bootstrap: str,
-    topic: str,
+    settings: Settings,
     *,
     session_id: str | None = None,
     device: int | str | None = None,
@@ -76,7 +79,8 @@ def run_mic(
     chunk_ms: int = 100,
     seconds: float | None = None,
 ) -> MicReport:
-    """Capture until Ctrl-C (or ``seconds``), publishing chunks keyed by the session."""
+    """Capture until Ctrl-C (or ``seconds``), publishing chunks keyed by the session to the
+    audio topic of ``settings``."""
     sd = load_sounddevice()
     try:
         info = sd.query_devices(device, "input")
@@ -93,7 +97,8 @@ def run_mic(
         except queue.Full:
             overruns += 1
 
-    producer = DeliveryProducer(bootstrap)
+    topic = Topics(settings.topic_prefix).audio
+    producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
     step = chunk_samples(sample_rate, chunk_ms)
     meta = SessionMeta(source=f"mic:{info['name']}", channels=1, roles=(ROLE_MIC,))
     state = {"seq": 0, "position": 0}
@@ -128,7 +133,7 @@ def run_mic(
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 try:
-                    block = blocks.get(timeout=0.2)
+                    block = blocks.get(timeout=BLOCK_WAIT_S)
                 except queue.Empty:
                     continue
                 if block is None:

@@ -2,7 +2,9 @@
 
 A file (WAV/FLAC/OGG at any sample rate, via soundfile) is one session; each of its
 channels is a channel of that session (default roles: mono ``speaker``; stereo ``agent``,
-``customer``). µ-law files are sent as they are (``pcm_mulaw``), without conversion.
+``customer``). µ-law files pass the edge untouched: the codes of a µ-law WAV or AU file
+are read from the file as they are and become the ``pcm_mulaw`` chunk payloads byte for
+byte (no decode to PCM16 and re-encode); only an explicit ``--encoding`` converts.
 
 Example::
 
@@ -15,9 +17,12 @@ Example::
 
 from __future__ import annotations
 
+import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -33,20 +38,36 @@ from streamscribe.schemas.pcm import (
     encode_payload,
 )
 
+log = logging.getLogger(__name__)
+
 MIN_CHUNK_MS = 10
 MAX_CHUNK_MS = 1000
 MONO_ROLE = "speaker"
 STEREO_ROLES = ("agent", "customer")
 
+WAVE_FORMAT_MULAW: Final = 0x0007
+WAVE_FORMAT_EXTENSIBLE: Final = 0xFFFE
+AU_MAGIC: Final = b".snd"
+AU_ENCODING_MULAW: Final = 1
+AU_HEADER: Final = struct.Struct(">4sIIIII")  # magic, offset, size, encoding, rate, channels
+
 
 @dataclass(frozen=True)
 class AudioSource:
-    """Decoded audio of one file: samples [frames, channels] and how to encode them."""
+    """Audio of one file: samples [frames, channels] and their payload encoding.
 
-    samples: npt.NDArray[np.int16] | npt.NDArray[np.float32]
+    ``samples`` are int16 or float32 to be encoded as ``encoding``, or, for a µ-law
+    source read as it is, the file's µ-law codes (uint8), which are sent untouched.
+    """
+
+    samples: npt.NDArray[np.int16] | npt.NDArray[np.float32] | npt.NDArray[np.uint8]
     sample_rate: int
     encoding: str
     name: str
+
+    def __post_init__(self) -> None:
+        if self.samples.dtype == np.uint8 and self.encoding != PCM_MULAW:
+            raise ProducerError(f"{self.name}: uint8 samples are µ-law codes, not {self.encoding}")
 
     @property
     def channels(self) -> int:
@@ -89,12 +110,67 @@ def read_audio(path: str | Path, encoding: str | None = None) -> AudioSource:
         )
     if encoding is None:
         encoding = PCM_MULAW if info.subtype == "ULAW" else PCM_S16LE
+    if encoding == PCM_MULAW and info.subtype == "ULAW":
+        codes = _mulaw_codes(path, info)
+        if codes is not None:
+            return AudioSource(codes, int(info.samplerate), PCM_MULAW, path.name)
+        log.warning(
+            "%s: µ-law in %s is decoded and re-encoded (WAV, AU pass as is)", path, info.format
+        )
     dtype = "float32" if encoding == PCM_F32LE else "int16"
     try:
         data, rate = sf.read(str(path), dtype=dtype, always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise ProducerError(f"{path}: cannot decode audio ({exc})") from None
     return AudioSource(data, int(rate), encoding, path.name)
+
+
+def _mulaw_codes(path: Path, info: Any) -> npt.NDArray[np.uint8] | None:
+    """The µ-law codes of a WAV or AU file as stored, [frames, channels]; None if another
+    container (or a layout this reader does not know)."""
+    data = path.read_bytes()
+    if info.format in ("WAV", "WAVEX"):
+        raw = _wav_mulaw_data(data)
+    elif info.format == "AU":
+        raw = _au_mulaw_data(data)
+    else:
+        return None
+    if raw is None:
+        return None
+    n = info.frames * info.channels
+    if len(raw) < n:
+        return None
+    return np.frombuffer(raw[:n], dtype=np.uint8).reshape(info.frames, info.channels)
+
+
+def _wav_mulaw_data(data: bytes) -> bytes | None:
+    """The ``data`` chunk of a RIFF/WAVE file whose ``fmt `` chunk says 8-bit µ-law."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt_ok = 12, False
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = pos + 8
+        if cid == b"fmt " and size >= 16:
+            tag, bits = struct.unpack_from("<H", data, body)[0], data[body + 14]
+            if tag == WAVE_FORMAT_EXTENSIBLE and size >= 40:
+                tag = struct.unpack_from("<H", data, body + 24)[0]  # the sub-format GUID
+            fmt_ok = tag == WAVE_FORMAT_MULAW and bits == 8
+        elif cid == b"data":
+            return data[body : body + size] if fmt_ok else None
+        pos = body + size + (size & 1)  # chunks are padded to an even length
+    return None
+
+
+def _au_mulaw_data(data: bytes) -> bytes | None:
+    """The sample data of a big-endian Sun/NeXT AU file encoded as 8-bit µ-law."""
+    if len(data) < AU_HEADER.size:
+        return None
+    magic, offset, size, encoding, _rate, _channels = AU_HEADER.unpack_from(data)
+    if magic != AU_MAGIC or encoding != AU_ENCODING_MULAW:
+        return None
+    end = len(data) if size == 0xFFFFFFFF else offset + size
+    return data[offset:end]
 
 
 def check_chunk_ms(chunk_ms: int) -> int:
@@ -137,7 +213,14 @@ def chunk_channel(
             sample_rate=src.sample_rate,
             encoding=src.encoding,
             captured_at_us=captured_at_us,
-            payload=encode_payload(piece, src.encoding),
+            payload=_payload(piece, src.encoding),
             end_of_stream=seq == n_chunks - 1,
             session_meta=meta if seq == 0 else None,
         )
+
+
+def _payload(piece: npt.NDArray[Any], encoding: str) -> bytes:
+    """One chunk's payload: µ-law codes as they are, other samples encoded."""
+    if piece.dtype == np.uint8:
+        return piece.tobytes()
+    return encode_payload(piece, encoding)

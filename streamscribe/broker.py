@@ -34,11 +34,19 @@ from pathlib import Path
 
 from streamscribe.core.errors import BrokerError
 from streamscribe.core.settings import Settings
+from streamscribe.polling import poll_until
 
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+STOP_POLL_S = 0.2
+KILL_POLL_S = 0.05
+READY_POLL_S = 0.3
+METADATA_TIMEOUT_S = 2.0
+COORDINATOR_TIMEOUT_S = 5.0
+TRANSACTIONS_TIMEOUT_S = 10.0
+READINESS_PROBE_ID = "streamscribe-readiness-probe"
 JVM_HEAP = ("-Xms256m", "-Xmx768m")
 DOCKER_HINT = "or use Docker instead: `docker compose up` (see README)"
 
@@ -277,17 +285,11 @@ class LocalBroker:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _pid_alive(pid):
-            _reap(pid)
-            time.sleep(0.2)
-        if _pid_alive(pid):
+        if not _wait_exit(pid, timeout_s, STOP_POLL_S):
             log.warning("broker pid %s did not stop in %.0f s; killing it", pid, timeout_s)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            while _pid_alive(pid):
-                _reap(pid)
-                time.sleep(0.05)
+            _wait_exit(pid, None, KILL_POLL_S)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -299,11 +301,17 @@ def wait_until_ready(
     proc: subprocess.Popen[bytes] | None = None,
     log_file: Path | None = None,
 ) -> None:
-    """Wait until metadata answers and the group and transaction coordinators are loaded."""
+    """Wait until metadata answers and the group and transaction coordinators are loaded.
+
+    Each step is polled with :func:`~streamscribe.polling.poll_until` (a Kafka error is
+    "not yet"); together they take at most ``timeout_s``. :class:`BrokerError` if the
+    broker is not ready by then, or at once if the JVM ``proc`` exits.
+    """
     from confluent_kafka import KafkaException, Producer
     from confluent_kafka.admin import AdminClient
 
     deadline = time.monotonic() + timeout_s
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
 
     def check_alive() -> None:
         if proc is not None and proc.poll() is not None:
@@ -311,40 +319,42 @@ def wait_until_ready(
             if log_file and log_file.exists():
                 tail = " | ".join(log_file.read_text(errors="replace").splitlines()[-5:])
             raise BrokerError(f"the Kafka JVM exited with code {proc.returncode}: {tail}")
-        if time.monotonic() > deadline:
-            raise BrokerError(f"Kafka at {bootstrap} not ready after {timeout_s:.0f} s")
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    while True:
+    def metadata() -> bool:
         check_alive()
-        try:
-            md = admin.list_topics(timeout=2)
-            if md.brokers:
-                break
-        except KafkaException:
-            time.sleep(0.3)
-    while True:  # group coordinator: DescribeGroups needs FindCoordinator to succeed
+        return bool(admin.list_topics(timeout=METADATA_TIMEOUT_S).brokers)
+
+    def group_coordinator() -> bool:  # DescribeGroups needs FindCoordinator to succeed
         check_alive()
-        fut = admin.describe_consumer_groups(["streamscribe-readiness-probe"])
-        try:
-            fut["streamscribe-readiness-probe"].result(timeout=5)
-            break
-        except KafkaException:
-            time.sleep(0.3)
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "transactional.id": "streamscribe-readiness-probe",
-            "log_level": 0,
-        }
-    )
-    while True:  # transaction coordinator (also creates __transaction_state)
+        futures = admin.describe_consumer_groups([READINESS_PROBE_ID])
+        futures[READINESS_PROBE_ID].result(timeout=COORDINATOR_TIMEOUT_S)
+        return True
+
+    producer = None
+
+    def transaction_coordinator() -> bool:  # also creates __transaction_state
+        nonlocal producer
         check_alive()
-        try:
-            producer.init_transactions(10)
-            break
-        except KafkaException:
-            time.sleep(0.3)
+        if producer is None:
+            producer = Producer(
+                {
+                    "bootstrap.servers": bootstrap,
+                    "transactional.id": READINESS_PROBE_ID,
+                    "log_level": 0,
+                }
+            )
+        producer.init_transactions(TRANSACTIONS_TIMEOUT_S)
+        return True
+
+    for step in (metadata, group_coordinator, transaction_coordinator):
+        ready = poll_until(
+            step,
+            timeout_s=deadline - time.monotonic(),
+            interval_s=READY_POLL_S,
+            retry_on=(KafkaException,),
+        )
+        if not ready:
+            raise BrokerError(f"Kafka at {bootstrap} not ready after {timeout_s:.0f} s")
 
 
 def new_cluster_id() -> str:
@@ -378,6 +388,16 @@ def _pid_alive(pid: int) -> bool:
             _reap(pid)
             return False
     return True
+
+
+def _wait_exit(pid: int, timeout_s: float | None, interval_s: float) -> bool:
+    """Wait until ``pid`` has exited (reaping it if it is our child); False on timeout."""
+
+    def exited() -> bool:
+        _reap(pid)
+        return not _pid_alive(pid)
+
+    return poll_until(exited, timeout_s=timeout_s, interval_s=interval_s)
 
 
 def _reap(pid: int) -> None:

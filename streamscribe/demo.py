@@ -30,8 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from streamscribe.core.settings import Settings
+from streamscribe.polling import poll_until
 
 CALL_PACE = "x2"
+LOG_POLL_S = 0.3
+FINALS_POLL_S = 0.5
 
 
 def _say(text: str) -> None:
@@ -67,14 +70,15 @@ def _background(
 
 
 def _wait_log(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def seen() -> bool:
         if log.exists() and needle in log.read_text(errors="replace"):
-            return
+            return True
         if proc.poll() is not None:
             raise SystemExit(f"demo: a process exited early; see {log}")
-        time.sleep(0.3)
-    raise SystemExit(f"demo: {needle!r} not seen after {timeout_s:.0f} s; see {log}")
+        return False
+
+    if not poll_until(seen, timeout_s=timeout_s, interval_s=LOG_POLL_S):
+        raise SystemExit(f"demo: {needle!r} not seen after {timeout_s:.0f} s; see {log}")
 
 
 def _stereo_call(path: Path) -> None:
@@ -254,9 +258,12 @@ def main() -> int:
 
 
 def _wait_finals(view: LiveView, session: str, expected: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and view.finals.get(session, 0) < expected:
-        time.sleep(0.5)
+    """Wait for ``expected`` finals of ``session`` (the demo goes on with fewer after that)."""
+    poll_until(
+        lambda: view.finals.get(session, 0) >= expected,
+        timeout_s=timeout_s,
+        interval_s=FINALS_POLL_S,
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from streamscribe.core.errors import BrokerError, ContractError
+from streamscribe.core.settings import Settings
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import Tick, is_tick
 from streamscribe.schemas.events import Alert, DeadLetter, SessionEvent
@@ -38,6 +39,7 @@ from streamscribe.schemas.transcripts import decode_transcript
 from streamscribe.schemas.utterances import UtteranceMessage
 
 POLL_S = 0.5
+METADATA_TIMEOUT_S = 10.0
 
 
 def _decoder_for(kind: str | None) -> Callable[[bytes], dict[str, Any]]:
@@ -82,9 +84,13 @@ class TailOptions:
     idle_timeout_s: float | None = None
 
 
-def tail_messages(bootstrap: str, opts: TailOptions, topics: Topics) -> Iterator[dict[str, Any]]:
-    """Decoded messages of ``opts.topic`` as dicts (key, partition, offset, fields)."""
-    decode = _decoder_for(topics.kind_of(opts.topic))
+def tail_messages(settings: Settings, opts: TailOptions) -> Iterator[dict[str, Any]]:
+    """Decoded messages of ``opts.topic`` as dicts (key, partition, offset, fields).
+
+    The topic's type is known from its name under ``settings.topic_prefix``.
+    """
+    bootstrap = settings.bootstrap
+    decode = _decoder_for(Topics(settings.topic_prefix).kind_of(opts.topic))
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -96,7 +102,7 @@ def tail_messages(bootstrap: str, opts: TailOptions, topics: Topics) -> Iterator
     )
     try:
         try:
-            md = consumer.list_topics(opts.topic, timeout=10)
+            md = consumer.list_topics(opts.topic, timeout=METADATA_TIMEOUT_S)
         except KafkaException as exc:
             raise BrokerError(f"no Kafka broker answers at {bootstrap}: {exc}") from exc
         tmd = md.topics.get(opts.topic)
@@ -139,9 +145,10 @@ def tail_messages(bootstrap: str, opts: TailOptions, topics: Topics) -> Iterator
         consumer.close()
 
 
-def run_tail(bootstrap: str, opts: TailOptions, topics: Topics, out: TextIO = sys.stdout) -> int:
+def run_tail(settings: Settings, opts: TailOptions, out: TextIO = sys.stdout) -> int:
+    """Write the decoded messages to ``out`` as JSON lines; returns how many."""
     n = 0
-    for doc in tail_messages(bootstrap, opts, topics):
+    for doc in tail_messages(settings, opts):
         out.write(json.dumps(doc, ensure_ascii=False) + "\n")
         out.flush()
         n += 1

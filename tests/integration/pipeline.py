@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamscribe.core.settings import Settings
 from streamscribe.producers.file_producer import ProduceJob, ProduceReport, run_produce
 from streamscribe.schemas.events import DeadLetter, SessionEvent
 from streamscribe.schemas.topics import Topics
@@ -67,7 +68,10 @@ def worker(bootstrap: str, topics: Topics, tmp: Path, **kw: str) -> Iterator[Pro
 
 
 def produce(bootstrap: str, topics: Topics, files: list[str], **kw: object) -> ProduceReport:
-    report = run_produce(ProduceJob(files=files, **kw), bootstrap, topics.audio, progress=None)  # type: ignore[arg-type]
+    settings = Settings.from_env().with_overrides(
+        bootstrap_servers=bootstrap, topic_prefix=topics.prefix
+    )
+    report = run_produce(ProduceJob(files=files, **kw), settings, progress=None)  # type: ignore[arg-type]
     assert report.delivery.failed == 0 and report.delivery.delivered == report.delivery.sent
     return report
 

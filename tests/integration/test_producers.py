@@ -17,11 +17,14 @@ from streamscribe.core.admin import create_topics
 from streamscribe.core.settings import Settings
 from streamscribe.producers.file_producer import ProduceJob, run_produce
 from streamscribe.schemas.audio import AudioChunk
-from streamscribe.schemas.pcm import decode_to_pcm16
+from streamscribe.schemas.pcm import decode_to_pcm16, float_to_pcm16, mulaw_encode
 from streamscribe.schemas.topics import Topics
+from tests.audio_files import write_mulaw_wav
 from tests.integration.kafka_read import read_topic
 
 pytestmark = pytest.mark.integration
+
+NEGATIVE_AND_POSITIVE_ZERO = np.tile(np.array([0x7F, 0xFF], dtype=np.uint8), 100)
 
 
 def _by_channel(records, session: str) -> dict[int, list[AudioChunk]]:
@@ -48,15 +51,14 @@ def _check_channel(chunks: list[AudioChunk], expected_pcm: np.ndarray) -> None:
 
 
 def test_two_cities_and_stereo_call_are_bit_exact(
-    kafka_bootstrap: str, topics: Topics, assets: Path, tmp_path: Path
+    kafka_bootstrap: str, topics: Topics, broker_settings: Settings, assets: Path, tmp_path: Path
 ) -> None:
     two_cities = assets / "two_cities.wav"
     src, rate = sf.read(str(two_cities), dtype="int16", always_2d=True)
     assert rate == 48000
     rep = run_produce(
         ProduceJob([str(two_cities)], session_id="tc", pace="asap"),
-        kafka_bootstrap,
-        topics.audio,
+        broker_settings,
         progress=None,
     )
     assert rep.delivery.failed == 0 and rep.delivery.delivered == rep.delivery.sent
@@ -69,8 +71,7 @@ def test_two_cities_and_stereo_call_are_bit_exact(
     sf.write(str(path), stereo, brate, subtype="PCM_16")
     rep2 = run_produce(
         ProduceJob([str(path)], session_id="call", chunk_ms=40, pace="x50"),
-        kafka_bootstrap,
-        topics.audio,
+        broker_settings,
         progress=None,
     )
     assert rep2.delivery.failed == 0
@@ -96,17 +97,17 @@ def test_two_cities_and_stereo_call_are_bit_exact(
 
 
 def test_mulaw_8k_is_sent_as_it_is(
-    kafka_bootstrap: str, topics: Topics, assets: Path, tmp_path: Path
+    kafka_bootstrap: str, topics: Topics, broker_settings: Settings, assets: Path, tmp_path: Path
 ) -> None:
     import librosa
 
     y, _ = librosa.load(str(assets / "beckett.wav"), sr=8000)
+    codes = np.frombuffer(mulaw_encode(float_to_pcm16(y)), dtype=np.uint8).copy()
+    codes[: NEGATIVE_AND_POSITIVE_ZERO.size] = NEGATIVE_AND_POSITIVE_ZERO  # 0 after a decode
     path = tmp_path / "phone.wav"
-    sf.write(str(path), y, 8000, subtype="ULAW")
+    data = write_mulaw_wav(path, codes.reshape(-1, 1), 8000)
     expected, _ = sf.read(str(path), dtype="int16")
-    rep = run_produce(
-        ProduceJob([str(path)], session_id="phone"), kafka_bootstrap, topics.audio, progress=None
-    )
+    rep = run_produce(ProduceJob([str(path)], session_id="phone"), broker_settings, progress=None)
     assert rep.delivery.failed == 0
     chunks = _by_channel(read_topic(kafka_bootstrap, topics.audio), "phone")[0]
     assert {c.encoding for c in chunks} == {"pcm_mulaw"} and {c.sample_rate for c in chunks} == {
@@ -114,6 +115,7 @@ def test_mulaw_8k_is_sent_as_it_is(
     }
     assert sum(len(c.payload) for c in chunks) == len(expected)  # 1 byte a sample
     _check_channel(chunks, expected)
+    assert b"".join(c.payload for c in chunks) == data  # the file's own bytes, untouched
 
 
 def test_broker_restart_during_realtime_publish(assets: Path, tmp_path: Path) -> None:
@@ -131,10 +133,12 @@ def test_broker_restart_during_realtime_publish(assets: Path, tmp_path: Path) ->
         job = ProduceJob([str(beck), str(beck)], session_id="rt", pace="realtime", chunk_ms=100)
         result: dict[str, object] = {}
 
+        edge = settings.with_overrides(
+            bootstrap_servers=bootstrap, topic_prefix=topics.prefix, flush_timeout_s=120
+        )
+
         def publish() -> None:
-            result["report"] = run_produce(
-                job, bootstrap, topics.audio, progress=None, flush_timeout_s=120
-            )
+            result["report"] = run_produce(job, edge, progress=None)
 
         t = threading.Thread(target=publish)
         t.start()

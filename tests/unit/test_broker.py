@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +75,46 @@ def test_cluster_ids_never_look_like_options() -> None:
     ids = [broker_mod.new_cluster_id() for _ in range(2000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
     assert len(set(ids)) == 2000
+
+
+class ExitedJvm:
+    """A stand-in for the broker's JVM process that has already exited."""
+
+    returncode = 1
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+def test_readiness_wait_stops_at_once_when_the_jvm_exits(tmp_path: Path) -> None:
+    log_file = tmp_path / "broker.log"
+    log_file.write_text("starting\nERROR Address already in use\n")
+    t0 = time.monotonic()
+    with pytest.raises(BrokerError, match=re.escape("code 1: starting | ERROR Address")):
+        broker_mod.wait_until_ready(
+            f"127.0.0.1:{broker_mod.free_port()}",
+            30,
+            proc=ExitedJvm(),  # type: ignore[arg-type]
+            log_file=log_file,
+        )
+    assert time.monotonic() - t0 < 5
+
+
+def test_readiness_wait_gives_up_after_the_timeout() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(BrokerError, match=r"not ready after 1 s"):
+        broker_mod.wait_until_ready(f"127.0.0.1:{broker_mod.free_port()}", 1.0)
+    assert time.monotonic() - t0 < 10
+
+
+def test_wait_exit_reaps_a_child_and_times_out_on_a_live_one() -> None:
+    quick = subprocess.Popen(["sleep", "0.2"])
+    assert broker_mod._wait_exit(quick.pid, 10, 0.05) is True
+    slow = subprocess.Popen(["sleep", "30"])
+    try:
+        t0 = time.monotonic()
+        assert broker_mod._wait_exit(slow.pid, 0.3, 0.05) is False
+        assert 0.3 <= time.monotonic() - t0 < 3
+    finally:
+        slow.kill()
+        slow.wait()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
-from streamscribe.consumers import commands
+from streamscribe.cli import main
 from streamscribe.consumers.alerts import PhraseMatcher, alerts_for, load_phrases, normalize
 from streamscribe.consumers.sink import decode_batch
 from streamscribe.consumers.store import TranscriptStore
-from streamscribe.core.settings import Settings
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
 
 
@@ -102,12 +100,9 @@ def test_load_phrases(tmp_path: Path) -> None:
     assert load_phrases("a, b,,", f) == ["a", "b", "speak to a manager", "refund"]
 
 
-def run_cli(argv: list[str], settings: Settings | None = None) -> int:
-    p = argparse.ArgumentParser(prog="streamscribe")
-    sub = p.add_subparsers(dest="command", required=True)
-    commands.register(sub)
-    args = p.parse_args(argv)
-    return int(args.handler(settings or Settings(), args))
+def run_cli(argv: list[str]) -> int:
+    """One ``streamscribe`` command in this process, through the CLI's one error wrapper."""
+    return main(argv)
 
 
 def test_cli_reads_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

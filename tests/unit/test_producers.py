@@ -21,7 +21,8 @@ from streamscribe.producers.source import (
     read_audio,
 )
 from streamscribe.schemas.audio import AudioChunk
-from streamscribe.schemas.pcm import decode_payload
+from streamscribe.schemas.pcm import decode_payload, mulaw_decode
+from tests.audio_files import write_mulaw_wav
 
 
 def _src(n: int, rate: int = 16000, channels: int = 1) -> AudioSource:
@@ -159,3 +160,39 @@ def test_mic_without_portaudio_is_one_clear_line() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "PortAudio" in proc.stderr or "input device" in proc.stderr
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_mulaw_wav_payloads_are_the_files_data_bytes(tmp_path: Path, channels: int) -> None:
+    """µ-law passes the edge untouched: every code, both zeros (0x7F, 0xFF) included."""
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 256, size=(8000 + 37, channels), dtype=np.uint8)
+    codes[:4, 0] = [0x7F, 0xFF, 0x7F, 0xFF]  # -0 and +0: a decode and re-encode merges them
+    path = tmp_path / "phone.wav"
+    data = write_mulaw_wav(path, codes, 8000)
+    src = read_audio(path)
+    assert (src.encoding, src.sample_rate, src.frames, src.channels) == (
+        "pcm_mulaw",
+        8000,
+        len(codes),
+        channels,
+    )
+    per_channel = [
+        b"".join(c.payload for c in chunk_channel(src, ch, session_id="s", role="r", chunk_ms=20))
+        for ch in range(channels)
+    ]
+    interleaved = np.stack([np.frombuffer(p, np.uint8) for p in per_channel], axis=1).tobytes()
+    assert interleaved == data
+    assert per_channel[0][:4] == bytes([0x7F, 0xFF, 0x7F, 0xFF])
+    pcm, _ = sf.read(str(path), dtype="int16", always_2d=True)  # libsndfile agrees on the codes
+    assert np.array_equal(mulaw_decode(per_channel[0]), pcm[:, 0])
+
+
+def test_mulaw_file_with_another_encoding_is_converted(tmp_path: Path) -> None:
+    codes = np.arange(256, dtype=np.uint8).reshape(-1, 1)
+    path = tmp_path / "phone.wav"
+    write_mulaw_wav(path, codes, 8000)
+    src = read_audio(path, "pcm_s16le")
+    assert src.encoding == "pcm_s16le" and src.samples.dtype == np.int16
+    (chunk,) = chunk_channel(src, 0, session_id="s", role="r")
+    assert np.array_equal(np.frombuffer(chunk.payload, "<i2"), mulaw_decode(codes.tobytes()))

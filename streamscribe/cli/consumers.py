@@ -1,7 +1,6 @@
-"""CLI glue of the consumers: ``add_arguments_<name>(parser)`` and ``cmd_<name>(settings, args)``.
+"""``streamscribe sink|sessions|transcript|metrics|latency-report|alerts``: the consumers.
 
-The ``streamscribe`` parser (``streamscribe/cli.py``) owns the program; :func:`register`
-adds the six consumer commands to its subparsers in one call::
+:func:`register` adds the six consumer commands::
 
     sink            [--db URL] [--group-id G] [--from-earliest] [--max-idle S] [--batch-size N]
     sessions        [--db URL] [--limit N]
@@ -11,8 +10,8 @@ adds the six consumer commands to its subparsers in one call::
     alerts          (--phrases "a,b" | --phrases-file F) [--group-id G] [--from-earliest]
                     [--max-idle S]
 
-Every ``cmd_*`` returns an exit code; bad input (unknown session, bad URL, unreadable
-file, bad duration) is one line on stderr and exit 2, never a traceback.
+Bad input (unknown session, bad URL, unreadable file, bad duration) raises; the CLI's one
+error wrapper makes it one line on stderr and exit 2, never a traceback.
 
 Example::
 
@@ -26,36 +25,14 @@ Example::
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from confluent_kafka import KafkaException
-
-from streamscribe.core.errors import StreamscribeError
+from streamscribe.cli.common import EXIT_OK, EXIT_VERDICT, Handler, SubParsers
+from streamscribe.core.errors import UsageError
 from streamscribe.core.settings import Settings
-
-Command = Callable[[Settings, argparse.Namespace], int]
-EXIT_BAD_INPUT: Final = 2
-EXIT_SLA_FAILED: Final = 3
-
-
-def _one_line_errors(name: str) -> Callable[[Command], Command]:
-    def wrap(fn: Command) -> Command:
-        @functools.wraps(fn)
-        def run(settings: Settings, args: argparse.Namespace) -> int:
-            try:
-                return fn(settings, args)
-            except (StreamscribeError, KafkaException, ValueError, OSError) as exc:
-                sys.stderr.write(f"streamscribe {name}: error: {exc}\n")
-                return EXIT_BAD_INPUT
-
-        return run
-
-    return wrap
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -96,7 +73,6 @@ def add_arguments_sink(p: argparse.ArgumentParser) -> None:
     )
 
 
-@_one_line_errors("sink")
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.sink import run_sink
 
@@ -113,7 +89,7 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
         f"{stats.partials} partials, {stats.dead_letters} dead letters "
         f"from {stats.messages} messages in {stats.batches} batches"
     )
-    return 0
+    return EXIT_OK
 
 
 # -------------------------------------------------------------------------------- sessions
@@ -122,7 +98,6 @@ def add_arguments_sessions(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=50, help="most recent N sessions (default 50)")
 
 
-@_one_line_errors("sessions")
 def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.conversation import list_sessions
     from streamscribe.consumers.store import TranscriptStore
@@ -136,7 +111,7 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
             f"{s.session_id:36s} {roles:24s} {s.finals:6d} {s.end_ms / 1000:7.1f}s  "
             f"{_iso(s.last_seen_us)}"
         )
-    return 0
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------ transcript
@@ -148,7 +123,6 @@ def add_arguments_transcript(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="text", help="(default text)")
 
 
-@_one_line_errors("transcript")
 def cmd_transcript(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.conversation import load_conversation
     from streamscribe.consumers.store import TranscriptStore
@@ -156,7 +130,7 @@ def cmd_transcript(settings: Settings, args: argparse.Namespace) -> int:
     with TranscriptStore(args.db or settings.db_url, create=False) as store:
         conv = load_conversation(store, args.session)
     print(conv.render(args.format))
-    return 0
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -172,7 +146,6 @@ def add_arguments_metrics(p: argparse.ArgumentParser) -> None:
     )
 
 
-@_one_line_errors("metrics")
 def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.latency import parse_window
     from streamscribe.consumers.metrics import run_metrics
@@ -187,7 +160,7 @@ def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
         max_idle_s=args.max_idle,
     )
     print(f"observed {stats.finals} finals, {stats.latency_records} with timestamps")
-    return 0
+    return EXIT_OK
 
 
 # -------------------------------------------------------------------------- latency-report
@@ -204,11 +177,10 @@ def add_arguments_latency_report(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fail-on-violation",
         action="store_true",
-        help=f"exit {EXIT_SLA_FAILED} when the SLA verdict is FAIL",
+        help=f"exit {EXIT_VERDICT} when the SLA verdict is FAIL",
     )
 
 
-@_one_line_errors("latency-report")
 def cmd_latency_report(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.latency import ALL_SERIES, DEFAULT_SLA_SPAN, END_TO_END, SlaSpec
     from streamscribe.consumers.report import build_report, format_report, parse_since, plot_report
@@ -216,7 +188,7 @@ def cmd_latency_report(settings: Settings, args: argparse.Namespace) -> int:
 
     stage = args.sla_stage or DEFAULT_SLA_SPAN
     if stage not in ALL_SERIES:
-        raise ValueError(f"--sla-stage must be one of {', '.join(ALL_SERIES)}")
+        raise UsageError(f"--sla-stage must be one of {', '.join(ALL_SERIES)}")
     threshold = settings.sla_ms if args.sla_ms is None else args.sla_ms
     series = (stage,) if stage == END_TO_END else (stage, END_TO_END)
     spec = SlaSpec(threshold, settings.sla_violation_rate, series)
@@ -227,7 +199,7 @@ def cmd_latency_report(settings: Settings, args: argparse.Namespace) -> int:
     if args.png:
         path = plot_report(report, Path(args.png), threshold_ms=threshold)
         print(f"plot: {path}")
-    return EXIT_SLA_FAILED if args.fail_on_violation and not report.ok else 0
+    return EXIT_VERDICT if args.fail_on_violation and not report.ok else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------- alerts
@@ -239,13 +211,12 @@ def add_arguments_alerts(p: argparse.ArgumentParser) -> None:
     _consumer_args(p, DEFAULT_GROUP_ID)
 
 
-@_one_line_errors("alerts")
 def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.alerts import load_phrases, run_alerts
 
     phrases = load_phrases(args.phrases, args.phrases_file)
     if not phrases:
-        raise ValueError("no phrases: give --phrases or --phrases-file")
+        raise UsageError("no phrases: give --phrases or --phrases-file")
     stats = run_alerts(
         settings,
         phrases=phrases,
@@ -254,11 +225,11 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
         max_idle_s=args.max_idle,
     )
     print(f"{stats.alerts} alerts from {stats.finals} finals")
-    return 0
+    return EXIT_OK
 
 
 # -------------------------------------------------------------------------------- register
-COMMANDS: Final[dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Command]]] = {
+COMMANDS: Final[dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]]] = {
     "sink": ("store transcripts in SQLite/PostgreSQL", add_arguments_sink, cmd_sink),
     "sessions": ("list stored sessions", add_arguments_sessions, cmd_sessions),
     "transcript": (
@@ -276,8 +247,8 @@ COMMANDS: Final[dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], 
 }
 
 
-def register(sub: Any) -> None:
-    """Add the consumer commands to ``streamscribe``'s subparsers (``handler`` default set)."""
+def register(sub: SubParsers) -> None:
+    """Add the six consumer commands (``handler`` set on each)."""
     for name, (help_text, add_args, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         add_args(p)

@@ -1,0 +1,75 @@
+"""``streamscribe broker start|stop|status`` and ``streamscribe topics create|list``.
+
+Example::
+
+    streamscribe broker start --port 19092 --data-dir /tmp/kafka
+    streamscribe topics create --partitions 4
+    streamscribe topics list --all
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from streamscribe.cli.common import EXIT_OK, EXIT_VERDICT, SubParsers
+from streamscribe.core.settings import Settings
+
+
+def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.broker import LocalBroker
+
+    broker = LocalBroker(
+        settings.with_overrides(
+            broker_port=args.port, broker_data_dir=Path(args.data_dir) if args.data_dir else None
+        )
+    )
+    if args.action == "start":
+        t0 = time.monotonic()
+        bootstrap = broker.start()
+        print(
+            f"Apache Kafka {broker.version} (KRaft) ready at {bootstrap} "
+            f"in {time.monotonic() - t0:.1f} s; log: {broker.log_file}"
+        )
+        print(f"export KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
+    elif args.action == "stop":
+        print("stopped" if broker.stop() else "not running")
+    else:
+        st = broker.status()
+        print(st.describe())
+        return EXIT_OK if st.running else EXIT_VERDICT
+    return EXIT_OK
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.core.admin import create_topics, describe_topics
+    from streamscribe.schemas.topics import Topics
+
+    topics = Topics(settings.topic_prefix)
+    if args.action == "create":
+        partitions = args.partitions or settings.partitions
+        for name, outcome in create_topics(settings.bootstrap, topics.specs(partitions)).items():
+            print(f"{name}: {outcome}")
+        return EXIT_OK
+    names = None if args.all else topics.all_names()
+    infos = describe_topics(settings.bootstrap, names)
+    print(f"{'topic':40s} {'partitions':>10s} {'messages':>10s}")
+    for t in infos:
+        print(f"{t.name:40s} {t.partitions:>10d} {t.messages:>10d}")
+    return EXIT_OK
+
+
+def register(sub: SubParsers) -> None:
+    """Add ``broker`` and ``topics``."""
+    p = sub.add_parser("broker", help="the local one-node Apache Kafka (KRaft) from Maven jars")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--port", type=int, help="client port (default 9092; controller = port+1)")
+    p.add_argument("--data-dir", help="data folder (default .cache/kafka-data)")
+    p.set_defaults(handler=cmd_broker)
+
+    p = sub.add_parser("topics", help="create or list the pipeline's topics")
+    p.add_argument("action", choices=["create", "list"])
+    p.add_argument("--partitions", type=int, help="partitions per topic (create)")
+    p.add_argument("--all", action="store_true", help="list every topic, not only ours")
+    p.set_defaults(handler=cmd_topics)

@@ -1,0 +1,146 @@
+"""``streamscribe worker``: the faust processors, in this process or in N child processes.
+
+``--workers N`` starts N children, each ``streamscribe ... worker ... --instance-index i``;
+their command line is built from the parsed arguments (:func:`child_argv`), never copied
+from ``sys.argv``.
+
+Example::
+
+    streamscribe worker --group-id streamscribe-processors
+    streamscribe worker --workers 3 --instance-id pod-a    # children pod-a-0 .. pod-a-2
+    streamscribe worker --group-id retranscribe-2026-11 --from-earliest   # replay history
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+from streamscribe.cli.common import EXIT_OK, SubParsers
+from streamscribe.core.errors import UsageError
+from streamscribe.core.settings import Settings
+
+CLI_MODULE = "streamscribe.cli"
+STOP_TIMEOUT_S = 30.0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.processors.worker import STAGES, run_worker
+
+    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise UsageError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    settings = settings.with_overrides(group_id=args.group_id, instance_id=args.instance_id)
+    if args.workers > 1 and args.instance_index is None:
+        return spawn_workers(args.workers, child_argv(args))
+    instance = settings.instance_id
+    if instance and args.instance_index is not None:
+        instance = f"{instance}-{args.instance_index}"
+    run_worker(
+        settings,
+        stages=stages,
+        instance=instance,
+        from_earliest=args.from_earliest,
+        log_level=args.worker_log_level,
+    )
+    return EXIT_OK
+
+
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of one child of ``--workers N``, from the parsed arguments.
+
+    The global options, then ``worker`` with every option but ``--workers`` (the caller
+    adds ``--instance-index i``)::
+
+        >>> from streamscribe.cli import build_parser
+        >>> child_argv(build_parser().parse_args(["worker", "--workers", "2", "--from-earliest"]))
+        ['--log-level', 'WARNING', 'worker', '--from-earliest', '--worker-log-level', 'info']
+    """
+    argv: list[str] = []
+    for flag, value in (
+        ("--bootstrap-servers", args.bootstrap_servers),
+        ("--topic-prefix", args.topic_prefix),
+    ):
+        if value is not None:
+            argv += [flag, value]
+    argv += ["--log-level", args.log_level, "worker"]
+    for flag, value in (
+        ("--group-id", args.group_id),
+        ("--stages", args.stages),
+        ("--instance-id", args.instance_id),
+    ):
+        if value is not None:
+            argv += [flag, value]
+    if args.from_earliest:
+        argv.append("--from-earliest")
+    return [*argv, "--worker-log-level", args.worker_log_level]
+
+
+def spawn_workers(n: int, argv: list[str]) -> int:
+    """Run ``n`` worker processes (child ``i`` gets ``--instance-index i``); wait for them all.
+
+    SIGTERM or Ctrl-C stops every child (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``);
+    the exit code is the largest of the children's.
+    """
+    procs = [
+        subprocess.Popen([sys.executable, "-m", CLI_MODULE, *argv, "--instance-index", str(i)])
+        for i in range(n)
+    ]
+    code = EXIT_OK
+    try:
+        with _sigterm_as_interrupt():
+            for p in procs:
+                code = max(code, p.wait())
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                code = max(code, p.wait(timeout=STOP_TIMEOUT_S))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                code = max(code, p.wait())
+    return code
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises ``KeyboardInterrupt`` (the children are then stopped)."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def register(sub: SubParsers) -> None:
+    """Add ``worker``."""
+    p = sub.add_parser("worker", help="run the faust stream processors")
+    p.add_argument("--group-id", help="consumer group = faust app id (default from settings)")
+    p.add_argument(
+        "--from-earliest",
+        action="store_true",
+        help="a new group starts at the earliest offset (re-process history)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes to run")
+    p.add_argument("--stages", help="comma list of stages (default segmenter,recognizer)")
+    p.add_argument(
+        "--instance-id",
+        help="static group membership id, unique per worker (e.g. the pod name): a worker"
+        " restarted with the same id resumes at once instead of after the session timeout;"
+        " with --workers N, worker i gets ID-i",
+    )
+    p.add_argument("--instance-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-log-level", default="info", help="faust log level (default info)")
+    p.set_defaults(handler=cmd_worker)
