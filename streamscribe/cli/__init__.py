@@ -12,7 +12,8 @@ The error wrapper: a :class:`~streamscribe.core.errors.StreamscribeError` (a
 :class:`~streamscribe.core.errors.UsageError` included), a bad argument, a bad setting, a
 missing file (``OSError``) or a Kafka error ends the command with one line on stderr,
 ``streamscribe COMMAND: error: REASON``, and exit code 2, never a traceback. The exit
-codes are listed in :mod:`streamscribe.cli.common`.
+codes are listed in :mod:`streamscribe.cli.common`; ``--log-level DEBUG`` also logs the
+traceback.
 
 Example::
 
@@ -39,6 +40,8 @@ from streamscribe.cli import broker, consumers, offline, produce, tail, worker
 from streamscribe.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, Handler
 from streamscribe.core.errors import StreamscribeError
 from streamscribe.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PROG = "streamscribe"
 GROUPS = (broker, produce, tail, worker, offline, consumers)
@@ -89,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         return handler(settings, args)
     except USER_ERRORS as exc:
+        log.debug("%s failed", name, exc_info=True)  # the traceback with --log-level DEBUG
         print(f"{name}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
