@@ -5,7 +5,7 @@ the core, sends what the core returns and applies its table writes. The lines li
 memory in the core; the tables hold their changelog copy: each part of a line is stored
 once in ``recognizer-audio``, the line's small state in ``recognizer-lines``. When a
 partition is revoked its lines are dropped from memory (``app.on_partitions_revoked``); a
-later message of such a line rebuilds it from the tables.
+later message of such a line rebuilds it from the tables (see :meth:`RecognizerCore.evict`).
 
 - A **final** is decoded before the loop moves on (faust acks the event only then), so a
   crash can never lose it: after a restart the final message is read again and decoded.
@@ -94,6 +94,7 @@ class RecognizerStage:
             stale_after_s=settings.partial_stale_s,
         )
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
 
         @app.agent(topics.utterances, name="recognizer", concurrency=1)
         async def recognizer(stream: Any) -> None:
@@ -121,15 +122,21 @@ class RecognizerStage:
     def _transcribe(self, audio: Audio) -> Any:
         return self.asr.transcribe(audio)
 
+    def _partitions(self, tp_sets: Iterable[Iterable[Any]]) -> set[int]:
+        topic = self.topics.names.utterances
+        return {tp.partition for tps in tp_sets for tp in tps if tp.topic == topic}
+
     async def _on_revoked(self, sender: Any, /, *args: Iterable[Any], **kwargs: Any) -> None:
         """Drop the lines of revoked utterance partitions (and their waiting partials).
 
         faust sends ``on_partitions_revoked(app, revoked: set[TP])``.
         """
-        topic = self.topics.names.utterances
-        partitions = {tp.partition for revoked in args for tp in revoked if tp.topic == topic}
-        for lid in self.core.evict(partitions):
+        for lid in self.core.evict(self._partitions(args)):
             self.scheduler.cancel_partials(lid)
+
+    async def _on_assigned(self, sender: Any, /, *args: Iterable[Any], **kwargs: Any) -> None:
+        """faust sends ``on_partitions_assigned(app, assigned: set[TP])``."""
+        self.core.assigned(self._partitions(args))
 
     # ------------------------------------------------------------------ events
     async def handle(self, events: list[Any]) -> None:

@@ -277,10 +277,16 @@ class RecognizerCore:
         self._stored_pieces = pieces
         self._clock = clock
         self._open: dict[str, RecognizerLine] = {}
+        self._parked: dict[str, RecognizerLine] = {}  # lines of revoked partitions
 
     def __len__(self) -> int:
         """Open lines held in memory."""
         return len(self._open)
+
+    @property
+    def parked(self) -> int:
+        """Lines dropped at a revoke, kept until their partition is known to be elsewhere."""
+        return len(self._parked)
 
     def line(self, lid: str) -> RecognizerLine | None:
         """The open line ``lid`` held in memory, if any."""
@@ -310,13 +316,21 @@ class RecognizerCore:
         decode = None
         if line.partial_due(self.config.policy):
             decode = Decode(lid, line.job(final=False), msg)
-        return Accepted(verdict, (piece, TableWrite(LINES_TABLE, lid, line.to_doc())), decode)
+        line.written = line.to_doc()
+        return Accepted(verdict, (piece, TableWrite(LINES_TABLE, lid, line.written)), decode)
 
     def _lookup(self, lid: str, partition: int | None) -> RecognizerLine | None:
         line = self._open.get(lid)
         if line is not None:
             return line
         doc = self._stored_lines.get(lid)
+        parked = self._parked.pop(lid, None)
+        if parked is not None and doc == parked.written:
+            # The partition came back and nobody wrote the line meanwhile: the parked line
+            # is that copy plus the partials applied since (its stable prefix is current).
+            parked.evicted, parked.partition = False, partition
+            self._open[lid] = parked
+            return parked
         if not doc:
             return None
         line = RecognizerLine.restore(
@@ -381,10 +395,11 @@ class RecognizerCore:
             TableWrite(LINES_TABLE, lid, RecognizerLine.done_doc(line.role, line.start_sample))
         )
         self._open.pop(lid, None)
+        self._parked.pop(lid, None)
         if msg.utterance > 0:
             previous = line_id(msg.session_id, msg.channel, msg.utterance - 1)
             writes.append(TableWrite(LINES_TABLE, previous))
-            self._evict(previous)
+            self._drop(previous)
         self.stats.finals += 1
         if error is None:
             return Finished(event, tuple(writes))
@@ -393,17 +408,26 @@ class RecognizerCore:
 
     # -------------------------------------------------------------- rebalance
     def evict(self, partitions: Collection[int]) -> list[str]:
-        """Drop the open lines of revoked partitions; returns their ids.
+        """Partitions revoked: drop their open lines from memory; returns their ids.
 
-        Their pending partials publish nothing; a later message of such a line (after the
-        partition came back) rebuilds it from the tables.
+        Their pending partials publish nothing. The next message of such a line rebuilds
+        it from the tables; if the partition came back and the table still holds the copy
+        the line last wrote, the dropped line itself is taken back (it also holds the
+        partials published since that copy, so no stable word is retracted).
         """
         gone = [lid for lid, line in self._open.items() if line.partition in partitions]
         for lid in gone:
-            self._evict(lid)
+            line = self._open.pop(lid)
+            line.evicted = True
+            self._parked[lid] = line
         return gone
 
-    def _evict(self, lid: str) -> None:
-        line = self._open.pop(lid, None)
-        if line is not None:
-            line.evicted = True
+    def assigned(self, partitions: Collection[int]) -> None:
+        """Partitions assigned: forget the dropped lines of partitions that went elsewhere."""
+        self._parked = {k: v for k, v in self._parked.items() if v.partition in partitions}
+
+    def _drop(self, lid: str) -> None:
+        for lines in (self._open, self._parked):
+            line = lines.pop(lid, None)
+            if line is not None:
+                line.evicted = True

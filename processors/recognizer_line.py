@@ -154,6 +154,7 @@ class RecognizerLine:
         self.missing_parts = 0
         self.done = False
         self.evicted = False  # dropped from memory (partition revoked): its jobs publish nothing
+        self.written: dict[str, Any] | None = None  # the changelog copy last written
         self.partition = partition
         self.stabilizer = LineStabilizer()
         self._audio = _AudioBuffer()
@@ -266,6 +267,7 @@ class RecognizerLine:
         line.decoded_samples = int(doc.get("decoded_samples", 0))
         line.missing_parts = int(doc.get("missing_parts", 0))
         line.done = bool(doc.get("done", False))
+        line.written = dict(doc)
         if line.done:
             return line
         state = doc.get("stabilizer")

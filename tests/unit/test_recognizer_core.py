@@ -420,6 +420,38 @@ def test_revoked_partition_is_dropped_and_rebuilt_from_the_tables() -> None:
     assert len(h.core) == 0
 
 
+def test_a_partition_that_comes_back_keeps_its_lines_stable_prefix() -> None:
+    """Revoked and assigned back with nobody writing the line meanwhile (the usual
+    rebalance): the dropped line is taken back with the partials it published since its
+    last table copy, so the outputs equal a run without the rebalance."""
+    msgs = line_messages(noise(4.0, seed=4))
+    whole = _events(Harness().run(msgs))
+    h = Harness()
+    before = h.run(msgs[:8])
+    assert before[-1].end_ms == (START + 8 * PART) * 1000 / SAMPLE_RATE  # part 7's partial,
+    line = h.core.line("s/0/0")  # applied after its table copy was written
+    assert h.core.evict({0}) == ["s/0/0"] and len(h.core) == 0
+    h.core.assigned({0, 3})
+    after = h.run(msgs[8:])
+    assert _events(before + after) == whole
+    assert h.verdicts[8] == Verdict.ACCEPT and line is not None and line.done
+
+
+def test_a_line_written_elsewhere_meanwhile_is_rebuilt_from_the_tables() -> None:
+    msgs = line_messages(noise(4.0, seed=4))
+    h = Harness()
+    h.run(msgs[:6])
+    h.core.evict({0})
+    other = Harness(tables=h.tables)  # another worker had the partition for a while
+    other.run(msgs[6:9])
+    h.core.assigned({0})
+    rest = h.run(msgs[9:])
+    assert _events(rest) == _events(other.run(msgs[9:]))  # the tables' line, not the old one
+    h.core.evict({0})
+    h.core.assigned({1})  # went elsewhere: nothing parked is kept
+    assert h.core.parked == 0
+
+
 def test_docstring_examples_run() -> None:
     for module, minimum in ((recognizer_core, 8), (recognizer_line, 8)):
         failures, tried = doctest.testmod(module)
@@ -497,3 +529,6 @@ def test_the_agent_drops_the_lines_of_a_revoked_partition(tmp_path: Path) -> Non
     revoked = {TP(topics.names.utterances, 1), TP(topics.names.audio, 2)}
     asyncio.run(app.on_partitions_revoked.send(revoked))
     assert stage.core.line("a/0/0") is None and stage.core.line("b/0/0") is not None
+    assert stage.core.parked == 1
+    asyncio.run(app.on_partitions_assigned.send({TP(topics.names.utterances, 2)}))
+    assert stage.core.parked == 0  # partition 1 went to another worker
