@@ -34,7 +34,7 @@ from pathlib import Path
 
 from streamscribe.core.errors import BrokerError
 from streamscribe.core.settings import Settings
-from streamscribe.polling import poll_until
+from streamscribe.core.retry import poll_until
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def wait_until_ready(
 ) -> None:
     """Wait until metadata answers and the group and transaction coordinators are loaded.
 
-    Each step is polled with :func:`~streamscribe.polling.poll_until` (a Kafka error is
+    Each step is polled with :func:`~streamscribe.core.retry.poll_until` (a Kafka error is
     "not yet"); together they take at most ``timeout_s``. :class:`BrokerError` if the
     broker is not ready by then, or at once if the JVM ``proc`` exits.
     """

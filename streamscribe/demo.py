@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from streamscribe.core.settings import Settings
-from streamscribe.polling import poll_until
+from streamscribe.core.retry import poll_until
 
 CALL_PACE = "x2"
 LOG_POLL_S = 0.3

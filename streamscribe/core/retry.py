@@ -1,4 +1,9 @@
-"""The one way streamscribe waits for something outside it: :func:`poll_until`, on tenacity.
+"""Retries and waits, one convention: tenacity.
+
+A call that may fail and is worth repeating (a database write, a decode, a schema race) is
+wrapped in ``tenacity.Retrying`` where it is made, with its attempts and backoff named as
+constants there. A wait for something outside us (a broker becoming ready, a process
+stopping, a final arriving) is :func:`poll_until`, also on tenacity.
 
 A check is called until it returns true, ``interval_s`` apart, for at most ``timeout_s``;
 exceptions listed in ``retry_on`` count as "not yet", any other exception ends the wait at
