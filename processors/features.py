@@ -1,17 +1,19 @@
-"""Cheap acoustic features at 16 kHz: streaming log-mel energies and per-utterance summaries.
+"""Cheap acoustic features at 16 kHz: streaming mel band power and per-utterance summaries.
 
-:class:`StreamingLogMel` computes 40-band log-mel energies every 10 ms (160-sample hop,
+:class:`StreamingLogMel` computes the 40-band mel energy every 10 ms (160-sample hop,
 25 ms Hann window, 512-point FFT, librosa's mel filterbank without area normalisation, so
-the bands sum to ~1 across 20 Hz - 8 kHz). Framing is causal and on the absolute sample
-grid: frame ``j`` is the window ``[160 (j+1) - 400, 160 (j+1))`` of the stream (zeros before
-its start), so the frames do not depend on how the audio was chunked. Per frame it also
-gives the band power relative to full scale (a full-scale sine reads -3.01 dBFS), which is
-the segmenter's energy gate: frames far below speech level (default -70 dBFS) need no VAD
-call.
+the bands sum to ~1 across 20 Hz - 8 kHz) and gives, per frame, the band power relative to
+full scale (a full-scale sine reads -3.01 dBFS). Framing is causal and on the absolute
+sample grid: frame ``j`` is the window ``[160 (j+1) - 400, 160 (j+1))`` of the stream (zeros
+before its start), so the frames do not depend on how the audio was chunked. The band power
+is the segmenter's energy gate (frames far below speech level, default -70 dBFS, need no
+VAD call) and its summaries' level.
 
-:class:`SummaryAccumulator` collects, with bounded state, what :class:`UtteranceSummary`
-reports: duration, speech ratio, RMS loudness and peak in dBFS, and an SNR estimate
-(mean band power of the utterance's speech frames over the channel's noise floor).
+:func:`summarize` turns, with bounded state, the two halves an utterance is measured by —
+:class:`AudioLevels` of the audio sent (duration, RMS loudness, peak) and
+:class:`FrameStats` of its VAD frames (speech ratio, speech band power) — into an
+:class:`UtteranceSummary` with an SNR estimate (mean band power of the speech frames over
+the channel's noise floor).
 
 Example::
 
@@ -19,8 +21,8 @@ Example::
     >>> mel = StreamingLogMel()
     >>> tone = np.sin(2 * np.pi * 1000 * np.arange(1600) / 16000).astype(np.float32)
     >>> frames = mel.push(tone)
-    >>> frames.log_mel.shape, round(float(frames.energy_dbfs[-1]), 2)
-    ((10, 40), -3.01)
+    >>> frames.power.shape, round(float(frames.energy_dbfs[-1]), 2)
+    ((10,), -3.01)
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import librosa
 import numpy as np
 import numpy.typing as npt
 
-from streamscribe.processors.reassembly import pack_state, unpack_state
 from streamscribe.schemas.pcm import Float32Array
 
 MEL_RATE: Final = 16000
@@ -78,7 +79,6 @@ def to_db(power: npt.ArrayLike) -> Float64Array:
 class MelFrames:
     """Frames completed by one :meth:`StreamingLogMel.push`."""
 
-    log_mel: npt.NDArray[np.float32]  # [n, n_mels], dB
     power: Float64Array  # [n], band power relative to full scale (linear)
     first_frame: int  # index of the first frame in the stream
 
@@ -108,15 +108,14 @@ class StreamingLogMel:
         self.tail = buf[len(buf) - (WIN_SAMPLES - 1) :].copy()
         self.n_seen = n_new
         if last <= first:
-            return MelFrames(np.zeros((0, self.n_mels), np.float32), np.zeros(0), first_frame=first)
+            return MelFrames(np.zeros(0), first_frame=first)
         ends = HOP_SAMPLES * (np.arange(first, last) + 1) - base
         idx = ends[:, None] - WIN_SAMPLES + np.arange(WIN_SAMPLES)[None, :]
         frames = buf[idx].astype(np.float64) * self._bank.window
         spec = np.fft.rfft(frames, n=N_FFT, axis=1)
         mel = (spec.real**2 + spec.imag**2) @ self._bank.filters.T
         power = mel.sum(axis=1) * self._bank.power_scale
-        log_mel = to_db(mel * self._bank.power_scale).astype(np.float32)
-        return MelFrames(log_mel=log_mel, power=power, first_frame=first)
+        return MelFrames(power=power, first_frame=first)
 
     def state_meta(self) -> dict[str, Any]:
         """Scalars of the state (the tail travels as an array)."""
@@ -129,16 +128,6 @@ class StreamingLogMel:
         m.n_seen = meta["n_seen"]
         m.tail = np.asarray(tail, dtype=np.float32).copy()
         return m
-
-    def to_bytes(self) -> bytes:
-        """Compact state (1.6 KB)."""
-        return pack_state("logmel", self.state_meta(), {"tail": self.tail})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> StreamingLogMel:
-        """Inverse of :meth:`to_bytes`."""
-        s = unpack_state(data, "logmel")
-        return cls.from_state(s.meta, s.arrays["tail"])
 
 
 # --------------------------------------------------------------------------- summaries
@@ -161,25 +150,12 @@ class UtteranceSummary:
 
 
 @dataclass
-class SummaryAccumulator:
-    """Bounded running sums behind :class:`UtteranceSummary` (state is a handful of numbers).
-
-    >>> acc = SummaryAccumulator()
-    >>> acc.add_audio(np.full(16000, 16384, np.int16))
-    >>> acc.add_frame(0.25, speech=True)
-    >>> s = acc.summary(noise_floor=0.25e-4, sample_rate=16000)
-    >>> s.to_dict()["duration_s"], s.to_dict()["loudness_dbfs"], s.to_dict()["snr_db"]
-    (1.0, -6.02, 40.0)
-    """
+class AudioLevels:
+    """Running level sums of the 16 kHz PCM16 audio an utterance has sent (bounded state)."""
 
     n_samples: int = 0
     sum_sq: float = 0.0  # in full-scale units
     peak: int = 0  # largest |pcm16|
-    frames: int = 0
-    speech_frames: int = 0
-    speech_power: float = 0.0  # sum of speech frames' band power
-    min_power: float | None = None
-    frame_samples: int = field(default=512)
 
     def add_audio(self, pcm16: npt.NDArray[np.int16]) -> None:
         """Account for emitted utterance audio."""
@@ -190,6 +166,26 @@ class SummaryAccumulator:
         self.sum_sq += float(np.dot(x, x))
         self.peak = max(self.peak, int(np.max(np.abs(pcm16.astype(np.int32)))))
 
+    def to_meta(self) -> dict[str, Any]:
+        """JSON-able state."""
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> AudioLevels:
+        """Inverse of :meth:`to_meta`."""
+        return cls(**meta)
+
+
+@dataclass
+class FrameStats:
+    """Running sums over an utterance's VAD frames (bounded state)."""
+
+    frames: int = 0
+    speech_frames: int = 0
+    speech_power: float = 0.0  # sum of speech frames' band power
+    min_power: float | None = None
+    frame_samples: int = field(default=512)
+
     def add_frame(self, power: float, speech: bool, sign: int = 1) -> None:
         """Account for one VAD frame inside the utterance (``sign=-1`` takes it back)."""
         self.frames += sign
@@ -199,31 +195,39 @@ class SummaryAccumulator:
         if sign > 0:
             self.min_power = power if self.min_power is None else min(self.min_power, power)
 
-    def summary(self, noise_floor: float | None, sample_rate: int) -> UtteranceSummary:
-        """The summary; ``noise_floor`` is the channel's estimate (band power), if any."""
-        floor = noise_floor if noise_floor is not None else (self.min_power or NOISE_FLOOR_MIN)
-        floor = max(floor, NOISE_FLOOR_MIN)
-        rms = math.sqrt(self.sum_sq / self.n_samples) if self.n_samples else 0.0
-        speech = self.speech_power / self.speech_frames if self.speech_frames else floor
-        ratio = (
-            min(1.0, self.speech_frames * self.frame_samples / self.n_samples)
-            if self.n_samples
-            else 0.0
-        )
-        return UtteranceSummary(
-            duration_s=self.n_samples / sample_rate,
-            speech_ratio=ratio,
-            loudness_dbfs=float(to_db(rms * rms)),
-            peak_dbfs=float(to_db((self.peak / PCM16_FULL_SCALE) ** 2)) + 0.0,
-            snr_db=float(to_db(speech) - to_db(floor)),
-            noise_floor_dbfs=float(to_db(floor)),
-        )
-
     def to_meta(self) -> dict[str, Any]:
         """JSON-able state."""
         return asdict(self)
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> SummaryAccumulator:
+    def from_meta(cls, meta: dict[str, Any]) -> FrameStats:
         """Inverse of :meth:`to_meta`."""
         return cls(**meta)
+
+
+def summarize(
+    levels: AudioLevels, frames: FrameStats, noise_floor: float | None, sample_rate: int
+) -> UtteranceSummary:
+    """The summary of one utterance; ``noise_floor`` is the channel's estimate, if any.
+
+    >>> levels, frames = AudioLevels(), FrameStats()
+    >>> levels.add_audio(np.full(16000, 16384, np.int16))
+    >>> frames.add_frame(0.25, speech=True)
+    >>> s = summarize(levels, frames, noise_floor=0.25e-4, sample_rate=16000).to_dict()
+    >>> s["duration_s"], s["loudness_dbfs"], s["snr_db"]
+    (1.0, -6.02, 40.0)
+    """
+    floor = noise_floor if noise_floor is not None else (frames.min_power or NOISE_FLOOR_MIN)
+    floor = max(floor, NOISE_FLOOR_MIN)
+    n = levels.n_samples
+    rms = math.sqrt(levels.sum_sq / n) if n else 0.0
+    speech = frames.speech_power / frames.speech_frames if frames.speech_frames else floor
+    ratio = min(1.0, frames.speech_frames * frames.frame_samples / n) if n else 0.0
+    return UtteranceSummary(
+        duration_s=n / sample_rate,
+        speech_ratio=ratio,
+        loudness_dbfs=float(to_db(rms * rms)),
+        peak_dbfs=float(to_db((levels.peak / PCM16_FULL_SCALE) ** 2)) + 0.0,
+        snr_db=float(to_db(speech) - to_db(floor)),
+        noise_floor_dbfs=float(to_db(floor)),
+    )

@@ -1,4 +1,8 @@
-"""Offline transcription: a file through the streaming segmenter core and the ASR core, no Kafka.
+"""Offline use of the cores, no Kafka: segment or transcribe a file through the streaming path.
+
+:func:`segment_file` is what ``streamscribe segment FILE`` runs (one
+:class:`UtteranceSpan` per utterance, the reference the streaming stage is checked
+against); :func:`make_chunks` cuts samples into chunks as an edge producer would.
 
 :func:`transcribe_file` is what ``streamscribe transcribe FILE`` runs. It feeds the file
 through exactly the path a live session takes, so its utterances are the ones the worker
@@ -8,7 +12,8 @@ would produce for the same file:
 2. each channel is cut into ``chunk_ms`` chunks of the source rate and encoded
    ``pcm_s16le``, as ``streamscribe produce`` publishes them (:func:`make_chunks`' path);
 3. each channel runs through its own :class:`ChannelSegmenter` (validation, resampling to
-   16 kHz, VAD, endpointing), VAD calls batched across channels by :func:`segment_many`;
+   16 kHz, VAD, endpointing), VAD calls batched across channels by
+   :meth:`~streamscribe.processors.channel_segmenter.Segmenters.step`;
 4. an utterance's audio is the concatenation of its :class:`UtteranceUpdate` deltas and its
    :class:`UtteranceFinal` tail (16 kHz PCM16), decoded as ``int16 / 32768`` by
    :meth:`MoonshineAsr.transcribe` as soon as the utterance is final.
@@ -44,35 +49,39 @@ import numpy as np
 import numpy.typing as npt
 
 from streamscribe.core.errors import ContractError
+from streamscribe.processors.channel_segmenter import ChannelSegmenter, Segmenters
+from streamscribe.processors.features import UtteranceSummary
 from streamscribe.processors.reassembly import Chunk
-from streamscribe.processors.segmenter import (
-    ChannelSegmenter,
+from streamscribe.processors.segmenter_types import (
+    EndReason,
     Event,
     SegmenterConfig,
     UtteranceFinal,
     UtteranceUpdate,
-    segment_many,
+    sample_ms,
 )
 from streamscribe.processors.vad import SileroVad
-from streamscribe.schemas.pcm import PCM_S16LE, encode_payload
+from streamscribe.schemas.pcm import PCM_S16LE, decode_payload, encode_payload
 
 if TYPE_CHECKING:
     from streamscribe.processors.asr import MoonshineAsr
 
 __all__ = [
     "DEFAULT_CHUNK_MS",
+    "UtteranceSpan",
     "UtteranceText",
     "file_chunks",
     "format_json_lines",
     "format_text",
+    "make_chunks",
+    "segment_file",
+    "spans_from_events",
     "transcribe_file",
     "utterance_audio",
 ]
 
 DEFAULT_CHUNK_MS: Final = 100
 """Chunk length a producer publishes by default (``streamscribe produce --chunk-ms``)."""
-
-PCM16_SCALE: Final = np.float32(32768.0)
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,7 @@ def file_chunks(
 
     Each chunk holds ``sample_rate * chunk_ms // 1000`` source samples (the last may be
     shorter), is encoded ``pcm_s16le`` with :func:`encode_payload` and carries ``seq`` /
-    ``position`` like :func:`~streamscribe.processors.segmenter.make_chunks`; the last one
+    ``position`` like :func:`make_chunks`; the last one
     of every channel carries ``end_of_stream``. An empty file yields one empty final chunk
     per channel.
     """
@@ -178,8 +187,7 @@ def utterance_audio(pcm16_parts: Sequence[bytes]) -> npt.NDArray[np.float32]:
     >>> utterance_audio([b"\\x00\\x40", b"\\x00\\xc0"]).tolist()
     [0.5, -0.5]
     """
-    pcm = np.frombuffer(b"".join(pcm16_parts), dtype="<i2")
-    return pcm.astype(np.float32) / PCM16_SCALE
+    return decode_payload(b"".join(pcm16_parts), PCM_S16LE)
 
 
 class _ChannelAudio:
@@ -211,11 +219,12 @@ def transcribe_file(
 
     ``config`` is the segmenter's (defaults as in the worker); a source rate outside its
     ``validation.sample_rates`` is admitted for this file, as
-    :func:`~streamscribe.processors.segmenter.segment_file` does. ``vad`` may be shared
+    :func:`segment_file` does. ``vad`` may be shared
     between calls (one is built otherwise).
     """
     cfg = config or SegmenterConfig()
     model = vad or SileroVad()
+    segmenters = Segmenters(model)
     segs: list[ChannelSegmenter] = []
     collectors: list[_ChannelAudio] = []
     results: list[UtteranceText] = []
@@ -225,7 +234,7 @@ def transcribe_file(
                 cfg = replace(cfg, validation=replace(cfg.validation, sample_rates=(rate,)))
             segs = [ChannelSegmenter(model, cfg) for _ in chunks]
             collectors = [_ChannelAudio() for _ in chunks]
-        for channel, out in enumerate(segment_many(segs, chunks)):
+        for channel, out in enumerate(segmenters.step(segs, chunks)):
             if out.error is not None:
                 raise out.error
             for final, parts in collectors[channel].finals(out.events):
@@ -242,3 +251,129 @@ def transcribe_file(
                 )
     results.sort(key=lambda r: (r.start_ms, r.channel))
     return results
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def make_chunks(
+    samples: npt.ArrayLike,
+    sample_rate: int,
+    chunk_ms: int = DEFAULT_CHUNK_MS,
+    encoding: str = PCM_S16LE,
+    end_of_stream: bool = True,
+) -> list[Chunk]:
+    """Cut one channel's float samples into contiguous chunks as an edge producer would.
+
+    >>> [c.n_samples for c in make_chunks(np.zeros(250, np.float32), 1000)]
+    [100, 100, 50]
+    """
+    x = np.asarray(samples, dtype=np.float32)
+    step = max(1, sample_rate * chunk_ms // 1000)
+    starts = list(range(0, len(x), step)) or [0]
+    return [
+        Chunk(
+            seq=i,
+            position=p,
+            n_samples=len(x[p : p + step]),
+            sample_rate=sample_rate,
+            payload=encode_payload(x[p : p + step], encoding),
+            encoding=encoding,
+            end_of_stream=end_of_stream and i == len(starts) - 1,
+        )
+        for i, p in enumerate(starts)
+    ]
+
+
+@dataclass(frozen=True)
+class UtteranceSpan:
+    """One utterance found offline by :func:`segment_file`."""
+
+    file: str
+    channel: int
+    utterance: int
+    start_sample: int  # 16 kHz
+    end_sample: int
+    reason: EndReason
+    degraded: bool
+    summary: UtteranceSummary
+
+    @property
+    def start_ms(self) -> float:
+        return sample_ms(self.start_sample)
+
+    @property
+    def end_ms(self) -> float:
+        return sample_ms(self.end_sample)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict: ``file``, ``channel``, ``start_ms``, ``end_ms`` and the rest."""
+        return {
+            "file": self.file,
+            "channel": self.channel,
+            "utterance": self.utterance,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "reason": self.reason,
+            "degraded": self.degraded,
+            "summary": self.summary.to_dict(),
+        }
+
+
+def spans_from_events(file: str, channel: int, events: Sequence[Event]) -> list[UtteranceSpan]:
+    """The :class:`UtteranceSpan` of every :class:`UtteranceFinal` in ``events``."""
+    return [
+        UtteranceSpan(
+            file=file,
+            channel=channel,
+            utterance=e.utterance,
+            start_sample=e.start_sample,
+            end_sample=e.end_sample,
+            reason=e.reason,
+            degraded=e.degraded,
+            summary=e.summary,
+        )
+        for e in events
+        if isinstance(e, UtteranceFinal)
+    ]
+
+
+def segment_file(
+    path: str | Path,
+    *,
+    vad: SileroVad | None = None,
+    config: SegmenterConfig | None = None,
+    chunk_ms: int = DEFAULT_CHUNK_MS,
+    encoding: str = PCM_S16LE,
+) -> list[UtteranceSpan]:
+    """Segment an audio file offline through the streaming core (the reference for streaming).
+
+    The file (any rate soundfile reads, mono or multichannel) is cut into ``chunk_ms`` chunks
+    encoded as ``encoding`` — what a producer would publish — and each channel runs through
+    its own :class:`ChannelSegmenter`, VAD batched across channels. Spans are ordered by
+    channel, then time.
+
+    >>> from streamscribe.processors.asr import bundled_recording
+    >>> spans = segment_file(bundled_recording("beckett.wav"))
+    >>> len(spans), spans[0].to_dict()["start_ms"], spans[0].to_dict()["end_ms"]
+    (6, 152.0, 1316.0)
+    """
+    import soundfile as sf
+
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    cfg = config or SegmenterConfig()
+    if rate not in cfg.validation.sample_rates:
+        cfg = replace(cfg, validation=replace(cfg.validation, sample_rates=(int(rate),)))
+    model = vad or SileroVad()
+    segmenters = Segmenters(model)
+    segs = [ChannelSegmenter(model, cfg) for _ in range(data.shape[1])]
+    per_channel = [
+        make_chunks(data[:, ch], int(rate), chunk_ms, encoding) for ch in range(len(segs))
+    ]
+    events: list[list[Event]] = [[] for _ in segs]
+    for step in range(len(per_channel[0])):
+        for ch, out in enumerate(segmenters.step(segs, [chunks[step] for chunks in per_channel])):
+            if out.error is not None:
+                raise out.error
+            events[ch].extend(out.events)
+    return [s for ch, ev in enumerate(events) for s in spans_from_events(str(path), ch, ev)]

@@ -40,13 +40,16 @@ import json
 import struct
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from streamscribe.core.errors import SegmenterError
-from streamscribe.schemas.pcm import PCM_S16LE
+from streamscribe.schemas.pcm import PCM_S16LE, Float32Array
+
+if TYPE_CHECKING:
+    from streamscribe.core.settings import Settings
 
 DEFAULT_WINDOW_CHUNKS: Final = 8
 DEFAULT_GAP_TIMEOUT_MS: Final = 1000
@@ -122,7 +125,12 @@ def unpack_state(data: bytes, kind: str) -> PackedState:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One chunk of one channel as it arrives; ``payload`` is opaque to the jitter buffer."""
+    """One chunk of one channel as it arrives; ``payload`` is opaque to the jitter buffer.
+
+    ``samples`` are the decoded payload once the chunk was admitted
+    (:func:`~streamscribe.processors.validate.admit`); a bare chunk has ``None`` there and
+    is validated and decoded where it is consumed. They are not part of its identity.
+    """
 
     seq: int
     position: int
@@ -132,6 +140,7 @@ class Chunk:
     encoding: str = PCM_S16LE
     end_of_stream: bool = False
     duration_ms: float | None = None
+    samples: Float32Array | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -184,7 +193,7 @@ class JitterConfig:
             raise ValueError("window_chunks must be >= 1 and gap_timeout_ms >= 0")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> JitterConfig:
+    def from_settings(cls, settings: Settings) -> JitterConfig:
         """Build from a :class:`streamscribe.core.settings.Settings`."""
         return cls(
             window_chunks=settings.jitter_window_chunks, gap_timeout_ms=settings.gap_timeout_ms
@@ -306,10 +315,10 @@ class JitterBuffer:
 
     # ---------------------------------------------------------------- state
 
-    def to_bytes(self) -> bytes:
-        """Compact state: JSON header + held payloads as one byte array."""
+    def state_meta(self) -> dict[str, Any]:
+        """The state's scalars (the held payloads travel in :meth:`state_arrays`)."""
         held = sorted(self._held.values(), key=lambda c: c.seq)
-        meta = {
+        return {
             "next_seq": self.next_seq,
             "next_position": self.next_position,
             "finished": self.finished,
@@ -329,27 +338,47 @@ class JitterBuffer:
                 for c in held
             ],
         }
-        payloads = np.frombuffer(b"".join(c.payload for c in held), dtype=np.uint8)
-        return pack_state("jitter", meta, {"payloads": payloads} if held else None)
+
+    def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """The held payloads, as one byte array (none when nothing is held)."""
+        if not self._held:
+            return {}
+        held = sorted(self._held.values(), key=lambda c: c.seq)
+        return {"payloads": np.frombuffer(b"".join(c.payload for c in held), dtype=np.uint8)}
 
     @classmethod
-    def from_bytes(cls, data: bytes, config: JitterConfig | None = None) -> JitterBuffer:
-        """Restore a buffer saved by :meth:`to_bytes`."""
-        state = unpack_state(data, "jitter")
-        m = state.meta
-        blob = state.arrays["payloads"].tobytes() if "payloads" in state.arrays else b""
+    def from_state(
+        cls,
+        meta: dict[str, Any],
+        arrays: Mapping[str, npt.NDArray[Any]],
+        config: JitterConfig | None = None,
+    ) -> JitterBuffer:
+        """Inverse of :meth:`state_meta` + :meth:`state_arrays` (held chunks come back bare)."""
+        blob = arrays["payloads"].tobytes() if "payloads" in arrays else b""
         held: dict[int, Chunk] = {}
         offset = 0
-        for seq, pos, n, sr, enc, eos, dur, length in m["held"]:
+        for seq, pos, n, sr, enc, eos, dur, length in meta["held"]:
             held[seq] = Chunk(seq, pos, n, sr, blob[offset : offset + length], enc, eos, dur)
             offset += length
         names = {f.name for f in fields(ReassemblyCounters)}
         return cls(
             config=config or JitterConfig(),
-            counters=ReassemblyCounters(**{k: v for k, v in m["counters"].items() if k in names}),
-            next_seq=m["next_seq"],
-            next_position=m["next_position"],
-            finished=m["finished"],
+            counters=ReassemblyCounters(
+                **{k: v for k, v in meta["counters"].items() if k in names}
+            ),
+            next_seq=meta["next_seq"],
+            next_position=meta["next_position"],
+            finished=meta["finished"],
             _held=held,
-            _gap_ranges=[_GapRange(a, b) for a, b in m["gaps"]],
+            _gap_ranges=[_GapRange(a, b) for a, b in meta["gaps"]],
         )
+
+    def to_bytes(self) -> bytes:
+        """Compact state on its own: JSON header + held payloads as one byte array."""
+        return pack_state("jitter", self.state_meta(), self.state_arrays() or None)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, config: JitterConfig | None = None) -> JitterBuffer:
+        """Restore a buffer saved by :meth:`to_bytes`."""
+        state = unpack_state(data, "jitter")
+        return cls.from_state(state.meta, state.arrays, config)

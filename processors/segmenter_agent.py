@@ -1,12 +1,16 @@
 """The segmenter agent: a thin faust loop around :class:`StreamSegmenter`.
 
 Reads ``streamscribe.audio`` as raw bytes in batches; for each event: decode the
-``AudioChunk`` (or a :class:`~streamscribe.schemas.control.Tick`), check its key, validate
-its payload — a failure becomes a dead letter and the session goes on. Valid arrivals are
-grouped by channel and handed, with each channel's state from the ``segmenter-channels``
-table, to the core in the executor (VAD is CPU work). Back on the loop: utterance messages
-and session events are sent, the new state is written to the table, finished channels are
-deleted. Ticks finalise sessions idle for longer than ``idle_timeout_s``.
+``AudioChunk`` and check its key (:func:`~streamscribe.processors.segmenter_sessions.
+parse_arrival`), or take it as a :class:`~streamscribe.schemas.control.Tick` — a failure
+becomes a dead letter and the session goes on. Arrivals are grouped by channel and handed,
+with each channel's in-memory state (:class:`~streamscribe.processors.segmenter_sessions.
+ChannelStates`; rebuilt from the ``segmenter-channels`` table on a miss), to the core in
+the executor (admission, resampling and VAD are CPU work). Back on the loop: chunks the core
+rejected become dead letters, utterance messages and session events are sent, the state's
+changelog copy is written to the table (the full state after each batch), finished channels
+are deleted. Ticks finalise sessions idle for longer than ``idle_timeout_s``. A partition
+revoke drops that partition's in-memory states.
 
 See :mod:`streamscribe.processors.faust_app` for the delivery guarantee.
 """
@@ -22,7 +26,7 @@ from typing import Any
 
 import faust
 
-from streamscribe.core.errors import ContractError, StreamscribeError
+from streamscribe.core.errors import StreamscribeError
 from streamscribe.core.settings import Settings
 from streamscribe.processors.faust_app import (
     StageTopics,
@@ -32,25 +36,28 @@ from streamscribe.processors.faust_app import (
     send_dead_letter,
 )
 from streamscribe.processors.reassembly import JitterConfig
-from streamscribe.processors.segmenter import SegmenterConfig
+from streamscribe.processors.segmenter_sessions import (
+    ChannelStates,
+    end_channel,
+    idle_sessions,
+    parse_arrival,
+    touch_session,
+)
+from streamscribe.processors.segmenter_types import SegmenterConfig
 from streamscribe.processors.stream_segmenter import (
     Arrival,
     ChannelBatch,
     ChannelKey,
     ChannelResult,
-    Stamps,
     StreamSegmenter,
 )
 from streamscribe.processors.vad import SileroVad
-from streamscribe.processors.validate import ValidationConfig, decode_checked
-from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import TICK_KEY, Tick, is_tick
 from streamscribe.schemas.events import now_us
 
 log = logging.getLogger(__name__)
 
 STAGE = "segmenter"
-SESSION_TOUCH_EVERY_S = 1.0  # how often a live session's "last seen" is written
 
 
 class SegmenterStage:
@@ -60,10 +67,10 @@ class SegmenterStage:
         self.settings = settings
         self.topics = topics
         self.executor = executor
-        self.validation = ValidationConfig(max_payload_bytes=settings.max_payload_bytes)
         self.seg_config = SegmenterConfig.from_settings(settings)
         self.jitter_config = JitterConfig.from_settings(settings)
         self.core: StreamSegmenter | None = None
+        self.states = ChannelStates()
         p = settings.partitions
         self.channels = app.Table(
             "segmenter-channels",
@@ -92,6 +99,12 @@ class SegmenterStage:
                 settings.segmenter_batch_max, within=settings.segmenter_batch_wait_s
             ):
                 await guarded(self.handle, list(events), STAGE)
+
+        @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's handler type
+        async def drop_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+            (revoked,) = args  # the set of TPs taken from this worker
+            dropped = self.states.drop_partitions({tp.partition for tp in revoked})
+            log.info("partitions revoked: %d in-memory channel states dropped", dropped)
 
         @app.timer(interval=max(0.5, settings.idle_timeout_s / 4))
         async def idle_ticks() -> None:
@@ -122,12 +135,12 @@ class SegmenterStage:
         ticks = []
         for ev in events:
             with event_scope(ev):
+                msg = ev.message
                 try:
-                    value = ev.message.value
-                    if is_tick(value):
+                    if is_tick(msg.value):
                         ticks.append(ev)
                         continue
-                    arrival = self._arrival(ev, received)
+                    arrival = parse_arrival(msg.value, msg.key, msg.timestamp, received, ev)
                     key = ChannelKey(arrival.chunk.session_id, arrival.chunk.channel)
                     by_channel.setdefault(key, []).append(arrival)
                 except StreamscribeError as err:
@@ -136,7 +149,7 @@ class SegmenterStage:
                         self.topics, ev, err, stage=STAGE, session_id=_key_text(ev)
                     )
         if by_channel:
-            batches = [ChannelBatch(k, self.channels.get(str(k)), a) for k, a in by_channel.items()]
+            batches = [ChannelBatch(k, self._state(k), a) for k, a in by_channel.items()]
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(self.executor, core.process, batches)
             for batch, res in zip(batches, results, strict=True):
@@ -148,24 +161,9 @@ class SegmenterStage:
         self.stats["batches"] += 1
         self.stats["chunks"] += sum(len(a) for a in by_channel.values())
 
-    def _arrival(self, ev: Any, received: int) -> Arrival:
-        msg = ev.message
-        chunk = AudioChunk.decode(msg.value)
-        key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
-        if key != chunk.session_id:
-            raise ContractError(
-                f"message key {key!r} is not the chunk's session id {chunk.session_id!r}",
-                raw=msg.value,
-            )
-        decode_checked(
-            chunk.payload,
-            encoding=chunk.encoding,
-            sample_rate=chunk.sample_rate,
-            n_samples=chunk.n_samples,
-            config=self.validation,
-        )
-        broker_us = int(msg.timestamp * 1_000_000) if msg.timestamp else received
-        return Arrival(chunk, Stamps(chunk.captured_at_us, broker_us, received), ev)
+    def _state(self, key: ChannelKey) -> Any:
+        """The channel's state: in memory, else its changelog copy, else None (a new one)."""
+        return self.states.get(key) or self.channels.get(str(key))
 
     async def _apply(self, res: ChannelResult, last_ref: Any) -> None:
         for ref, err in res.rejected:
@@ -175,6 +173,7 @@ class SegmenterStage:
                     self.topics, ref, err, stage=STAGE, session_id=res.key.session_id
                 )
         if res.failed is not None:
+            self.states.drop(res.key)  # maybe half-changed: rebuild from the table next time
             log.error("channel %s failed: %s", res.key, res.failed.reason)
             with event_scope(last_ref):
                 await send_dead_letter(
@@ -194,56 +193,46 @@ class SegmenterStage:
             with event_scope(ref or last_ref):
                 await self.topics.events.send(key=key, value=sev.encode())
         with event_scope(last_ref):
-            if res.state is None:
+            if res.ended:
+                self.states.drop(res.key)
                 self.channels.pop(str(res.key), None)
                 self._end_channel(res.key)
-            else:
-                self.channels[str(res.key)] = res.state
+            elif res.state is not None:
+                self.states.put(res.key, last_ref.message.partition, res.state)
+                self.channels[str(res.key)] = res.state.to_bytes()
 
     # --------------------------------------------------------------- sessions
     def _touch_sessions(self, by_channel: OrderedDict[ChannelKey, list[Arrival]]) -> None:
         for key, arrivals in by_channel.items():
             ref = arrivals[-1].ref
             with event_scope(ref):
-                doc = dict(self.sessions.get(key.session_id) or {})
-                if not doc and str(key) not in self.channels:
-                    continue  # the session already ended in this batch
-                chans = set(doc.get("channels", [])) | {key.channel}
-                chans -= set(doc.get("ended", []))
-                if not chans and doc:
-                    continue
-                now = time.time()
-                fresh = now - doc.get("last", 0) < SESSION_TOUCH_EVERY_S
-                if doc and fresh and sorted(chans) == doc.get("channels"):
-                    continue  # nothing new to remember; keeps the changelog small
-                doc.update(p=ref.message.partition, last=now, channels=sorted(chans))
-                doc.setdefault("ended", [])
-                self.sessions[key.session_id] = doc
+                doc = touch_session(
+                    self.sessions.get(key.session_id),
+                    key.channel,
+                    ref.message.partition,
+                    time.time(),
+                    live=str(key) in self.channels,
+                )
+                if doc is not None:
+                    self.sessions[key.session_id] = doc
 
     def _end_channel(self, key: ChannelKey) -> None:
-        doc = dict(self.sessions.get(key.session_id) or {"channels": [], "ended": []})
-        ended = sorted(set(doc.get("ended", [])) | {key.channel})
-        remaining = [c for c in doc.get("channels", []) if c not in ended]
-        if remaining:
-            doc.update(ended=ended, channels=remaining)
-            self.sessions[key.session_id] = doc
-        else:
+        doc = end_channel(self.sessions.get(key.session_id), key.channel)
+        if doc is None:
             self.sessions.pop(key.session_id, None)
+        else:
+            self.sessions[key.session_id] = doc
 
     async def _idle_scan(self, tick: Any) -> None:
         partition = tick.message.partition
         deadline = time.time() - self.settings.idle_timeout_s
-        idle = [
-            (sid, doc)
-            for sid, doc in list(self.sessions.items())
-            if doc and doc.get("p") == partition and doc.get("last", 0) < deadline
-        ]
+        idle = idle_sessions(list(self.sessions.items()), partition, deadline)
         core = await self.ensure_core()
         loop = asyncio.get_running_loop()
-        for sid, doc in idle:
-            for ch in doc.get("channels", []):
-                key = ChannelKey(sid, int(ch))
-                state = self.channels.get(str(key))
+        for sid, channels in idle:
+            for ch in channels:
+                key = ChannelKey(sid, ch)
+                state = self._state(key)
                 if state is None:
                     continue
                 res = await loop.run_in_executor(self.executor, core.finish_idle, key, state, tick)

@@ -1,20 +1,27 @@
 """The segmenter stage core: arrivals of many channels in, contract messages out. No Kafka.
 
-Per (session, channel) it chains :class:`~streamscribe.processors.reassembly.JitterBuffer`
-and :class:`~streamscribe.processors.segmenter.ChannelSegmenter`, batches the VAD across
-all channels of a batch (:func:`~streamscribe.processors.segmenter.segment_many`), and maps
-the core events onto the contract: :class:`UtteranceMessage` (update deltas and finals with
-a ``part`` index per utterance, for dedupe downstream) and :class:`SessionEvent`.
+Per (session, channel) it admits each arrival (:func:`~streamscribe.processors.validate.
+admit`: every check, and the payload decoded once — a bad chunk is rejected with a reason
+before it reaches the jitter buffer, and the channel goes on), chains
+:class:`~streamscribe.processors.reassembly.JitterBuffer` and
+:class:`~streamscribe.processors.channel_segmenter.ChannelSegmenter`, batches the VAD
+across all channels of a batch (:meth:`~streamscribe.processors.channel_segmenter.
+Segmenters.step`), and maps the core events onto the contract: :class:`UtteranceMessage`
+(update deltas and finals with a ``part`` index per utterance, for dedupe downstream) and
+:class:`SessionEvent`.
 
-The whole per-channel state is one ``bytes`` value (:class:`ChannelState`), which the faust
-agent keeps in a changelog table. Feeding the same arrivals to a state restored from those
-bytes gives the same messages, byte for byte: that is what makes a crash recoverable.
+The whole per-channel state is one :class:`ChannelState` object, kept in memory by the
+caller between batches and changed in place by :meth:`StreamSegmenter.process`; its one
+codec (:meth:`ChannelState.to_bytes`, a single :func:`~streamscribe.processors.reassembly.
+pack_state` blob) is the changelog copy. Feeding the same arrivals to a state restored from
+those bytes gives the same messages, byte for byte: that is what makes a crash recoverable.
 
 Example::
 
     from streamscribe.processors.stream_segmenter import StreamSegmenter, Arrival
     core = StreamSegmenter(SileroVad())
-    outs = core.process([ChannelBatch(key, None, [Arrival(chunk, stamps, ref=None)])])
+    (res,) = core.process([ChannelBatch(key, None, [Arrival(chunk, stamps, ref=None)])])
+    table[str(key)] = res.state.to_bytes()  # the changelog copy; keep res.state in memory
 """
 
 from __future__ import annotations
@@ -27,18 +34,25 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from streamscribe.core.errors import SegmenterError, StreamscribeError
-from streamscribe.processors.reassembly import Chunk, Gap, Item, JitterBuffer, JitterConfig
-from streamscribe.processors.segmenter import (
-    ChannelSegmenter,
+from streamscribe.processors.channel_segmenter import ChannelSegmenter, Segmenters
+from streamscribe.processors.reassembly import (
+    Gap,
+    Item,
+    JitterBuffer,
+    JitterConfig,
+    pack_state,
+    unpack_state,
+)
+from streamscribe.processors.segmenter_types import (
     GapInserted,
     SegmenterConfig,
     SpeechEnded,
     SpeechStarted,
     UtteranceFinal,
     UtteranceUpdate,
-    segment_many,
 )
 from streamscribe.processors.vad import SileroVad
+from streamscribe.processors.validate import admit
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.events import (
     EVENT_GAP,
@@ -54,8 +68,8 @@ from streamscribe.schemas.utterances import KIND_FINAL, KIND_UPDATE, UtteranceMe
 
 log = logging.getLogger(__name__)
 
-STATE_MAGIC: Final = b"SSCH"
-_LENS: Final = struct.Struct("<III")
+STATE_KIND: Final = "channel"
+JITTER_ARRAY_PREFIX: Final = "jitter_"
 RATE: Final = 16000
 
 
@@ -79,7 +93,7 @@ class Stamps:
 
 @dataclass(frozen=True)
 class Arrival:
-    """One validated chunk as it arrived, with an opaque handle (the faust event)."""
+    """One chunk as it arrived (decoded from Avro, not yet admitted), with an opaque handle."""
 
     chunk: AudioChunk
     stamps: Stamps
@@ -88,22 +102,27 @@ class Arrival:
 
 @dataclass
 class ChannelBatch:
+    """One channel's arrivals in a batch, with its state: the in-memory object, the
+    changelog copy to rebuild it from (``bytes``), or ``None`` for a channel not seen yet."""
+
     key: ChannelKey
-    state: bytes | None
+    state: ChannelState | bytes | None
     arrivals: list[Arrival]
 
 
 @dataclass
 class ChannelResult:
     """What a batch did to one channel: messages to send (with the handle that caused
-    each), chunks rejected, and the new state (``None`` = channel finished, delete it)."""
+    each), chunks rejected, and its state after the batch (``None``: it has none — it
+    ``ended`` here, or no arrival of a new channel was admitted). When ``failed`` is set the
+    state object passed in may be half-changed: rebuild it from its changelog copy."""
 
     key: ChannelKey
     utterances: list[tuple[UtteranceMessage, Any]] = field(default_factory=list)
     events: list[tuple[SessionEvent, Any]] = field(default_factory=list)
     rejected: list[tuple[Any, StreamscribeError]] = field(default_factory=list)
-    state: bytes | None = None
-    finished: bool = False
+    state: ChannelState | None = None
+    ended: bool = False  # the channel finished in this batch: delete its table entry
     failed: StreamscribeError | None = None
 
 
@@ -118,30 +137,32 @@ class ChannelState:
     degraded: bool = False
 
     def to_bytes(self) -> bytes:
-        j = self.jitter.to_bytes()
-        s = self.seg.to_bytes()
-        head = json.dumps(
-            {
-                "role": self.role,
-                "parts": {str(k): v for k, v in self.parts.items()},
-                "degraded": self.degraded,
-            }
-        ).encode()
-        return STATE_MAGIC + _LENS.pack(len(j), len(s), len(head)) + j + s + head
+        """The changelog copy: one header (jitter, segmenter, contract bookkeeping) + buffers."""
+        meta = {
+            "role": self.role,
+            "parts": {str(k): v for k, v in self.parts.items()},
+            "degraded": self.degraded,
+            "jitter": self.jitter.state_meta(),
+            "seg": self.seg.state_meta(),
+        }
+        arrays = dict(self.seg.state_arrays())
+        for name, arr in self.jitter.state_arrays().items():
+            arrays[JITTER_ARRAY_PREFIX + name] = arr
+        return pack_state(STATE_KIND, meta, arrays)
 
     @classmethod
     def from_bytes(
         cls, data: bytes, vad: SileroVad, seg_config: SegmenterConfig, jitter_config: JitterConfig
     ) -> ChannelState:
-        if data[:4] != STATE_MAGIC:
-            raise SegmenterError("not a channel state")
-        lj, ls, lh = _LENS.unpack_from(data, 4)
-        o = 4 + _LENS.size
-        jitter = JitterBuffer.from_bytes(data[o : o + lj], jitter_config)
-        seg = ChannelSegmenter.from_bytes(data[o + lj : o + lj + ls], vad, seg_config)
-        head = json.loads(data[o + lj + ls : o + lj + ls + lh])
-        parts = {int(k): int(v) for k, v in head["parts"].items()}
-        return cls(jitter, seg, head["role"], parts, bool(head.get("degraded", False)))
+        """Inverse of :meth:`to_bytes`; :class:`SegmenterError` if it is not a channel state."""
+        s = unpack_state(data, STATE_KIND)
+        m, a = s.meta, s.arrays
+        n = len(JITTER_ARRAY_PREFIX)
+        jitter_arrays = {k[n:]: v for k, v in a.items() if k.startswith(JITTER_ARRAY_PREFIX)}
+        jitter = JitterBuffer.from_state(m["jitter"], jitter_arrays, jitter_config)
+        seg = ChannelSegmenter.from_state(m["seg"], a, vad, seg_config)
+        parts = {int(k): int(v) for k, v in m["parts"].items()}
+        return cls(jitter, seg, m["role"], parts, bool(m.get("degraded", False)))
 
 
 class StreamSegmenter:
@@ -156,6 +177,7 @@ class StreamSegmenter:
         origin: str | None = None,
     ) -> None:
         self.vad = vad
+        self.segmenters = Segmenters(vad)
         self.origin = origin
         self.seg_config = seg_config or SegmenterConfig()
         self.jitter_config = jitter_config or JitterConfig()
@@ -170,62 +192,56 @@ class StreamSegmenter:
     def load(self, data: bytes) -> ChannelState:
         return ChannelState.from_bytes(data, self.vad, self.seg_config, self.jitter_config)
 
+    def _resolve(self, state: ChannelState | bytes) -> ChannelState:
+        return state if isinstance(state, ChannelState) else self.load(state)
+
     # ---------------------------------------------------------------- batches
     def process(self, batches: list[ChannelBatch]) -> list[ChannelResult]:
-        """Feed each channel's arrivals (in order); VAD batched across channels."""
+        """Feed each channel's arrivals (in order); VAD batched across channels.
+
+        Each arrival is admitted (checked, decoded once); a rejected one is reported in
+        ``rejected`` and the channel goes on without it. States passed in are changed in place.
+        """
         results: list[ChannelResult] = []
         live: list[tuple[ChannelState, ChannelResult, list[tuple[Item, Arrival]]]] = []
+        validation = self.seg_config.validation
         for b in batches:
             res = ChannelResult(b.key)
             results.append(res)
             try:
-                first = b.state is None
-                st = (
-                    self.new_state(b.arrivals[0].chunk.role)
-                    if b.state is None
-                    else self.load(b.state)
-                )
+                st = None if b.state is None else self._resolve(b.state)
                 queue: list[tuple[Item, Arrival]] = []
                 for a in b.arrivals:
-                    if first and a is b.arrivals[0]:
-                        res.events.append(
-                            (
-                                self._event(
-                                    b.key,
-                                    EVENT_SESSION_START,
-                                    0.0,
-                                    None,
-                                    {
-                                        "role": st.role,
-                                        "sample_rate": a.chunk.sample_rate,
-                                        "encoding": a.chunk.encoding,
-                                        "meta": a.chunk.session_meta.to_dict()
-                                        if a.chunk.session_meta
-                                        else None,
-                                    },
-                                ),
-                                a.ref,
-                            )
-                        )
-                    for item in st.jitter.push(_to_item(a.chunk)):
+                    try:
+                        chunk = admit(a.chunk, validation)
+                    except StreamscribeError as exc:
+                        res.rejected.append((a.ref, exc))
+                        continue
+                    if st is None:
+                        st = self.new_state(a.chunk.role)
+                        res.events.append((self._session_start(b.key, st, a), a.ref))
+                    for item in st.jitter.push(chunk):
                         queue.append((item, a))
-                live.append((st, res, queue))
             except StreamscribeError as exc:
                 res.failed = exc
-            except (ValueError, KeyError, struct.error) as exc:
+                continue
+            except (ValueError, KeyError, TypeError, struct.error) as exc:
                 res.failed = SegmenterError(f"channel state unreadable: {exc}")
+                continue
+            if st is not None:
+                live.append((st, res, queue))
         self._run_rounds(live)
         for st, res, _ in live:
             if res.failed is None:
                 self._close_if_finished(st, res)
         return results
 
-    def finish_idle(self, key: ChannelKey, data: bytes, ref: Any) -> ChannelResult:
+    def finish_idle(self, key: ChannelKey, state: ChannelState | bytes, ref: Any) -> ChannelResult:
         """Idle timeout: declare what is missing, close the open utterance, end the channel."""
         res = ChannelResult(key)
         try:
-            st = self.load(data)
-        except (StreamscribeError, ValueError, KeyError, struct.error) as exc:
+            st = self._resolve(state)
+        except (StreamscribeError, ValueError, KeyError, TypeError, struct.error) as exc:
             res.failed = SegmenterError(f"channel state unreadable: {exc}")
             return res
         fake = Arrival(_EMPTY_CHUNK, Stamps(0, 0, 0), ref)
@@ -245,7 +261,7 @@ class StreamSegmenter:
                 ref,
             )
         )
-        res.finished = True
+        res.ended = True
         res.state = None
         return res
 
@@ -258,7 +274,9 @@ class StreamSegmenter:
             group = [(st, res, q[r]) for st, res, q in live if r < len(q) and res.failed is None]
             if not group:
                 continue
-            outs = segment_many([st.seg for st, _, _ in group], [it for _, _, (it, _) in group])
+            outs = self.segmenters.step(
+                [st.seg for st, _, _ in group], [it for _, _, (it, _) in group]
+            )
             for (st, res, (item, arrival)), out in zip(group, outs, strict=True):
                 if out.error is not None:
                     res.rejected.append((arrival.ref, out.error))
@@ -274,7 +292,7 @@ class StreamSegmenter:
                     self._emit(st, res, out.events, arrival, res.key)
         for st, res, _ in live:
             if res.failed is None:
-                res.state = st.to_bytes()
+                res.state = st
 
     def _close_if_finished(self, st: ChannelState, res: ChannelResult) -> None:
         if st.jitter.finished and st.seg.ended:
@@ -291,8 +309,19 @@ class StreamSegmenter:
                     ref,
                 )
             )
-            res.finished = True
+            res.ended = True
             res.state = None
+
+    def _session_start(self, key: ChannelKey, st: ChannelState, a: Arrival) -> SessionEvent:
+        c = a.chunk
+        meta = c.session_meta.to_dict() if c.session_meta else None
+        details = {
+            "role": st.role,
+            "sample_rate": c.sample_rate,
+            "encoding": c.encoding,
+            "meta": meta,
+        }
+        return self._event(key, EVENT_SESSION_START, 0.0, None, details)
 
     def _event(
         self,
@@ -394,18 +423,6 @@ class StreamSegmenter:
             summary_json=json.dumps(ev.summary.to_dict()),
             **common,
         )
-
-
-def _to_item(c: AudioChunk) -> Chunk:
-    return Chunk(
-        seq=c.seq,
-        position=c.position,
-        n_samples=c.n_samples,
-        sample_rate=c.sample_rate,
-        payload=c.payload,
-        encoding=c.encoding,
-        end_of_stream=c.end_of_stream,
-    )
 
 
 _EMPTY_CHUNK = AudioChunk(

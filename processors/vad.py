@@ -36,7 +36,6 @@ import numpy as np
 import onnxruntime as ort
 
 from streamscribe.core.errors import SegmenterError
-from streamscribe.processors.reassembly import pack_state, unpack_state
 from streamscribe.schemas.pcm import Float32Array
 
 VAD_RATE: Final = 16000
@@ -68,16 +67,6 @@ class VadState:
     def skip(self, frame: Float32Array) -> VadState:
         """State after a frame that was not run (energy gate): context moves, rnn is kept."""
         return VadState(self.rnn, np.array(frame[-CONTEXT_SAMPLES:], dtype=np.float32))
-
-    def to_bytes(self) -> bytes:
-        """1.3 KB: the two float32 arrays behind a small header."""
-        return pack_state("vad", {}, {"rnn": self.rnn, "ctx": self.context})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> VadState:
-        """Inverse of :meth:`to_bytes`."""
-        s = unpack_state(data, "vad")
-        return cls(s.arrays["rnn"].astype(np.float32), s.arrays["ctx"].astype(np.float32))
 
 
 class VadBatch(NamedTuple):

@@ -1,19 +1,18 @@
-"""Validation of decoded chunks: reject with a reason, or return float32 samples.
+"""Validation: a chunk is rejected with a reason, or decoded (once) to float32 samples.
 
 A chunk is rejected (:class:`~streamscribe.core.errors.ValidationError`, carrying the raw
 payload) when its encoding is unknown, its sample rate is not supported, its payload is over
-the size limit, its payload length is not ``n_samples`` times the bytes per sample, its
-declared duration disagrees with ``n_samples / sample_rate``, or a float payload holds NaN
-or infinity. Checks run before any state changes, so a rejected chunk leaves the channel
-exactly as it was.
+the size limit, its payload length is not ``n_samples`` (the declared duration) times the
+bytes per sample, a declared ``duration_ms`` disagrees with ``n_samples / sample_rate``, or
+a float payload holds NaN or infinity. Checks run before any state changes, so a rejected
+chunk leaves the channel exactly as it was.
 
-:class:`ChunkValidator` adds two optional, stateful conditioners, both chunking-invariant
-(the same output whatever the chunk boundaries):
-
-- DC removal: a one-pole high-pass ``y[n] = g(x[n] - x[n-1]) + a y[n-1]`` with unity gain
-  at Nyquist and a configurable corner (default 20 Hz);
-- peak normalisation: gain ``target / running_peak`` where the running peak is tracked per
-  sample and floored so the gain never exceeds ``max_gain``.
+:func:`admit` is the one place a contract :class:`~streamscribe.schemas.audio.AudioChunk`
+becomes a stage item: it runs every check and decodes the payload once
+(:func:`~streamscribe.schemas.pcm.decode_payload`), returning a
+:class:`~streamscribe.processors.reassembly.Chunk` that carries its samples; the segmenter
+never decodes an admitted chunk again. :func:`check_chunk` does the same for a bare
+:class:`Chunk` (offline tools, tests).
 
 Example::
 
@@ -32,15 +31,14 @@ Example::
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
-from scipy.signal import lfilter
 
 from streamscribe.core.errors import ValidationError
-from streamscribe.processors.reassembly import Chunk, pack_state, unpack_state
+from streamscribe.processors.reassembly import Chunk
+from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.pcm import (
     BYTES_PER_SAMPLE,
     ENCODINGS,
@@ -53,22 +51,14 @@ from streamscribe.schemas.pcm import (
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 1 << 20
 # A declared duration may be rounded to whole milliseconds by the producer.
 DURATION_TOLERANCE_MS: Final = 1.0
-DEFAULT_DC_CUTOFF_HZ: Final = 20.0
-DEFAULT_PEAK_TARGET: Final = 0.9
-DEFAULT_MAX_GAIN: Final = 10.0
 
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """What validation accepts and how it conditions samples (settings ``max_payload_bytes``)."""
+    """What validation accepts (setting ``max_payload_bytes``)."""
 
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     sample_rates: tuple[int, ...] = SUPPORTED_SAMPLE_RATES
-    remove_dc: bool = False
-    dc_cutoff_hz: float = DEFAULT_DC_CUTOFF_HZ
-    normalize_peak: bool = False
-    peak_target: float = DEFAULT_PEAK_TARGET
-    max_gain: float = DEFAULT_MAX_GAIN
 
 
 def decode_checked(
@@ -118,69 +108,47 @@ def decode_checked(
     return samples
 
 
-@dataclass
-class ChunkValidator:
-    """Per-channel validator with the optional DC-removal and peak-normalisation state.
+def check_chunk(chunk: Chunk, config: ValidationConfig | None = None) -> Float32Array:
+    """The samples of ``chunk``: its admitted ones, else validated and decoded now."""
+    if chunk.samples is not None:
+        return chunk.samples
+    return decode_checked(
+        chunk.payload,
+        encoding=chunk.encoding,
+        sample_rate=chunk.sample_rate,
+        n_samples=chunk.n_samples,
+        duration_ms=chunk.duration_ms,
+        config=config,
+    )
 
-    >>> v = ChunkValidator(ValidationConfig(remove_dc=True))
-    >>> c = Chunk(seq=0, position=0, n_samples=16000, sample_rate=16000,
-    ...           payload=np.full(16000, 0.5, "<f4").tobytes(), encoding="pcm_f32le")
-    >>> abs(float(v.process(c)[-1])) < 1e-3   # a constant offset decays away
-    True
+
+def admit(audio: AudioChunk, config: ValidationConfig | None = None) -> Chunk:
+    """Validate a contract chunk and decode its payload once; :class:`ValidationError` if bad.
+
+    >>> from streamscribe.schemas.pcm import encode_payload
+    >>> c = AudioChunk(session_id="s", channel=0, role="mic", seq=3, position=4800,
+    ...                n_samples=2, sample_rate=16000, encoding="pcm_s16le",
+    ...                captured_at_us=1, payload=encode_payload([0.5, -0.5], "pcm_s16le"))
+    >>> item = admit(c)
+    >>> item.seq, item.position, item.duration_ms, item.samples.tolist()
+    (3, 4800, 0.125, [0.5, -0.5])
     """
-
-    config: ValidationConfig = field(default_factory=ValidationConfig)
-    dc_x: float = 0.0  # last input sample of the high-pass
-    dc_y: float = 0.0  # last output sample of the high-pass
-    peak: float = 0.0  # running peak seen by the normaliser
-
-    def process(self, chunk: Chunk) -> Float32Array:
-        """Validate and decode ``chunk``, then condition it; state changes only on success."""
-        samples = decode_checked(
-            chunk.payload,
-            encoding=chunk.encoding,
-            sample_rate=chunk.sample_rate,
-            n_samples=chunk.n_samples,
-            duration_ms=chunk.duration_ms,
-            config=self.config,
-        )
-        return self.condition(samples, chunk.sample_rate)
-
-    def condition(self, samples: Float32Array, sample_rate: int) -> Float32Array:
-        """Apply the enabled conditioners to already valid samples (also used for gap silence)."""
-        out = samples
-        if self.config.remove_dc and len(out):
-            a = math.exp(-2.0 * math.pi * self.config.dc_cutoff_hz / sample_rate)
-            g = (1.0 + a) / 2.0
-            x = out.astype(np.float64)
-            # zi for lfilter([g, -g], [1, -a]) continuing from (x[-1], y[-1]).
-            zi = np.array([a * self.dc_y - g * self.dc_x])
-            y, _ = lfilter([g, -g], [1.0, -a], x, zi=zi)
-            self.dc_x, self.dc_y = float(x[-1]), float(y[-1])
-            out = y.astype(np.float32)
-        if self.config.normalize_peak and len(out):
-            floor = self.config.peak_target / self.config.max_gain
-            running = np.maximum.accumulate(np.maximum(np.abs(out), max(self.peak, floor)))
-            self.peak = float(running[-1])
-            out = (out * (self.config.peak_target / running)).astype(np.float32)
-        return out
-
-    def to_bytes(self) -> bytes:
-        """Compact state (three floats)."""
-        return pack_state("validator", self.state_meta())
-
-    def state_meta(self) -> dict[str, Any]:
-        """The state as a JSON-able dict (embedded in the segmenter's state)."""
-        return {"dc_x": self.dc_x, "dc_y": self.dc_y, "peak": self.peak}
-
-    @classmethod
-    def from_meta(
-        cls, meta: dict[str, Any], config: ValidationConfig | None = None
-    ) -> ChunkValidator:
-        """Inverse of :meth:`state_meta`."""
-        return cls(config or ValidationConfig(), meta["dc_x"], meta["dc_y"], meta["peak"])
-
-    @classmethod
-    def from_bytes(cls, data: bytes, config: ValidationConfig | None = None) -> ChunkValidator:
-        """Restore a validator saved by :meth:`to_bytes`."""
-        return cls.from_meta(unpack_state(data, "validator").meta, config)
+    samples = decode_checked(
+        audio.payload,
+        encoding=audio.encoding,
+        sample_rate=audio.sample_rate,
+        n_samples=audio.n_samples,
+        duration_ms=audio.duration_ms,
+        config=config,
+    )
+    return Chunk(
+        seq=audio.seq,
+        position=audio.position,
+        n_samples=audio.n_samples,
+        sample_rate=audio.sample_rate,
+        payload=audio.payload,
+        encoding=audio.encoding,
+        end_of_stream=audio.end_of_stream,
+        duration_ms=audio.duration_ms,
+        samples=samples,
+    )

@@ -252,31 +252,31 @@ def test_sigkill_mid_utterance_loses_nothing(
 
 
 def _offline_audio(path: str) -> dict[int, bytes]:
+    """Each utterance's audio from the core, checked against the whole stream resampled once."""
+    from streamscribe.processors.resample import StreamingResampler
     from streamscribe.processors.segmenter import ChannelSegmenter, UtteranceFinal, UtteranceUpdate
     from streamscribe.processors.vad import SileroVad
-    from streamscribe.schemas.pcm import decode_payload
+    from streamscribe.processors.validate import admit
+    from streamscribe.schemas.pcm import decode_payload, float_to_pcm16
 
     src = read_audio(path)
     seg = ChannelSegmenter(SileroVad())
     audio: dict[int, bytearray] = {}
-    from streamscribe.processors.reassembly import Chunk
-
-    for c in chunk_channel(src, 0, session_id="x", role="speaker"):
-        item = Chunk(
-            seq=c.seq,
-            position=c.position,
-            n_samples=c.n_samples,
-            sample_rate=c.sample_rate,
-            payload=c.payload,
-            encoding=c.encoding,
-            end_of_stream=c.end_of_stream,
-        )
-        for ev in seg.push(item):
+    spans: dict[int, tuple[int, int]] = {}
+    chunks = list(chunk_channel(src, 0, session_id="x", role="speaker"))
+    for c in chunks:
+        for ev in seg.push(admit(c)):
             if isinstance(ev, UtteranceUpdate):
                 audio.setdefault(ev.utterance, bytearray()).extend(ev.pcm16_delta)
             elif isinstance(ev, UtteranceFinal):
                 audio.setdefault(ev.utterance, bytearray()).extend(ev.pcm16_tail)
-    assert decode_payload is not None
+                spans[ev.utterance] = (ev.start_sample, ev.end_sample)
+    samples = np.concatenate([decode_payload(c.payload, c.encoding) for c in chunks])
+    rs = StreamingResampler(chunks[0].sample_rate)
+    stream = float_to_pcm16(np.concatenate([rs.process(samples), rs.flush()])).astype("<i2")
+    assert len(spans) >= 6 and sorted(audio) == sorted(spans)
+    for i, (start, end) in spans.items():
+        assert bytes(audio[i]) == stream[start:end].tobytes(), i
     return {k: bytes(v) for k, v in audio.items()}
 
 

@@ -36,6 +36,7 @@ def _arrivals(session: str) -> list[Arrival]:
 
 
 def _run(core: StreamSegmenter, arrivals: list[Arrival], split_every: int | None) -> list:
+    """Feed ``arrivals`` in batches, keeping between batches only the state's changelog bytes."""
     key = ChannelKey(arrivals[0].chunk.session_id, 0)
     state: bytes | None = None
     utts: list[tuple] = []
@@ -49,7 +50,7 @@ def _run(core: StreamSegmenter, arrivals: list[Arrival], split_every: int | None
             for m, _ in res.utterances
         ]
         events += [(e.kind, e.at_ms, e.utterance) for e, _ in res.events]
-        state = res.state
+        state = None if res.state is None else res.state.to_bytes()
     assert state is None  # end of stream: the channel's state is deleted
     return [utts, events]
 

@@ -218,10 +218,15 @@ def test_max_length_splits_at_the_quietest_frame() -> None:
     events, stream = scripted("".join(pattern), cfg)
     start = 20 * F - 3200
     split = 90 * F + F // 2
+    # the second utterance hits its limit at split + 3 s and is split again, at the centre of
+    # the quietest frame whose start lies in its last second: frame 153, the window's first
+    second_split = 153 * F + F // 2
+    assert split + 48000 - 16000 <= second_split - F // 2 < split + 48000
     fin = finals(events)
-    assert [(f.start_sample, f.end_sample, f.reason) for f in fin][:2] == [
+    assert [(f.start_sample, f.end_sample, f.reason) for f in fin] == [
         (start, split, "max_length"),
-        (split, split + 48000 - 16000 + (fin[1].end_sample - split - 32000), "max_length"),
+        (split, second_split, "max_length"),
+        (second_split, 220 * F + 1600, "silence"),
     ]
     assert SpeechStarted(1, split) in events
     assert all(f.end_sample - f.start_sample <= 48000 for f in fin)

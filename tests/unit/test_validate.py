@@ -1,16 +1,22 @@
-"""Validation: every rejection reason, decoding, and the chunking-invariant conditioners."""
+"""Validation: every rejection reason, decoding, and admission of contract chunks (decoded once)."""
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 
 import numpy as np
 import pytest
 
 from streamscribe.core.errors import ValidationError
 from streamscribe.processors.reassembly import Chunk
-from streamscribe.processors.validate import ChunkValidator, ValidationConfig, decode_checked
-from streamscribe.schemas.pcm import encode_payload
+from streamscribe.processors.validate import (
+    ValidationConfig,
+    admit,
+    check_chunk,
+    decode_checked,
+)
+from streamscribe.schemas.audio import AudioChunk
+from streamscribe.schemas.pcm import decode_payload, encode_payload
 
 RATE = 16000
 
@@ -37,7 +43,7 @@ def test_non_finite_float_is_rejected_with_raw_bytes(bad: float) -> None:
     x[17] = bad
     chunk = f32_chunk(x)
     with pytest.raises(ValidationError, match="1 NaN/inf") as err:
-        ChunkValidator().process(chunk)
+        check_chunk(chunk)
     assert err.value.raw == chunk.payload
 
 
@@ -77,45 +83,41 @@ def test_payload_size_limit() -> None:
         )
 
 
-def test_rejection_leaves_state_untouched() -> None:
-    v = ChunkValidator(ValidationConfig(remove_dc=True, normalize_peak=True))
-    v.process(f32_chunk(np.full(1000, 0.3, np.float32)))
-    before = v.to_bytes()
-    bad = np.full(1000, 0.3, np.float32)
-    bad[5] = np.nan
-    with pytest.raises(ValidationError):
-        v.process(f32_chunk(bad))
-    assert v.to_bytes() == before
-
-
-def _run_in_chunks(v: ChunkValidator, x: np.ndarray, cuts: list[int]) -> np.ndarray:
-    edges = [0, *cuts, len(x)]
-    return np.concatenate([v.process(f32_chunk(x[a:b])) for a, b in itertools.pairwise(edges)])
-
-
-def test_dc_removal_removes_offset_and_is_chunking_invariant() -> None:
-    rng = np.random.default_rng(1)
-    t = np.arange(2 * RATE) / RATE
-    x = (0.25 + 0.1 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(len(t))).astype(
-        np.float32
+def _audio_chunk(x: np.ndarray, encoding: str = "pcm_s16le") -> AudioChunk:
+    return AudioChunk(
+        session_id="s",
+        channel=1,
+        role="agent",
+        seq=7,
+        position=11200,
+        n_samples=len(x),
+        sample_rate=8000,
+        encoding=encoding,
+        captured_at_us=5,
+        payload=encode_payload(x, encoding),
+        end_of_stream=True,
     )
-    cfg = ValidationConfig(remove_dc=True)
-    whole = ChunkValidator(cfg).process(f32_chunk(x))
-    assert abs(float(whole[RATE:].mean())) < 1e-3  # offset gone after the settling time
-    # Everything but the offset survives (a 20 Hz corner barely touches 440 Hz).
-    assert float(np.abs(whole[RATE:] - (x[RATE:] - 0.25)).max()) < 0.01
-    v = ChunkValidator(cfg)
-    parts = _run_in_chunks(v, x[: RATE // 2], [1, 333, 1600])
-    v = ChunkValidator.from_bytes(v.to_bytes(), cfg)  # restart mid-stream
-    parts = np.concatenate([parts, _run_in_chunks(v, x[RATE // 2 :], [7, 4000])])
-    np.testing.assert_array_equal(parts, whole)
 
 
-def test_peak_normalisation_is_bounded_and_chunking_invariant() -> None:
-    cfg = ValidationConfig(normalize_peak=True, peak_target=0.9, max_gain=10.0)
-    quiet = np.full(100, 0.01, np.float32)
-    np.testing.assert_allclose(ChunkValidator(cfg).process(f32_chunk(quiet)), 0.1, rtol=1e-6)
-    x = (np.sin(np.linspace(0, 60, 5000)) * np.linspace(0.05, 1.0, 5000)).astype(np.float32)
-    whole = ChunkValidator(cfg).process(f32_chunk(x))
-    assert float(np.abs(whole).max()) <= 0.9 + 1e-6
-    np.testing.assert_array_equal(_run_in_chunks(ChunkValidator(cfg), x, [10, 2500, 2501]), whole)
+@pytest.mark.parametrize("encoding", ["pcm_s16le", "pcm_mulaw", "pcm_f32le"])
+def test_admit_decodes_once_and_keeps_the_metadata(encoding: str) -> None:
+    x = np.linspace(-0.5, 0.5, 800, dtype=np.float32)
+    audio = _audio_chunk(x, encoding)
+    item = admit(audio)
+    assert (item.seq, item.position, item.n_samples, item.sample_rate) == (7, 11200, 800, 8000)
+    assert (item.encoding, item.end_of_stream, item.payload) == (encoding, True, audio.payload)
+    assert item.duration_ms == 100.0
+    assert item.samples is not None
+    np.testing.assert_array_equal(item.samples, decode_payload(audio.payload, encoding))
+    assert check_chunk(item) is item.samples  # an admitted chunk is never decoded again
+
+
+def test_admit_rejects_a_chunk_whose_declared_duration_contradicts_its_samples() -> None:
+    audio = dataclasses.replace(_audio_chunk(np.zeros(800, np.float32)), n_samples=1600)
+    with pytest.raises(ValidationError, match="expected 1600 samples x 2 bytes") as err:
+        admit(audio)
+    assert err.value.raw == audio.payload
+    nan = np.zeros(800, np.float32)
+    nan[3] = np.nan
+    with pytest.raises(ValidationError, match="NaN/inf"):
+        admit(_audio_chunk(nan, "pcm_f32le"))

@@ -1,0 +1,144 @@
+"""The segmenter agent's per-message logic, without faust: what the thin agent loop calls.
+
+- :func:`parse_arrival`: a raw ``streamscribe.audio`` record -> :class:`Arrival` (the Avro
+  ``AudioChunk`` decoded, its key checked against the session id, latency stamps taken);
+  the payload is *not* decoded here — the stage core admits it once;
+- :class:`ChannelStates`: the channels' :class:`ChannelState` objects kept in memory
+  between batches, each with the partition that owns it. The ``segmenter-channels`` table
+  holds only their changelog copies (the full state after every batch, so crash recovery is
+  exact); on a partition revoke its states are dropped, and a miss is rebuilt from the table;
+- the ``segmenter-sessions`` table's documents (``{"p": partition, "last": epoch s,
+  "channels": [live channels], "ended": [channels done]}``), as pure functions:
+  :func:`touch_session` (a live channel was seen; written at most every
+  :data:`SESSION_TOUCH_EVERY_S` unless its channels changed), :func:`end_channel` (a
+  channel's done marker; the session is deleted with its last channel) and
+  :func:`idle_sessions` (which sessions of a partition a tick finalises).
+
+Example::
+
+    >>> doc = touch_session(None, channel=0, partition=2, now=100.0, live=True)
+    >>> doc
+    {'p': 2, 'last': 100.0, 'channels': [0], 'ended': []}
+    >>> touch_session(doc, channel=0, partition=2, now=100.5, live=True) is None  # fresh
+    True
+    >>> idle_sessions([("s1", doc)], partition=2, deadline=101.0)
+    [('s1', [0])]
+    >>> end_channel(doc, 0) is None  # the last channel ended: delete the session
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from streamscribe.core.errors import ContractError
+from streamscribe.processors.stream_segmenter import Arrival, ChannelKey, ChannelState, Stamps
+from streamscribe.schemas.audio import AudioChunk
+
+SESSION_TOUCH_EVERY_S: Final = 1.0  # how often a live session's "last seen" is written
+US_PER_S: Final = 1_000_000
+
+SessionDoc = dict[str, Any]
+
+
+def parse_arrival(
+    value: bytes, key: bytes | None, timestamp_s: float | None, received_us: int, ref: Any = None
+) -> Arrival:
+    """Decode one audio record; :class:`ContractError` if it is not an ``AudioChunk`` of its key.
+
+    ``timestamp_s`` is the broker's timestamp (``received_us`` stands in when there is none).
+    """
+    chunk = AudioChunk.decode(value)
+    text = key.decode("utf-8", "replace") if key is not None else None
+    if text != chunk.session_id:
+        raise ContractError(
+            f"message key {text!r} is not the chunk's session id {chunk.session_id!r}", raw=value
+        )
+    broker_us = int(timestamp_s * US_PER_S) if timestamp_s else received_us
+    return Arrival(chunk, Stamps(chunk.captured_at_us, broker_us, received_us), ref)
+
+
+@dataclass
+class _Held:
+    partition: int
+    state: ChannelState
+
+
+class ChannelStates:
+    """In-memory channel states by key, each with the partition that owns it."""
+
+    def __init__(self) -> None:
+        self._held: dict[ChannelKey, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._held
+
+    def get(self, key: ChannelKey) -> ChannelState | None:
+        """The state in memory, or None (then rebuild it from the table)."""
+        held = self._held.get(key)
+        return held.state if held is not None else None
+
+    def put(self, key: ChannelKey, partition: int, state: ChannelState) -> None:
+        """Keep ``state`` (its changelog copy is written by the caller)."""
+        self._held[key] = _Held(partition, state)
+
+    def drop(self, key: ChannelKey) -> None:
+        """Forget ``key``'s state (ended, failed, or no longer trusted)."""
+        self._held.pop(key, None)
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget the states of ``partitions`` (revoked); returns how many were dropped."""
+        gone = set(partitions)
+        keys = [k for k, h in self._held.items() if h.partition in gone]
+        for k in keys:
+            del self._held[k]
+        return len(keys)
+
+
+def touch_session(
+    doc: Mapping[str, Any] | None, channel: int, partition: int, now: float, live: bool
+) -> SessionDoc | None:
+    """The session's new document after a batch saw ``channel``; None = nothing to write.
+
+    ``live``: the channel still has a state (False when it ended in this very batch).
+    """
+    new = dict(doc or {})
+    if not new and not live:
+        return None  # the session already ended in this batch
+    chans = set(new.get("channels", [])) | {channel}
+    chans -= set(new.get("ended", []))
+    if not chans and new:
+        return None
+    fresh = now - new.get("last", 0) < SESSION_TOUCH_EVERY_S
+    if new and fresh and sorted(chans) == new.get("channels"):
+        return None  # nothing new to remember; keeps the changelog small
+    new.update(p=partition, last=now, channels=sorted(chans))
+    new.setdefault("ended", [])
+    return new
+
+
+def end_channel(doc: Mapping[str, Any] | None, channel: int) -> SessionDoc | None:
+    """The session's document once ``channel`` is done; None = delete the session."""
+    new = dict(doc or {"channels": [], "ended": []})
+    ended = sorted(set(new.get("ended", [])) | {channel})
+    remaining = [c for c in new.get("channels", []) if c not in ended]
+    if not remaining:
+        return None
+    new.update(ended=ended, channels=remaining)
+    return new
+
+
+def idle_sessions(
+    items: Iterable[tuple[str, Mapping[str, Any] | None]], partition: int, deadline: float
+) -> list[tuple[str, list[int]]]:
+    """Sessions of ``partition`` last seen before ``deadline``, with their live channels."""
+    return [
+        (sid, [int(c) for c in doc.get("channels", [])])
+        for sid, doc in items
+        if doc and doc.get("p") == partition and doc.get("last", 0) < deadline
+    ]
