@@ -33,8 +33,8 @@ from importlib import resources
 from pathlib import Path
 
 from streamscribe.core.errors import BrokerError
-from streamscribe.core.settings import Settings
 from streamscribe.core.retry import poll_until
+from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -308,10 +308,11 @@ def wait_until_ready(
     broker is not ready by then, or at once if the JVM ``proc`` exits.
     """
     from confluent_kafka import KafkaException, Producer
-    from confluent_kafka.admin import AdminClient
+
+    from streamscribe.core.admin import admin_client
 
     deadline = time.monotonic() + timeout_s
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = admin_client(bootstrap)
 
     def check_alive() -> None:
         if proc is not None and proc.poll() is not None:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamscribe.core.settings import Settings
 from streamscribe.core.retry import poll_until
+from streamscribe.core.settings import Settings
 
 CALL_PACE = "x2"
 LOG_POLL_S = 0.3
@@ -110,16 +110,10 @@ class LiveView:
         from confluent_kafka import Consumer
 
         from streamscribe.core.errors import ContractError
+        from streamscribe.core.kafka import reader_config
         from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
 
-        c = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"demo-view-{uuid.uuid4()}",
-                "auto.offset.reset": "earliest",
-                "log_level": 0,
-            }
-        )
+        c = Consumer(reader_config(self.bootstrap, client="streamscribe-demo-view"))
         c.subscribe([self.topic])
         try:
             while not self.stop.is_set():

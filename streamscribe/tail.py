@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -22,6 +21,7 @@ from typing import Any, TextIO
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from streamscribe.core.errors import BrokerError, ContractError
+from streamscribe.core.kafka import reader_config
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import Tick, is_tick
@@ -91,15 +91,7 @@ def tail_messages(settings: Settings, opts: TailOptions) -> Iterator[dict[str, A
     """
     bootstrap = settings.bootstrap
     decode = _decoder_for(Topics(settings.topic_prefix).kind_of(opts.topic))
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"streamscribe-tail-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "log_level": 0,
-        }
-    )
+    consumer = Consumer(reader_config(bootstrap, client="streamscribe-tail"))
     try:
         try:
             md = consumer.list_topics(opts.topic, timeout=METADATA_TIMEOUT_S)

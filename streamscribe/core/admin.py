@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamscribe.core.errors import BrokerError
+from streamscribe.core.kafka import reader_config
 
 
 class TopicSpec(Protocol):
@@ -75,9 +76,7 @@ def describe_topics(bootstrap: str, names: list[str] | None = None) -> list[Topi
         md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
     except KafkaException as exc:
         raise BrokerError(f"no Kafka broker answers at {bootstrap}: {exc}") from exc
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "streamscribe-admin", "log_level": 0}
-    )
+    consumer = Consumer(reader_config(bootstrap, client="streamscribe-admin"))
     try:
         infos = []
         for name in sorted(md.topics):

@@ -40,6 +40,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,6 +99,23 @@ def consumer_config(
         "isolation.level": "read_committed",
         "session.timeout.ms": int(settings.session_timeout_s * 1000),
         "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
+    }
+
+
+def reader_config(bootstrap: str, *, client: str, from_beginning: bool = True) -> dict[str, Any]:
+    """A throw-away reader (``tail``, the demo's live view, watermark look-ups).
+
+    It has a group of its own (``client`` + a random suffix) and never commits: it shares
+    no position with anyone and leaves nothing behind.
+    """
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"{client}-{uuid.uuid4().hex[:8]}",
+        "client.id": client,
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "log_level": 0,
     }
 
 
