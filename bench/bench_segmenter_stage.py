@@ -326,6 +326,10 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, Any]:
                 "long_bytes_per_audio_s": round(long_b / long_s, 1),
                 "long_messages": long_m,
                 "long_over_short": round(long_b / long_s / max(statistics.median(s_bps), 1e-9), 3),
+                # the record size, which does not depend on how often faust flushes a key
+                "short_bytes_per_message": round(
+                    statistics.median(s_bps) * short_s / max(statistics.median(s_msgs), 1), 1
+                ),
             }
         return {
             "config": {

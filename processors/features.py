@@ -167,8 +167,8 @@ class AudioLevels:
         self.peak = max(self.peak, int(np.max(np.abs(pcm16.astype(np.int32)))))
 
     def to_meta(self) -> dict[str, Any]:
-        """JSON-able state."""
-        return asdict(self)
+        """JSON-able state (the fields in order; flat, so no deep copy)."""
+        return dict(vars(self))
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> AudioLevels:
@@ -196,8 +196,8 @@ class FrameStats:
             self.min_power = power if self.min_power is None else min(self.min_power, power)
 
     def to_meta(self) -> dict[str, Any]:
-        """JSON-able state."""
-        return asdict(self)
+        """JSON-able state (the fields in order; flat, so no deep copy)."""
+        return dict(vars(self))
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> FrameStats:

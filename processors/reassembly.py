@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -178,7 +178,7 @@ class ReassemblyCounters:
 
     def to_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for metrics and session events)."""
-        return asdict(self)
+        return dict(vars(self))
 
 
 @dataclass(frozen=True)
