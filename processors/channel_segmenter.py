@@ -49,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamscribe.core.errors import SegmenterError, StreamscribeError
-from streamscribe.processors.endpointer import Advance, Close, Endpointer
+from streamscribe.processors.endpointer import Advance, Close, Decision, Endpointer
 from streamscribe.processors.features import AudioLevels, summarize
 from streamscribe.processors.frontend import AudioFrontend, Feed, Frame
 from streamscribe.processors.reassembly import Chunk, Item, pack_state, unpack_state
@@ -176,7 +176,7 @@ class ChannelSegmenter:
 
     # ---------------------------------------------------------------- internals
 
-    def _decide(self, decisions: Sequence[Any], events: list[Event]) -> None:
+    def _decide(self, decisions: Sequence[Decision], events: list[Event]) -> None:
         for d in decisions:
             if isinstance(d, Advance):
                 delta = self._slice(d.offset_sample, d.end_sample)

@@ -153,13 +153,13 @@ class SegmenterStage:
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(self.executor, core.process, batches)
             for batch, res in zip(batches, results, strict=True):
+                self.stats["chunks"] += len(batch.arrivals) - len(res.rejected)
                 await self._apply(res, batch.arrivals[-1].ref)
             self._touch_sessions(by_channel)
         for tick in ticks:
             with event_scope(tick):
                 await self._idle_scan(tick)
         self.stats["batches"] += 1
-        self.stats["chunks"] += sum(len(a) for a in by_channel.values())
 
     def _state(self, key: ChannelKey) -> Any:
         """The channel's state: in memory, else its changelog copy, else None (a new one)."""

@@ -18,10 +18,18 @@ those bytes gives the same messages, byte for byte: that is what makes a crash r
 
 Example::
 
-    from streamscribe.processors.stream_segmenter import StreamSegmenter, Arrival
-    core = StreamSegmenter(SileroVad())
-    (res,) = core.process([ChannelBatch(key, None, [Arrival(chunk, stamps, ref=None)])])
-    table[str(key)] = res.state.to_bytes()  # the changelog copy; keep res.state in memory
+    >>> from streamscribe.processors.vad import SileroVad
+    >>> core = StreamSegmenter(SileroVad(), clock=lambda: 0)
+    >>> chunk = AudioChunk(session_id="s", channel=0, role="mic", seq=0, position=0,
+    ...                    n_samples=1600, sample_rate=16000, encoding="pcm_s16le",
+    ...                    captured_at_us=0, payload=bytes(3200))
+    >>> key = ChannelKey("s", 0)
+    >>> (res,) = core.process([ChannelBatch(key, None, [Arrival(chunk, Stamps(0, 0, 0))])])
+    >>> [e.kind for e, _ in res.events], res.utterances, res.rejected
+    (['session_start'], [], [])
+    >>> blob = res.state.to_bytes()  # the changelog copy; res.state stays in memory
+    >>> core.load(blob).seg.stream_samples
+    1600
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,7 @@ ENCODINGS: Final = (PCM_S16LE, PCM_MULAW, PCM_F32LE)
 BYTES_PER_SAMPLE: Final = {PCM_S16LE: 2, PCM_MULAW: 1, PCM_F32LE: 4}
 SUPPORTED_SAMPLE_RATES: Final = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 
+PCM16_SCALE: Final = np.float32(32768.0)  # full scale of 16-bit PCM
 _MULAW_BIAS: Final = 0x84
 _MULAW_CLIP: Final = 32635
 
@@ -73,10 +74,19 @@ def mulaw_decode(data: bytes) -> npt.NDArray[np.int16]:
     return _MULAW_TABLE[np.frombuffer(data, dtype=np.uint8)]
 
 
+def pcm16_to_float(pcm: npt.NDArray[np.integer[Any]]) -> Float32Array:
+    """16-bit PCM to float32 in [-1, 1): ``x / 32768`` (the one place this is done).
+
+    >>> pcm16_to_float(np.array([16384, -32768], np.int16)).tolist()
+    [0.5, -1.0]
+    """
+    return pcm.astype(np.float32) / PCM16_SCALE
+
+
 def float_to_pcm16(samples: npt.ArrayLike) -> npt.NDArray[np.int16]:
     """Float samples in [-1, 1] to int16 with rounding and clipping."""
     x = np.asarray(samples, dtype=np.float64)
-    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+    return np.clip(np.round(x * PCM16_SCALE), -32768, 32767).astype(np.int16)
 
 
 def encode_payload(samples: npt.ArrayLike, encoding: str) -> bytes:
@@ -84,7 +94,7 @@ def encode_payload(samples: npt.ArrayLike, encoding: str) -> bytes:
     arr = np.asarray(samples)
     if encoding == PCM_F32LE:
         if arr.dtype.kind in "iu":
-            return (arr.astype(np.float32) / 32768.0).astype("<f4").tobytes()
+            return pcm16_to_float(arr).astype("<f4").tobytes()
         return arr.astype("<f4").tobytes()
     pcm = arr.astype(np.int16) if arr.dtype.kind in "iu" else float_to_pcm16(arr)
     if encoding == PCM_S16LE:
@@ -108,9 +118,9 @@ def decode_payload(data: bytes, encoding: str) -> Float32Array:
             raw=data,
         )
     if encoding == PCM_S16LE:
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+        return pcm16_to_float(np.frombuffer(data, dtype="<i2"))
     if encoding == PCM_MULAW:
-        return mulaw_decode(data).astype(np.float32) / np.float32(32768.0)
+        return pcm16_to_float(mulaw_decode(data))
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 

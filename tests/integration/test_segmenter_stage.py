@@ -186,6 +186,31 @@ def test_dropped_chunk_gives_one_gap_and_exact_timing(
             assert abs(s1 - s2) <= FRAME and abs(e1 - e2) <= FRAME
 
 
+def test_chunk_whose_duration_contradicts_its_samples_is_a_dead_letter(
+    kafka_bootstrap: str, seg_topics: Topics, clean_run: dict, assets: Path
+) -> None:
+    """The declared duration (``n_samples``) is checked where the payload is decoded, once."""
+    src = read_audio(assets / "beckett.wav")
+    producer = DeliveryProducer(kafka_bootstrap)
+    for c in chunk_channel(src, 0, session_id="b-dur", role="speaker"):
+        c = dataclasses.replace(c, captured_at_us=now_us())
+        if c.seq == 30:  # a copy claiming twice its samples, before the real chunk
+            bad = dataclasses.replace(c, n_samples=2 * c.n_samples)
+            producer.send(seg_topics.audio, c.key, bad.encode())
+        producer.send(seg_topics.audio, c.key, c.encode())
+    assert producer.close().failed == 0
+    wait_session_end(kafka_bootstrap, seg_topics, {("b-dur", 0)})
+    dls = [d for d in dead_letters(kafka_bootstrap, seg_topics) if d.key == "b-dur"]
+    assert [d.reason for d in dls] == [
+        "payload is 3200 bytes, expected 3200 samples x 2 bytes = 6400"
+    ]
+    assert dls[0].error_type == "ValidationError" and dls[0].source_offset >= 0
+    utts = utterances(kafka_bootstrap, seg_topics)
+    clean = {k[2]: u.audio for k, u in utts.items() if k[0] == "beckett"}
+    assert {k[2]: u.audio for k, u in utts.items() if k[0] == "b-dur"} == clean
+    assert len(clean) == 6
+
+
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic-member", "static-member"])
 def test_sigkill_mid_utterance_loses_nothing(
     kafka_bootstrap: str, assets: Path, tmp_path: Path, static: bool
