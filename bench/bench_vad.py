@@ -10,7 +10,7 @@ Measures, on the real recording ``two_cities.wav`` (44 s) from the moonshine-voi
   chunks), from a 48 kHz source and from its 16 kHz version: chunks/s and CPU seconds per
   second of audio;
 - the Silero VAD call alone at batch sizes 1, 8 and 32: time per call and per frame;
-- 8 and 32 channels through :func:`segment_many` (VAD batched) against the same channels
+- 8 and 32 channels through :meth:`Segmenters.step` (VAD batched) against the same channels
   pushed one by one: CPU seconds per second of audio per channel;
 - the serialised channel state size (median between and inside utterances, max).
 
@@ -34,7 +34,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from streamscribe.processors.reassembly import Chunk
-from streamscribe.processors.segmenter import ChannelSegmenter, make_chunks, segment_many
+from streamscribe.processors.segmenter import ChannelSegmenter, Segmenters, make_chunks
 from streamscribe.processors.vad import FRAME_SAMPLES, SileroVad, VadState
 
 RESULTS: Final = Path(__file__).resolve().parent / "results" / "vad.json"
@@ -119,8 +119,9 @@ def bench_many(vad: SileroVad, chunks: list[Chunk], n_channels: int) -> dict[str
 
     def batched() -> None:
         segs = [ChannelSegmenter(vad) for _ in streams]
+        shared = Segmenters(vad)
         for step in range(steps):
-            segment_many(segs, [s[step] for s in streams])
+            shared.step(segs, [s[step] for s in streams])
 
     def alone() -> None:
         for s in streams:
@@ -198,7 +199,7 @@ def main() -> None:
     n_multi = MULTI_CHANNEL_SECONDS * 10 + 7
     results["many_channels"] = [bench_many(vad, chunks16[:n_multi], n) for n in CHANNEL_COUNTS]
     for r in results["many_channels"]:
-        print("segment_many:", r)
+        print("Segmenters.step:", r)
 
     results["state"] = bench_state(vad, chunks48)
     print("state:", results["state"])
