@@ -152,7 +152,7 @@ def install_fetch_snapshot() -> None:
         timeout: float | None = None,
         max_records: int | None = None,
     ) -> Any:
-        snapshot = frozenset(active_partitions or ())
+        snapshot = set(active_partitions or ())  # a copy: the live set changes meanwhile
         if not snapshot:
             return {}
         return await fetch(self, consumer, snapshot, timeout=timeout, max_records=max_records)
