@@ -257,20 +257,7 @@ class StreamSegmenter:
         self._run_rounds([(st, res, queue)])
         stamps = Stamps(0, 0, self.clock())
         self._emit(st, res, st.seg.finish("idle"), Arrival(_EMPTY_CHUNK, stamps, ref), key)
-        res.events.append(
-            (
-                self._event(
-                    key,
-                    EVENT_IDLE_TIMEOUT,
-                    st.seg.stream_samples / RATE * 1000,
-                    None,
-                    st.jitter.counters.to_dict(),
-                ),
-                ref,
-            )
-        )
-        res.ended = True
-        res.state = None
+        self._end_channel(st, res, EVENT_IDLE_TIMEOUT, ref)
         return res
 
     # --------------------------------------------------------------- internals
@@ -304,21 +291,15 @@ class StreamSegmenter:
 
     def _close_if_finished(self, st: ChannelState, res: ChannelResult) -> None:
         if st.jitter.finished and st.seg.ended:
-            ref = None
-            res.events.append(
-                (
-                    self._event(
-                        res.key,
-                        EVENT_SESSION_END,
-                        st.seg.stream_samples / RATE * 1000,
-                        None,
-                        st.jitter.counters.to_dict(),
-                    ),
-                    ref,
-                )
-            )
-            res.ended = True
-            res.state = None
+            self._end_channel(st, res, EVENT_SESSION_END, None)
+
+    def _end_channel(self, st: ChannelState, res: ChannelResult, kind: str, ref: Any) -> None:
+        """The channel is done (``kind``: end of stream or idle timeout): say so, drop it."""
+        at_ms = st.seg.stream_samples / RATE * 1000
+        event = self._event(res.key, kind, at_ms, None, st.jitter.counters.to_dict())
+        res.events.append((event, ref))
+        res.ended = True
+        res.state = None
 
     def _session_start(self, key: ChannelKey, st: ChannelState, a: Arrival) -> SessionEvent:
         c = a.chunk
