@@ -13,17 +13,19 @@ Then ``python -m streamscribe.cli worker --stages recognizer --from-earliest --g
 utime + stime, sampled every 0.1 s) is read at the first ``decode_start_us`` and at the
 last ``published_at_us`` on the transcripts topic.
 
-Two arms, a fresh worker and fresh topics each:
+Two arms, a fresh worker and fresh topics each run, alternated ``--repeat`` times (the
+figures are the medians: the box is shared):
 
 1. ``finals_only``: ``STREAMSCRIBE_UPDATE_INTERVAL_S=1000`` (no partial is ever due):
    CPU ÷ finals = **CPU per final** (its decode plus the handling of every update message
    of the line);
 2. ``with_partials``: the default settings: (CPU − CPU of arm 1) ÷ partials published =
-   **CPU per partial** (scheduling, audio, decode, stabilise, publish).
+   **CPU per partial** (scheduling, audio, decode, stabilise, publish; a partial decoded
+   but not published because its final came first is paid for by the published ones).
 
-The machine is shared: the load average is recorded with every result.
+The load average is recorded with every result.
 
-Run (about 2 minutes on 2 cores)::
+Run (about 3 minutes on 2 cores)::
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 .venv/bin/python bench/bench_recognizer.py
     # --sessions 2 --label before --out bench/results/recognizer_before.json
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -276,17 +279,22 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, Any]:
         own = [s for s in spans if s.file == path.name]
         for i in range(args.sessions):
             sessions[f"{path.stem}-{tag}-{i}"] = (audio, own)
-    arms = {name: run_arm(name, bootstrap, work, sessions, args) for name in ARMS}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ARMS}
+    for _ in range(args.repeat):  # the arms alternate, so a change in load hits both
+        for name in ARMS:
+            runs[name].append(run_arm(name, bootstrap, work, sessions, args))
     out: dict[str, Any] = {
         "label": args.label,
         "code": str(ROOT),
         "files": list(args.files),
         "sessions_per_file": args.sessions,
         "part_ms": args.part_ms,
+        "repeat": args.repeat,
         "machine": machine(),
-        "arms": arms,
+        "arms": {name: median_run(r) for name, r in runs.items()},
+        "runs": runs,
     }
-    a, b = arms["finals_only"], arms["with_partials"]
+    a, b = out["arms"]["finals_only"], out["arms"]["with_partials"]
     if a.get("complete") and b.get("complete"):
         out["cpu_ms_per_final"] = round(1000 * a["cpu_s"] / a["finals"], 2)
         extra = b["partials"] - a["partials"]
@@ -296,6 +304,24 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, Any]:
     return out
 
 
+def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The medians of the complete runs of one arm (CPU, wall, partials)."""
+    done = [r for r in runs if r.get("complete")]
+    if not done:
+        return {"complete": False, "finals": max((r.get("finals", 0) for r in runs), default=0)}
+    keys = ("cpu_s", "wall_s", "partials", "cpu_per_speech_s")
+    med = {k: statistics.median(r[k] for r in done) for k in keys}
+    return {
+        "complete": True,
+        "runs": len(done),
+        "finals": done[0]["finals"],
+        "speech_s": done[0]["speech_s"],
+        **med,
+        "cpu_s_all": [r["cpu_s"] for r in done],
+        "loadavg_before": done[0]["loadavg_before"],
+    }
+
+
 def print_result(out: dict[str, Any]) -> None:
     print(f"\nrecognizer stage ({out['label']}, {out['code']})")
     for name, arm in out["arms"].items():
@@ -303,8 +329,8 @@ def print_result(out: dict[str, Any]) -> None:
             print(f"  {name}: INCOMPLETE ({arm.get('finals')} finals)")
             continue
         print(
-            f"  {name:14s} finals {arm['finals']:4d}  partials {arm['partials']:4d}  "
-            f"CPU {arm['cpu_s']:7.2f} s  wall {arm['wall_s']:6.1f} s  "
+            f"  {name:14s} finals {arm['finals']:4d}  partials {arm['partials']:5.0f}  "
+            f"CPU {arm['cpu_s']:7.2f} s {arm['cpu_s_all']}  wall {arm['wall_s']:6.1f} s  "
             f"CPU/speech-s {arm['cpu_per_speech_s']:.4f}  load {arm['loadavg_before']}"
         )
     print(f"  CPU per final   : {out.get('cpu_ms_per_final')} ms")
@@ -317,16 +343,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--files", nargs="+", default=list(FILES))
     ap.add_argument("--sessions", type=int, default=6, help="copies of each file")
     ap.add_argument("--part-ms", type=float, default=500.0, help="audio per update message")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each arm (medians)")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--label", default="current")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--work", type=Path, default=None, help="keep the worker logs here")
     args = ap.parse_args(argv)
     bootstrap = bootstrap_address(args.bootstrap)
     if not broker_answers(bootstrap):
         print(f"no Kafka broker at {bootstrap}; start one (streamscribe broker start)")
         return 1
-    with tempfile.TemporaryDirectory(prefix="bench-recognizer-") as tmp:
-        out = run(args, bootstrap, Path(tmp))
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        out = run(args, bootstrap, args.work)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-recognizer-") as tmp:
+            out = run(args, bootstrap, Path(tmp))
     print_result(out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
