@@ -120,10 +120,12 @@ class ErrorBudget:
     outcomes: list[bool] = field(default_factory=list)
 
     def record(self, ok: bool) -> None:
+        """Add one decode outcome (the oldest beyond ``window`` is forgotten)."""
         self.outcomes.append(ok)
         del self.outcomes[: -self.window]
 
     def exceeded(self) -> bool:
+        """Whether failures are over ``max_rate`` of at least ``min_attempts`` outcomes."""
         n = len(self.outcomes)
         return n >= self.min_attempts and self.outcomes.count(False) / n > self.max_rate
 
@@ -139,6 +141,8 @@ class RecognizerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecognizerConfig:
+        """``update_interval_s``, ``partial_growth``, ``max_error_rate``, ``asr_fail_lines``
+        (comma-separated ``fnmatch`` patterns of line ids) and the group id."""
         return cls(
             group_id=settings.group_id,
             policy=PartialPolicy(
@@ -169,10 +173,12 @@ class Decode:
 
     @property
     def audio(self) -> Audio:
+        """The samples to decode (a view of the line's buffer)."""
         return self.job.audio
 
     @property
     def final(self) -> bool:
+        """Whether this is the line's final decode."""
         return self.job.final
 
 
@@ -196,6 +202,9 @@ class Finished:
 
 @dataclass
 class RecognizerStats:
+    """Counts of what the core did (finals, partials, ignored duplicates/late parts, failed
+    finals, messages of another group)."""
+
     finals: int = 0
     partials: int = 0
     duplicates: int = 0
