@@ -45,6 +45,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +59,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.* helpers used by the other broker benches
 
 from streamscribe.core.admin import admin_client, create_topics  # noqa: E402
+from streamscribe.core.kafka import reader_config  # noqa: E402
+from streamscribe.core.retry import poll_until  # noqa: E402
 from streamscribe.core.settings import Settings  # noqa: E402
 from streamscribe.producers.file_producer import ProduceJob, run_produce  # noqa: E402
 from streamscribe.schemas.audio import AudioChunk  # noqa: E402
@@ -133,14 +136,7 @@ def read_records(
     """
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-read-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "log_level": 0,
-        }
-    )
+    c = Consumer(reader_config(bootstrap, client="bench-read"))
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
         ends = {
@@ -162,6 +158,54 @@ def read_records(
                 return
     finally:
         c.close()
+
+
+class TopicFollower:
+    """Follows ``topic`` from the beginning in a thread, keeping every value ``decode``d.
+
+    A context manager: the thread starts on enter and stops on exit; :meth:`snapshot`
+    returns what was read so far. The benches' event and transcript watchers are this.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], Any]) -> None:
+        self.bootstrap, self.topic, self.decode = bootstrap, topic, decode
+        self.items: list[Any] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"follow-{topic}", daemon=True)
+
+    def __enter__(self) -> TopicFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer(reader_config(self.bootstrap, client="bench-follow"))
+        try:
+            md = c.list_topics(self.topic, timeout=10).topics[self.topic]
+            c.assign([TopicPartition(self.topic, p, 0) for p in md.partitions])
+            while not self._stop.is_set():
+                msg = c.poll(0.2)
+                if msg is None or msg.error():
+                    continue
+                item = self.decode(msg.value())
+                with self._lock:
+                    self.items.append(item)
+        finally:
+            c.close()
+
+    def snapshot(self) -> list[Any]:
+        with self._lock:
+            return list(self.items)
+
+    def wait_for(self, done: Callable[[list[Any]], bool], timeout_s: float) -> bool:
+        """Wait until ``done(snapshot)`` holds; False after ``timeout_s``."""
+        return poll_until(lambda: done(self.snapshot()), timeout_s=timeout_s, interval_s=0.2)
 
 
 def summary(values: Sequence[float], digits: int = 1) -> dict[str, Any]:

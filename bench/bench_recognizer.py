@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling bench module
 
 from bench_producer import (
     ROOT,
+    TopicFollower,
     asset,
     bootstrap_address,
     broker_answers,
@@ -154,60 +154,17 @@ def produce(bootstrap: str, topic: str, msgs: Sequence[UtteranceMessage]) -> Non
         raise RuntimeError("utterance messages not delivered")
 
 
-class TranscriptWatcher:
+class TranscriptWatcher(TopicFollower):
     """Follows the transcripts topic from the beginning in a thread."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.events: list[Any] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="transcripts", daemon=True)
-
-    def __enter__(self) -> TranscriptWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        c = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"bench-transcripts-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "log_level": 0,
-            }
-        )
-        try:
-            md = c.list_topics(self.topic, timeout=10).topics[self.topic]
-            c.assign([TopicPartition(self.topic, p, 0) for p in md.partitions])
-            while not self._stop.is_set():
-                msg = c.poll(0.2)
-                if msg is None or msg.error():
-                    continue
-                ev = decode_transcript(msg.value())
-                with self._lock:
-                    self.events.append(ev)
-        finally:
-            c.close()
-
-    def snapshot(self) -> list[Any]:
-        with self._lock:
-            return list(self.events)
+        super().__init__(bootstrap, topic, decode_transcript)
 
     def wait_finals(self, n: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            finals = {e.line_id for e in self.snapshot() if isinstance(e, FinalTranscript)}
-            if len(finals) >= n:
-                return True
-            time.sleep(0.2)
-        return False
+        def enough(events: list[Any]) -> bool:
+            return len({e.line_id for e in events if isinstance(e, FinalTranscript)}) >= n
+
+        return self.wait_for(enough, timeout_s)
 
 
 def run_arm(
@@ -258,6 +215,9 @@ def run_arm(
         "messages": len(msgs),
         "finals": len(finals),
         "partials": len(partials),
+        # audio the published partials decoded: under a backlog a faster loop hands the
+        # scheduler longer coalesced partials, so CPU per partial alone can mislead
+        "partial_audio_s": round(sum(e.end_ms - e.start_ms for e in partials) / 1000, 2),
         "speech_s": round(audio_s, 2),
         "wall_s": round(t1 - t0, 3),
         "cpu_s": round(cpu_s, 3),
@@ -301,6 +261,10 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, Any]:
         out["cpu_ms_per_partial"] = (
             round(1000 * (b["cpu_s"] - a["cpu_s"]) / extra, 2) if extra > 0 else None
         )
+        audio = b["partial_audio_s"] - a["partial_audio_s"]
+        out["cpu_ms_per_partial_audio_s"] = (
+            round(1000 * (b["cpu_s"] - a["cpu_s"]) / audio, 2) if audio > 0 else None
+        )
     return out
 
 
@@ -309,7 +273,7 @@ def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     done = [r for r in runs if r.get("complete")]
     if not done:
         return {"complete": False, "finals": max((r.get("finals", 0) for r in runs), default=0)}
-    keys = ("cpu_s", "wall_s", "partials", "cpu_per_speech_s")
+    keys = ("cpu_s", "wall_s", "partials", "partial_audio_s", "cpu_per_speech_s")
     med = {k: statistics.median(r[k] for r in done) for k in keys}
     return {
         "complete": True,
@@ -329,12 +293,14 @@ def print_result(out: dict[str, Any]) -> None:
             print(f"  {name}: INCOMPLETE ({arm.get('finals')} finals)")
             continue
         print(
-            f"  {name:14s} finals {arm['finals']:4d}  partials {arm['partials']:5.0f}  "
+            f"  {name:14s} finals {arm['finals']:4d}  partials {arm['partials']:5.0f} "
+            f"({arm['partial_audio_s']:.1f} s of audio)  "
             f"CPU {arm['cpu_s']:7.2f} s {arm['cpu_s_all']}  wall {arm['wall_s']:6.1f} s  "
             f"CPU/speech-s {arm['cpu_per_speech_s']:.4f}  load {arm['loadavg_before']}"
         )
     print(f"  CPU per final   : {out.get('cpu_ms_per_final')} ms")
     print(f"  CPU per partial : {out.get('cpu_ms_per_partial')} ms")
+    print(f"  CPU per second of partial audio: {out.get('cpu_ms_per_partial_audio_s')} ms")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

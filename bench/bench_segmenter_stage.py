@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling bench module
 
 from bench_producer import (
     ROOT,
+    TopicFollower,
     asset,
     bootstrap_address,
     broker_answers,
@@ -170,62 +171,17 @@ def wait_ready(proc: Any, stages: str, timeout_s: float = 180.0) -> None:
         proc.wait_for_log(ASR_READY, timeout_s)
 
 
-class EventWatcher:
+class EventWatcher(TopicFollower):
     """Follows the events topic from the beginning in a thread; keeps every SessionEvent."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.events: list[SessionEvent] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="events", daemon=True)
-
-    def __enter__(self) -> EventWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        c = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"bench-events-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "log_level": 0,
-            }
-        )
-        try:
-            md = c.list_topics(self.topic, timeout=10).topics[self.topic]
-            c.assign([TopicPartition(self.topic, p, 0) for p in md.partitions])
-            while not self._stop.is_set():
-                msg = c.poll(0.2)
-                if msg is None or msg.error():
-                    continue
-                ev = SessionEvent.decode(msg.value())
-                with self._lock:
-                    self.events.append(ev)
-        finally:
-            c.close()
-
-    def snapshot(self) -> list[SessionEvent]:
-        with self._lock:
-            return list(self.events)
+        super().__init__(bootstrap, topic, SessionEvent.decode)
 
     def ended(self) -> set[str]:
         return {e.session_id for e in self.snapshot() if e.kind in ENDED}
 
     def wait_ended(self, sessions: set[str], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if sessions <= self.ended():
-                return True
-            time.sleep(0.2)
-        return False
+        return self.wait_for(lambda _: sessions <= self.ended(), timeout_s)
 
 
 # --------------------------------------------------------------------------- measurement
