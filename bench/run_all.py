@@ -35,6 +35,7 @@ BENCHES: Final = (
     ("sink", False),  # uses the broker when KAFKA_BOOTSTRAP_SERVERS is set, else skips it
     ("producer", True),
     ("segmenter_stage", True),
+    ("recognizer", True),
     ("crash_restart", True),
     ("peer", False),
     ("pipeline", True),
