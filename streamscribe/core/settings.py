@@ -33,7 +33,7 @@ KAFKA_VERSION = "4.3.1"
 
 def _project_root() -> Path:
     """The checkout when run from one (its ignored ``.cache`` holds state), else ~/.cache."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # streamscribe/core/settings.py
     if (root / "pyproject.toml").exists():
         return root
     return Path.home() / ".cache" / "streamscribe-home"
