@@ -5,6 +5,11 @@ zero or more ``update`` messages ("speech so far", every ~0.5 s of new speech) a
 ``final``. Each message carries only the 16 kHz PCM16 audio since the previous message of
 the same utterance (a delta), so bytes on Kafka grow linearly with the audio. The audio of
 the utterance is the concatenation of all parts in ``part`` order.
+
+An update flagged ``end_candidate`` (v3) ends exactly where the utterance will end if the
+silence that just began holds: a recognizer may start the final's decode on it. If the
+silence holds, the final follows with an empty tail and the same ``end_sample``; if speech
+resumes, it was just an update. Versions 1 and 2 are still read (``end_candidate`` false).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from streamscribe.core.errors import ContractError
 from streamscribe.schemas.avro_codec import AvroType
 
 UTTERANCE_TYPE = AvroType(
-    "UtteranceMessage", type_id=2, versions={1: "utterance.v1.avsc", 2: "utterance.v2.avsc"}
+    "UtteranceMessage",
+    type_id=2,
+    versions={1: "utterance.v1.avsc", 2: "utterance.v2.avsc", 3: "utterance.v3.avsc"},
 )
 KIND_UPDATE: Final = "update"
 KIND_FINAL: Final = "final"
@@ -50,6 +57,7 @@ class UtteranceMessage:
     degraded: bool = False
     summary_json: str | None = None
     origin: str | None = None  # v2: the processor group whose segmenter wrote it
+    end_candidate: bool = False  # v3: an update ending where the utterance may end
     sample_rate: int = SAMPLE_RATE
     schema_version: int = UTTERANCE_TYPE.current
 

@@ -250,11 +250,28 @@ def test_utterance_v2_reads_v1_and_v1_reads_v2() -> None:
         origin="g1",
     )
     data = m.encode()
-    assert data[2] == 2 and UtteranceMessage.decode(data).origin == "g1"
+    assert data[2] == 3 and UtteranceMessage.decode(data).origin == "g1"
     v1 = AvroType("UtteranceMessage", 2, {1: "utterance.v1.avsc"})
-    assert v1.decode(data)["payload"] == m.payload  # an old reader ignores the new field
+    assert v1.decode(data)["payload"] == m.payload  # an old reader ignores the new fields
     rec = dataclasses.asdict(m)
     rec.pop("origin")
     old = v1.encode({**rec, "schema_version": 1})
     back = UtteranceMessage.decode(old)
     assert back.origin is None and back.schema_version == 1 and back.payload == m.payload
+
+
+def test_utterance_v3_end_candidate_defaults_false_and_v2_reads_v3() -> None:
+    import dataclasses
+
+    m = UtteranceMessage("s", 0, "agent", 0, "update", 1, 0, 2, 4, b"\x01\x00" * 2)
+    flagged = dataclasses.replace(m, end_candidate=True)
+    assert UtteranceMessage.decode(flagged.encode()).end_candidate is True
+    assert UtteranceMessage.decode(m.encode()).end_candidate is False
+    assert UtteranceMessage.decode(flagged.encode()).summary_view()["end_candidate"] is True
+    v2 = AvroType("UtteranceMessage", 2, {1: "utterance.v1.avsc", 2: "utterance.v2.avsc"})
+    rec = v2.decode(flagged.encode())  # a v2 reader ignores the appended field
+    assert rec["payload"] == m.payload and "end_candidate" not in rec
+    rec.pop("schema_version")
+    old = v2.encode({**rec, "schema_version": 2})
+    back = UtteranceMessage.decode(old)
+    assert back.end_candidate is False and back.schema_version == 2 and back.origin is None
