@@ -182,7 +182,13 @@ class ChannelSegmenter:
                 delta = self._slice(d.offset_sample, d.end_sample)
                 self._levels.add_audio(delta)
                 events.append(
-                    UtteranceUpdate(d.utterance, d.start_sample, d.offset_sample, delta.tobytes())
+                    UtteranceUpdate(
+                        d.utterance,
+                        d.start_sample,
+                        d.offset_sample,
+                        delta.tobytes(),
+                        end_candidate=d.end_candidate,
+                    )
                 )
             elif isinstance(d, Close):
                 tail = self._slice(d.offset_sample, d.end_sample)

@@ -15,6 +15,13 @@ sample indices from the channel's stream start:
 - :class:`Advance` asks for the new audio since the previous one, when at least
   ``update_interval`` of it is final (never past a tentative end + post-roll, and never past
   ``max_utterance - split_window``), so advances + the closing tail == the utterance;
+- **end candidate** (``speculative_finals``): at the first frame where the audio up to the
+  tentative end + ``post_roll`` is in (well before ``min_silence`` has passed), the pending
+  audio up to exactly that end is due at once as an :class:`Advance` flagged
+  ``end_candidate``. If the silence holds, the :class:`Close` has the same end and an empty
+  tail; if speech resumes, it was just an advance. Boundaries never move: a candidate is
+  only emitted when its end is within the advance horizon ``max_utterance - split_window``
+  (a later split can never fall before it);
 - at ``max_utterance`` the utterance is **split** at the centre of the quietest frame within
   the last ``split_window`` (a ring of frame powers); the next utterance starts exactly
   there (no pre-roll);
@@ -30,9 +37,11 @@ Example::
     >>> ep = Endpointer(SegmenterConfig())
     >>> out = [d for p in [0.9] * 10 + [0.0] * 10 for d in ep.step(p, 1e-3)]
     >>> [type(d).__name__ for d in out]
-    ['SpeechStarted', 'Close', 'SpeechEnded']
-    >>> out[1].start_sample, out[1].end_sample, out[1].reason
-    (0, 6720, 'silence')
+    ['SpeechStarted', 'Advance', 'Close', 'SpeechEnded']
+    >>> out[1].end_sample, out[1].end_candidate   # the audio up to the end, before the wait
+    (6720, True)
+    >>> out[2].start_sample, out[2].end_sample, out[2].offset_sample, out[2].reason
+    (0, 6720, 6720, 'silence')
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ class Advance:
     start_sample: int
     offset_sample: int
     end_sample: int
+    end_candidate: bool = False  # ends where the utterance ends if the silence holds
 
 
 @dataclass(frozen=True)
@@ -155,10 +165,13 @@ class Endpointer:
             self._split(out)
         if self.confirmed:
             horizon = min(fe, self.utt_start + cfg.max_utterance - cfg.split_window)
+            candidate = False
             if self.temp_end is not None:
-                horizon = min(horizon, self.temp_end + cfg.post_roll)
-            if horizon - self.sent >= cfg.update_interval:
-                out.append(Advance(self.utt, self.utt_start, self.sent, horizon))
+                end = self.temp_end + cfg.post_roll
+                candidate = cfg.speculative_finals and end <= horizon and end > self.sent
+                horizon = min(horizon, end)
+            if candidate or horizon - self.sent >= cfg.update_interval:
+                out.append(Advance(self.utt, self.utt_start, self.sent, horizon, candidate))
                 self.sent = horizon
         return out
 

@@ -4,7 +4,8 @@
 limit, update interval, energy gate) and the validation limits; :meth:`~SegmenterConfig.
 from_settings` maps the worker's :class:`~streamscribe.core.settings.Settings` onto it.
 The events are what one channel produces, in 16 kHz sample indices from the channel's
-stream start: :class:`SpeechStarted`, :class:`UtteranceUpdate` (new audio only),
+stream start: :class:`SpeechStarted`, :class:`UtteranceUpdate` (new audio only; the
+one flagged ``end_candidate`` ends where the utterance will end if the silence holds),
 :class:`UtteranceFinal` (the tail and a summary), :class:`SpeechEnded` and
 :class:`GapInserted`.
 
@@ -62,6 +63,7 @@ class SegmenterConfig:
     update_interval_s: float = DEFAULT_UPDATE_INTERVAL_S
     energy_gate_dbfs: float | None = DEFAULT_ENERGY_GATE_DBFS  # None: always run the VAD
     gate_warmup_frames: int = DEFAULT_GATE_WARMUP_FRAMES
+    speculative_finals: bool = True  # flag the update that may end the utterance
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
@@ -93,6 +95,7 @@ class SegmenterConfig:
             max_utterance_s=settings.max_utterance_s,
             update_interval_s=settings.update_interval_s,
             energy_gate_dbfs=settings.energy_gate_dbfs,
+            speculative_finals=settings.speculative_finals,
             validation=ValidationConfig(max_payload_bytes=settings.max_payload_bytes),
         )
 
@@ -144,12 +147,17 @@ class SpeechStarted:
 
 @dataclass(frozen=True)
 class UtteranceUpdate:
-    """New 16 kHz PCM16 audio of an open utterance, from ``offset_sample`` on."""
+    """New 16 kHz PCM16 audio of an open utterance, from ``offset_sample`` on.
+
+    ``end_candidate``: the audio ends exactly where the utterance ends if the silence that
+    began holds (its final then has an empty tail and the same end).
+    """
 
     utterance: int
     start_sample: int
     offset_sample: int
     pcm16_delta: bytes
+    end_candidate: bool = False
 
     @property
     def end_sample(self) -> int:

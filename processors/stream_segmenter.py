@@ -7,8 +7,9 @@ before it reaches the jitter buffer, and the channel goes on), chains
 :class:`~streamscribe.processors.channel_segmenter.ChannelSegmenter`, batches the VAD
 across all channels of a batch (:meth:`~streamscribe.processors.channel_segmenter.
 Segmenters.step`), and maps the core events onto the contract: :class:`UtteranceMessage`
-(update deltas and finals with a ``part`` index per utterance, for dedupe downstream) and
-:class:`SessionEvent`.
+(update deltas and finals with a ``part`` index per utterance, for dedupe downstream; the
+update that may end the utterance carries ``end_candidate``, and its final then has an
+empty tail) and :class:`SessionEvent`.
 
 The whole per-channel state is one :class:`ChannelState` object, kept in memory by the
 caller between batches and changed in place by :meth:`StreamSegmenter.process`; its one
@@ -400,7 +401,11 @@ class StreamSegmenter:
         if isinstance(ev, UtteranceUpdate):
             st.parts[ev.utterance] = part + 1
             return UtteranceMessage(
-                kind=KIND_UPDATE, end_sample=ev.end_sample, payload=ev.pcm16_delta, **common
+                kind=KIND_UPDATE,
+                end_sample=ev.end_sample,
+                payload=ev.pcm16_delta,
+                end_candidate=ev.end_candidate,
+                **common,
             )
         st.parts.pop(ev.utterance, None)
         return UtteranceMessage(

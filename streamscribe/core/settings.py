@@ -93,6 +93,11 @@ class Settings(BaseModel):
     partial_growth: float = 0.3  # partial decode when new audio >= growth * decoded audio
     partial_stale_s: float = 1.5  # shed a partial whose update is older than this
     asr_fail_lines: str = ""  # fault injection: comma list of line-id patterns that fail
+    # Speculative finals: the segmenter flags the update that ends where the utterance will
+    # end if the silence holds (post-roll after the first silent frame), and the recognizer
+    # decodes the final from it while the segmenter still waits out min_silence_ms.
+    # False = no candidate, no speculation (the behaviour before it existed).
+    speculative_finals: bool = True
 
     # Consumers
     db_url: str = "sqlite:///" + str(_project_root() / ".cache" / "transcripts.db")

@@ -203,7 +203,10 @@ def test_pre_roll_never_reaches_into_the_previous_utterance() -> None:
 
 
 def test_updates_carry_only_new_audio_at_the_interval() -> None:
-    events, stream = scripted("_" * 10 + "S" * 100 + "_" * 20)
+    # (the end-candidate update of speculative finals: tests/unit/test_speculative_finals.py)
+    events, stream = scripted(
+        "_" * 10 + "S" * 100 + "_" * 20, SegmenterConfig(speculative_finals=False)
+    )
     updates = [e for e in events if isinstance(e, UtteranceUpdate)]
     assert len(updates) == 6
     assert all(8000 <= len(u.pcm16_delta) // 2 < 8000 + F for u in updates)
