@@ -1,5 +1,11 @@
 """One decode queue per worker, shared by all sessions: finals first, partials coalesced.
 
+Order of service: finals, then speculative finals (:meth:`DecodeScheduler.
+submit_speculative`: a final decode started on an end-candidate update, not awaited by the
+loop; :meth:`~DecodeScheduler.promote` moves it among the finals when its real final
+arrives, :meth:`~DecodeScheduler.cancel_speculative` drops it while still queued), then
+partials. The finals slot serves speculative finals too.
+
 ``workers`` decodes run at a time, each in the ASR thread pool (never on the event loop).
 A final is never dropped and jumps ahead of every waiting partial. A partial replaces the
 waiting partial of the same line (only the newest is decoded), and a partial that waited
@@ -41,6 +47,7 @@ class DecodeOutcome:
     start_us: int = 0
     end_us: int = 0
     waited_s: float = 0.0
+    speculative: bool = False  # the outcome of a speculative final decode
 
 
 @dataclass
@@ -51,6 +58,7 @@ class _Job:
     queued_at: float = field(default_factory=time.monotonic)
     future: asyncio.Future[DecodeOutcome] | None = None
     on_done: Callable[[DecodeOutcome], Awaitable[None]] | None = None
+    speculative: bool = False
 
 
 @dataclass
@@ -60,6 +68,8 @@ class SchedulerStats:
     coalesced: int = 0
     shed: int = 0
     retries: int = 0
+    speculative: int = 0  # speculative final decodes run
+    speculative_dropped: int = 0  # dropped while queued (speech resumed)
 
 
 class DecodeScheduler:
@@ -82,6 +92,7 @@ class DecodeScheduler:
         self.stats = SchedulerStats()
         self._finals: deque[_Job] = deque()
         self._partials: OrderedDict[str, _Job] = OrderedDict()
+        self._speculative: OrderedDict[str, _Job] = OrderedDict()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -102,7 +113,7 @@ class DecodeScheduler:
 
     @property
     def backlog(self) -> int:
-        return len(self._finals) + len(self._partials)
+        return len(self._finals) + len(self._speculative) + len(self._partials)
 
     async def _wait_for_work(self) -> None:
         """Sleep until a job is submitted (every idle slot wakes and looks)."""
@@ -126,6 +137,33 @@ class DecodeScheduler:
     def cancel_partials(self, line_id: str) -> None:
         self._partials.pop(line_id, None)
 
+    def submit_speculative(self, line_id: str, audio: Any) -> asyncio.Future[DecodeOutcome]:
+        """Queue a speculative final decode (ahead of partials); its outcome's future.
+
+        Never blocks: the caller keeps the future and awaits it only if the real final
+        comes with the same audio. A newer speculation of the line replaces a queued one.
+        """
+        self.cancel_partials(line_id)
+        self.cancel_speculative(line_id)
+        fut: asyncio.Future[DecodeOutcome] = asyncio.get_running_loop().create_future()
+        self._speculative[line_id] = _Job(line_id, audio, True, future=fut, speculative=True)
+        self._notify()
+        return fut
+
+    def cancel_speculative(self, line_id: str) -> None:
+        """Drop the line's speculation if it has not started (its future is cancelled)."""
+        job = self._speculative.pop(line_id, None)
+        if job is not None:
+            self.stats.speculative_dropped += 1
+            if job.future is not None:
+                job.future.cancel()
+
+    def promote(self, line_id: str) -> None:
+        """The line's final arrived: its queued speculation waits among the finals now."""
+        job = self._speculative.pop(line_id, None)
+        if job is not None:
+            self._finals.append(job)
+
     async def decode_final(self, line_id: str, audio: Any) -> DecodeOutcome:
         self.cancel_partials(line_id)
         fut: asyncio.Future[DecodeOutcome] = asyncio.get_running_loop().create_future()
@@ -137,6 +175,8 @@ class DecodeScheduler:
     def _next(self, finals_only: bool = False) -> _Job | None:
         if self._finals:
             return self._finals.popleft()
+        if self._speculative:
+            return self._speculative.popitem(last=False)[1]
         if finals_only:
             return None
         now = time.monotonic()
@@ -179,6 +219,7 @@ class DecodeScheduler:
                 await self._wait_for_work()
                 continue
             out = DecodeOutcome(waited_s=time.monotonic() - job.queued_at)
+            out.speculative = job.speculative
             out.start_us = time.time_ns() // 1000
             try:
                 out.result = await self._decode_with_retries(job)
@@ -186,7 +227,10 @@ class DecodeScheduler:
                 out.error = exc
             out.end_us = time.time_ns() // 1000
             if job.final:
-                self.stats.finals += 1
+                if job.speculative:
+                    self.stats.speculative += 1
+                else:
+                    self.stats.finals += 1
                 if job.future is not None and not job.future.done():
                     job.future.set_result(out)
             else:

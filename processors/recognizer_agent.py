@@ -10,6 +10,10 @@ later message of such a line rebuilds it from the tables (see :meth:`RecognizerC
 - A **final** is decoded before the loop moves on (faust acks the event only then), so a
   crash can never lose it: after a restart the final message is read again and decoded.
   It goes through the worker's :class:`DecodeScheduler` ahead of every partial.
+- A **speculative final** (an end-candidate update, :mod:`speculation`) is handed to the
+  scheduler with final priority and the loop goes on; the real final awaits it (or
+  decodes afresh when its audio differs or the speculation failed) before it is published
+  and acked. It is in memory only: after a crash the final is simply decoded.
 - A **partial** is handed to the scheduler and the loop goes on: partials of a line are
   coalesced, stale ones shed; the published partial goes straight to the transcripts topic.
   The line's stabiliser lives in the line and is copied into its table state whenever a
@@ -59,6 +63,7 @@ from streamscribe.processors.recognizer_core import (
     injected_failures,
 )
 from streamscribe.processors.recognizer_line import Audio
+from streamscribe.processors.speculation import final_outcome, start_speculation
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +138,7 @@ class RecognizerStage:
         """
         for lid in self.core.evict(self._partitions(args)):
             self.scheduler.cancel_partials(lid)
+            self.scheduler.cancel_speculative(lid)
 
     async def _on_assigned(self, sender: Any, /, *args: Iterable[Any], **kwargs: Any) -> None:
         """faust sends ``on_partitions_assigned(app, assigned: set[TP])``."""
@@ -148,7 +154,7 @@ class RecognizerStage:
                 except StreamscribeError as err:
                     await dead_letter_for(self.topics, ev, err, stage=STAGE)
                     continue
-                await self._on_message(self.core.accept(msg, ev.message.partition), ev)
+                await self._on_message(self.core.accept(msg, ev.message.partition), ev, msg.line_id)
         if self.core.budget.exceeded():
             log.critical(
                 "ASR error rate over %.0f%% of the last %d decodes: stopping before the event "
@@ -160,15 +166,20 @@ class RecognizerStage:
             sys.stderr.flush()
             os._exit(EXIT_ERROR_BUDGET)
 
-    async def _on_message(self, step: Accepted, ev: Any) -> None:
+    async def _on_message(self, step: Accepted, ev: Any, lid: str) -> None:
         self._write(step.writes)
         decode = step.decode
+        if step.discarded:  # new audio: a speculation still queued is of no use now
+            self.scheduler.cancel_speculative(lid)
         if decode is None:
+            return
+        if decode.speculative:
+            start_speculation(self.scheduler, decode)
             return
         if not decode.final:
             self.scheduler.submit_partial(decode.line_id, decode.audio, self._publisher(decode))
             return
-        out = await self.scheduler.decode_final(decode.line_id, decode.audio)
+        out = await final_outcome(self.scheduler, decode)
         done = self.core.finish(decode, out)
         await self.topics.transcripts.send(key=decode.msg.key, value=done.event.encode())
         if done.dead_letter is not None:

@@ -17,6 +17,13 @@ agent, :mod:`recognizer_agent`, only decodes, sends and writes)::
   re-transcription group started from the earliest offset does not decode the first
   group's copies of the same lines.
 - A replayed part is dropped by its ``part`` index; a part of a finished line is late.
+- **Speculative finals** (``speculative_finals``): an update flagged ``end_candidate`` asks
+  for a final decode of the line's audio so far (``Decode.speculative``; the agent queues
+  it with final priority and does not wait). A final with an empty tail and the same end
+  carries that :class:`Speculation` (``Decode.speculation``): its outcome, when it did not
+  fail, is the final's text and decode timestamps (decoding identical audio is
+  deterministic). Any new audio discards it (``Accepted.discarded``). It lives in the
+  line, in memory only: after a crash the final is decoded as before.
 - A failed final (the scheduler has retried it once) is published with ``error`` set and
   the stable prefix as its text, and asks for a dead letter; :attr:`RecognizerCore.budget`
   says when failures pass ``max_error_rate`` (the worker then exits before the ack).
@@ -57,6 +64,7 @@ from streamscribe.processors.recognizer_line import (
     DecodeJob,
     PartialPolicy,
     RecognizerLine,
+    Speculation,
     Verdict,
     piece_key,
 )
@@ -77,6 +85,7 @@ __all__ = [
     "RecognizerConfig",
     "RecognizerCore",
     "RecognizerStats",
+    "Speculation",
     "TableWrite",
     "Verdict",
     "decode_message",
@@ -138,6 +147,7 @@ class RecognizerConfig:
     policy: PartialPolicy
     max_error_rate: float
     fail_patterns: tuple[str, ...] = ()
+    speculative_finals: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecognizerConfig:
@@ -151,6 +161,7 @@ class RecognizerConfig:
             ),
             max_error_rate=settings.max_error_rate,
             fail_patterns=tuple(p for p in settings.asr_fail_lines.split(",") if p),
+            speculative_finals=settings.speculative_finals,
         )
 
 
@@ -165,11 +176,17 @@ class TableWrite:
 
 @dataclass(frozen=True)
 class Decode:
-    """A decode to run: the job and the message it answers."""
+    """A decode to run: the job and the message it answers.
+
+    ``speculative``: a final decode started on an end candidate (the line is still open);
+    ``speculation``: that decode (on a speculative job) or the one a final may use.
+    """
 
     line_id: str
     job: DecodeJob
     msg: UtteranceMessage
+    speculative: bool = False
+    speculation: Speculation | None = None
 
     @property
     def audio(self) -> Audio:
@@ -178,17 +195,21 @@ class Decode:
 
     @property
     def final(self) -> bool:
-        """Whether this is the line's final decode."""
-        return self.job.final
+        """Whether this is the line's (real, not speculative) final decode."""
+        return self.job.final and not self.speculative
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """What one message asks for: table writes, and a decode (None: nothing to decode)."""
+    """What one message asks for: table writes, and a decode (None: nothing to decode).
+
+    ``discarded``: the line's speculation no longer applies (drop it if still queued).
+    """
 
     verdict: str
     writes: tuple[TableWrite, ...] = ()
     decode: Decode | None = None
+    discarded: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,13 +224,16 @@ class Finished:
 @dataclass
 class RecognizerStats:
     """Counts of what the core did (finals, partials, ignored duplicates/late parts, failed
-    finals, messages of another group)."""
+    finals, messages of another group, speculations started / used by a final / discarded)."""
 
     finals: int = 0
     partials: int = 0
     duplicates: int = 0
     errors: int = 0
     foreign: int = 0
+    speculations: int = 0
+    speculative_finals: int = 0
+    speculations_discarded: int = 0
 
 
 def decode_message(value: bytes, key: bytes | None) -> UtteranceMessage:
@@ -320,13 +344,28 @@ class RecognizerCore:
         if missing := line.append(msg.part, msg.end_sample, msg.payload):
             log.warning("line %s: parts %d..%d missing", lid, first, first + missing - 1)
         piece = TableWrite(AUDIO_TABLE, piece_key(lid, msg.part), msg.payload)
+        spec, line.speculation = line.speculation, None
         if msg.kind == KIND_FINAL:
-            return Accepted(verdict, (piece,), Decode(lid, line.job(final=True), msg))
+            tail = len(msg.payload) // 2
+            stale = spec is not None and not spec.matches(msg.end_sample, line.audio_samples, tail)
+            if stale:
+                spec = None
+                self.stats.speculations_discarded += 1
+            final = Decode(lid, line.job(final=True), msg, speculation=spec)
+            return Accepted(verdict, (piece,), final, discarded=stale)
+        discarded = spec is not None
+        self.stats.speculations_discarded += discarded
         decode = None
-        if line.partial_due(self.config.policy):
+        if msg.end_candidate and self.config.speculative_finals:
+            line.speculation = Speculation(msg.end_sample, line.audio_samples)
+            self.stats.speculations += 1
+            job = line.job(final=True)
+            decode = Decode(lid, job, msg, speculative=True, speculation=line.speculation)
+        elif line.partial_due(self.config.policy):
             decode = Decode(lid, line.job(final=False), msg)
         line.written = line.to_doc()
-        return Accepted(verdict, (piece, TableWrite(LINES_TABLE, lid, line.written)), decode)
+        writes = (piece, TableWrite(LINES_TABLE, lid, line.written))
+        return Accepted(verdict, writes, decode, discarded=discarded)
 
     def _lookup(self, lid: str, partition: int | None) -> RecognizerLine | None:
         line = self._open.get(lid)
@@ -379,6 +418,7 @@ class RecognizerCore:
         """Finish a line with its decoded final (``out.error`` set: it failed after retries)."""
         msg, line, lid = decode.msg, decode.job.line, decode.line_id
         self.budget.record(out.error is None)
+        self.stats.speculative_finals += out.speculative and out.error is None
         error = None if out.error is None else f"{type(out.error).__name__}: {out.error}"
         text, revision = line.finish(None if error else out.result.text)
         event = FinalTranscript(
@@ -427,7 +467,7 @@ class RecognizerCore:
         gone = [lid for lid, line in self._open.items() if line.partition in partitions]
         for lid in gone:
             line = self._open.pop(lid)
-            line.evicted = True
+            line.evicted, line.speculation = True, None
             self._parked[lid] = line
         return gone
 

@@ -13,7 +13,10 @@ A line is one utterance of one channel (``session/channel/utterance``). It arriv
 - **says when a partial is due** (:class:`PartialPolicy`) and builds the :class:`DecodeJob`;
 - **applies a decode result** through its :class:`LineStabilizer` (partials);
 - **finishes** (:meth:`~RecognizerLine.finish`): the fields of the
-  :class:`~streamscribe.schemas.transcripts.FinalTranscript`.
+  :class:`~streamscribe.schemas.transcripts.FinalTranscript`;
+- holds its **speculation** (:class:`Speculation`, in memory only, never in a table): the
+  final decode started on an ``end_candidate`` update, used by a final with an empty tail
+  and the same end, dropped when more audio comes (a crash just loses it).
 
 The part of the state that must survive a crash is its *changelog copy*: the small JSON
 document of :meth:`~RecognizerLine.to_doc` (positions, counters, stabiliser) plus the raw
@@ -128,6 +131,29 @@ class _AudioBuffer:
         return self._data[: self._n]
 
 
+@dataclass
+class Speculation:
+    """A speculative final decode of the line's first ``samples`` (ending at ``end_sample``).
+
+    ``handle`` is the edge's awaitable of its outcome (set when the decode is queued); the
+    core only compares positions.
+    """
+
+    end_sample: int
+    samples: int
+    handle: Any = None
+
+    def matches(self, end_sample: int, samples: int, tail_samples: int) -> bool:
+        """Whether a final ending at ``end_sample`` with this tail decodes the same audio.
+
+        >>> Speculation(16000, 8000).matches(16000, 8000, 0)
+        True
+        >>> Speculation(16000, 8000).matches(17600, 9600, 1600)
+        False
+        """
+        return tail_samples == 0 and end_sample == self.end_sample and samples == self.samples
+
+
 @dataclass(frozen=True)
 class DecodeJob:
     """One decode of a line's audio so far (a partial) or of the whole line (the final).
@@ -157,6 +183,7 @@ class RecognizerLine:
         self.written: dict[str, Any] | None = None  # the changelog copy last written
         self.partition = partition
         self.stabilizer = LineStabilizer()
+        self.speculation: Speculation | None = None  # in memory only
         self._audio = _AudioBuffer()
 
     # ---------------------------------------------------------------- parts in
@@ -219,6 +246,7 @@ class RecognizerLine:
         """
         final = self.stabilizer.finalize(self.stabilizer.stable_text if text is None else text)
         self.done = True
+        self.speculation = None
         self._audio = _AudioBuffer()
         return final.text, final.revision
 
