@@ -24,6 +24,17 @@ case); the skew is absorbed by the stage after the clamped one instead of inflat
 total. A missing intermediate timestamp merges its span into the next present stage (the
 stage that ends at the missing time is absent from ``stages_ms``).
 
+**Speculative finals** (``STREAMSCRIBE_SPECULATIVE_FINALS``, on by default): the final's
+``decode_start_us`` / ``decode_end_us`` are those of the decode started on the end-candidate
+update, *before* the segmenter's silence decision (``decided_at_us``). So
+``decision_to_decode`` is negative by design and is clamped to 0 (and named in ``clamped``,
+like skew), and ``decode`` is the part of the decode still running after the decision (0,
+also clamped, when it finished before it). Nothing is lost or double-counted:
+``eos_to_final`` stays ``published - decided`` (what the caller waits after the decision,
+now mostly the publish), and ``end_to_end`` stays ``stored - captured``. With speculation
+on, a clamp of those two stages is the overlap, not clock skew; the decode's own duration is
+``decode_end_us - decode_start_us`` in the raw timestamps.
+
 Example::
 
     >>> ts = {"captured_at_us": 0, "broker_at_us": 2_000, "received_at_us": 1_000,

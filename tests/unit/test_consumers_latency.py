@@ -188,3 +188,25 @@ def test_report_from_the_store_and_png(tmp_path: Path) -> None:
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     store.close()
+
+
+def test_a_speculative_decode_before_the_decision_is_clamped_and_eos_to_final_stays_true() -> None:
+    """Speculative finals: the decode ran before the silence decision (documented overlap)."""
+    ts = chain(3_000, 1_500, 350_000, 2_000, 120_000, 800)
+    decided = ts["decided_at_us"]
+    ts["decode_start_us"] = decided - 150_000
+    ts["decode_end_us"] = decided - 30_000  # finished 30 ms before the decision
+    ts["published_at_us"] = decided + 900
+    rec = stage_latencies("s", 1, 4, ts, stored_at_us=decided + 5_000)
+    assert rec is not None
+    assert rec.clamped == ["decision_to_decode", "decode"]
+    assert rec.stages_ms["decision_to_decode"] == rec.stages_ms["decode"] == 0.0
+    assert rec.stages_ms["decode_to_publish"] == pytest.approx(0.9)
+    assert series_values(rec)["eos_to_final"] == pytest.approx(0.9)  # published - decided
+    assert rec.end_to_end_ms == pytest.approx((decided + 5_000 - T0) / 1000)
+    ts["decode_end_us"] = decided + 40_000  # still running at the decision
+    ts["published_at_us"] = decided + 41_000
+    rec = stage_latencies("s", 1, 4, ts, stored_at_us=decided + 45_000)
+    assert rec is not None and rec.clamped == ["decision_to_decode"]
+    assert rec.stages_ms["decode"] == pytest.approx(40.0)
+    assert series_values(rec)["eos_to_final"] == pytest.approx(41.0)
