@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,3 +33,18 @@ def write_mulaw_wav(path: Path, codes: npt.NDArray[np.uint8], rate: int) -> byte
     body = b"WAVE" + b"".join(chunks)
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return data
+
+
+def beckett_arrivals(session: str) -> list[Any]:
+    """beckett.wav as the producer chunks it, as segmenter arrivals (handle = chunk seq)."""
+    from importlib import resources
+
+    from streamscribe.processors.stream_segmenter import Arrival, Stamps
+    from streamscribe.producers.source import chunk_channel, read_audio
+
+    path = Path(str(resources.files("moonshine_voice").joinpath("assets", "beckett.wav")))
+    src = read_audio(path)
+    return [
+        Arrival(c, Stamps(1, 2, 3), ref=c.seq)
+        for c in chunk_channel(src, 0, session_id=session, role="agent")
+    ]

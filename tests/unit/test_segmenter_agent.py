@@ -9,8 +9,6 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,23 +34,14 @@ from streamscribe.processors.stream_segmenter import (
     StreamSegmenter,
 )
 from streamscribe.processors.vad import SileroVad
-from streamscribe.producers.source import chunk_channel, read_audio
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import TICK_KEY, Tick
 from streamscribe.schemas.events import SessionEvent
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.utterances import UtteranceMessage
+from tests.audio_files import beckett_arrivals
 
-BECKETT = Path(str(resources.files("moonshine_voice").joinpath("assets", "beckett.wav")))
-
-
-def _arrivals(session: str) -> list[Arrival]:
-    """beckett.wav as the producer chunks it; the handle is the chunk's seq."""
-    src = read_audio(BECKETT)
-    return [
-        Arrival(c, Stamps(1, 2, 3), ref=c.seq)
-        for c in chunk_channel(src, 0, session_id=session, role="agent")
-    ]
+_arrivals = beckett_arrivals
 
 
 @pytest.fixture(scope="module")

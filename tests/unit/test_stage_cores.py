@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
-from pathlib import Path
 
 import pytest
 
@@ -18,21 +16,12 @@ from streamscribe.processors.stream_segmenter import (
     Arrival,
     ChannelBatch,
     ChannelKey,
-    Stamps,
     StreamSegmenter,
 )
 from streamscribe.processors.vad import SileroVad
-from streamscribe.producers.source import chunk_channel, read_audio
+from tests.audio_files import beckett_arrivals
 
-BECKETT = Path(str(resources.files("moonshine_voice").joinpath("assets", "beckett.wav")))
-
-
-def _arrivals(session: str) -> list[Arrival]:
-    src = read_audio(BECKETT)
-    return [
-        Arrival(c, Stamps(1, 2, 3), ref=c.seq)
-        for c in chunk_channel(src, 0, session_id=session, role="agent")
-    ]
+_arrivals = beckett_arrivals
 
 
 def _run(core: StreamSegmenter, arrivals: list[Arrival], split_every: int | None) -> list:
