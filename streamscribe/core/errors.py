@@ -6,6 +6,9 @@
     ├── UsageError               a command cannot run as asked (bad argument, bad setting)
     ├── ContractError            a message or payload breaks the contract (decode, schema)
     ├── ProducerError            the edge could not read its input or deliver to Kafka
+    │   └── GatewayError         the WebSocket gateway or its client failed
+    │       ├── GatewayProtocolError  a client broke the protocol (bad message or frame)
+    │       └── GatewayRefusedError   the gateway refused or closed the session (a code)
     ├── ProcessorError           a stream stage failed
     │   ├── ValidationError      a chunk was rejected (NaN, bad length, unknown rate, ...)
     │   ├── SegmenterError       reassembly / VAD / endpointing failed
@@ -107,3 +110,23 @@ class LineClosedError(StabilizerError):
 
 class StabilizerStateError(StabilizerError):
     """A state dict could not be restored."""
+
+
+class GatewayError(ProducerError):
+    """The WebSocket gateway or its client failed (docs/websocket.md)."""
+
+
+class GatewayProtocolError(GatewayError):
+    """A client broke the WebSocket protocol; ``code`` names it in the error message."""
+
+    def __init__(self, message: str, *, code: str = "bad_message") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GatewayRefusedError(GatewayError):
+    """The gateway closed the session with a refusal code (``close_code``)."""
+
+    def __init__(self, message: str, *, close_code: int) -> None:
+        super().__init__(message)
+        self.close_code = close_code

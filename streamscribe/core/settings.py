@@ -90,7 +90,11 @@ class Settings(BaseModel):
     ort_intra_threads: int = 1
     asr_workers: int = 2
     max_error_rate: float = 0.2
-    partial_growth: float = 0.3  # partial decode when new audio >= growth * decoded audio
+    partial_growth: float = 0.0  # optional: partial also waits for growth * decoded new audio
+    # A partial decodes the line's tail window; past this length the window is cut at its
+    # quietest frame and the words before are committed (processors/recognizer_line.py).
+    partial_window_s: float = 2.5
+    partial_batch_max: int = 16  # partial decodes batched into one decoder run
     partial_stale_s: float = 1.5  # shed a partial whose update is older than this
     asr_fail_lines: str = ""  # fault injection: comma list of line-id patterns that fail
     # Speculative finals: the segmenter flags the update that ends where the utterance will
@@ -98,6 +102,22 @@ class Settings(BaseModel):
     # decodes the final from it while the segmenter still waits out min_silence_ms.
     # False = no candidate, no speculation (the behaviour before it existed).
     speculative_finals: bool = True
+
+    # WebSocket gateway (producers/gateway, docs/websocket.md)
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8765
+    gateway_tokens: str = ""  # comma-separated bearer tokens (or --tokens-file)
+    gateway_origins: str = ""  # comma-separated browser Origins allowed besides the page's own
+    gateway_max_frame_bytes: int = 65_536  # larger audio frames: close 4413
+    gateway_max_session_s: float = 3600.0  # audio seconds per session: then close 4410
+    gateway_max_sessions: int = 200  # held by one gateway (live + in grace): then close 4503
+    gateway_max_sessions_per_token: int = 50  # then close 4429
+    gateway_grace_s: float = 10.0  # a dropped session waits this long for its client
+    gateway_start_timeout_s: float = 10.0  # no start message by then: close 4408
+    gateway_burst_s: float = 5.0  # audio a client may send ahead of real time before reads pause
+    gateway_final_wait_s: float = 60.0  # after end, wait at most this long for the finals
+    gateway_flow_high_ms: float = 1500.0  # final latency above this: larger chunks
+    gateway_flow_low_ms: float = 600.0  # below this: smaller chunks
 
     # Consumers
     db_url: str = "sqlite:///" + str(_project_root() / ".cache" / "transcripts.db")

@@ -19,7 +19,7 @@ from streamscribe.core.settings import Settings
 
 COMMANDS = {
     "broker", "topics", "produce", "mic", "tail", "worker", "segment", "transcribe",
-    "sink", "sessions", "transcript", "metrics", "latency-report", "alerts",
+    "sink", "sessions", "transcript", "metrics", "latency-report", "alerts", "gateway", "stream",
 }  # fmt: skip
 
 
