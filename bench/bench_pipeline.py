@@ -95,6 +95,8 @@ from streamscribe.schemas.utterances import KIND_FINAL, UtteranceMessage
 RESULTS: Final = ROOT / "bench" / "results" / "pipeline.json"
 PEER_RESULTS: Final = ROOT / "bench" / "results" / "peer.json"
 FILES: Final = ("two_cities.wav", "beckett.wav", "endgame_nagg_nell.wav")
+CONTINUOUS: Final = ("two_cities.wav", "endgame_nagg_nell.wav")  # little silence
+LENGTH_BUCKETS_S: Final = (0.0, 5.0, 10.0, 15.0, 1e9)
 STAGES: Final = "segmenter,recognizer"
 
 
@@ -211,6 +213,94 @@ def session_starts(bootstrap: str, topic: str, sessions: set[str]) -> dict[str, 
     return starts
 
 
+class ChunkClock:
+    """When the edge captured each chunk: (session, channel) -> sorted positions and times."""
+
+    def __init__(self, bootstrap: str, topic: str, sessions: set[str]) -> None:
+        rows: dict[tuple[str, int], list[tuple[int, int, int]]] = defaultdict(list)
+        self.rate: dict[tuple[str, int], int] = {}
+        for msg in read_records(bootstrap, topic, timeout_s=600):
+            value = msg.value()
+            if is_tick(value):
+                continue
+            c = AudioChunk.decode(value)
+            if c.session_id in sessions and c.n_samples:
+                rows[(c.session_id, c.channel)].append((c.position, c.n_samples, c.captured_at_us))
+                self.rate[(c.session_id, c.channel)] = c.sample_rate
+        self.table: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for key, r in rows.items():
+            r.sort()
+            a = np.asarray(r, dtype=np.int64)
+            self.table[key] = (a[:, 0], a[:, 1], a[:, 2])
+
+    def captured_us(self, session: str, channel: int, ms: float) -> int | None:
+        """Capture time of the chunk holding the stream sample just before ``ms``."""
+        key = (session, channel)
+        if key not in self.table:
+            return None
+        pos, n, cap = self.table[key]
+        sample = max(0, round(ms * self.rate[key] / 1000) - 1)
+        i = int(np.searchsorted(pos, sample, side="right")) - 1
+        if i < 0 or sample >= pos[i] + n[i]:
+            return None
+        return int(cap[i])
+
+
+def outside_figures(
+    clock: ChunkClock, finals: list[tuple[Any, int]], partials: list[tuple[Any, int]]
+) -> dict[str, Any]:
+    """The issue's outside measurement; ``(event, arrival epoch µs)`` pairs.
+
+    End of speech -> final: the final's arrival on the transcripts topic (its broker
+    LogAppendTime) minus the capture time of the audio chunk holding the utterance's last
+    sample (``end_ms``), silence wait included. Partial interval: between consecutive
+    partials of one line (arrival times), for lines longer than 1.5 s; also the wait from
+    the capture of the line's first 1.5 s to its first partial.
+    """
+    lat: list[float] = []
+    by_len: dict[str, list[float]] = defaultdict(list)
+    long_lines: dict[tuple[str, int, int], Any] = {}
+    for f, arrival in finals:
+        cap = clock.captured_us(f.session_id, f.channel, f.end_ms)
+        if cap is None:
+            continue
+        ms = (arrival - cap) / 1000
+        lat.append(ms)
+        length = (f.end_ms - f.start_ms) / 1000
+        lo = max(b for b in LENGTH_BUCKETS_S if b <= length)
+        hi = min(b for b in LENGTH_BUCKETS_S if b > length)
+        by_len[f"{lo:g}-{hi:g}s" if hi < 1e9 else f">{lo:g}s"].append(ms)
+        if length > 1.5:
+            long_lines[(f.session_id, f.channel, f.utterance)] = f
+    arrivals: dict[tuple[str, int, int], list[int]] = defaultdict(list)
+    for p, arrival in partials:
+        arrivals[(p.session_id, p.channel, p.utterance)].append(arrival)
+    intervals: list[float] = []
+    first_wait: list[float] = []
+    per_line_p95: list[float] = []
+    without = 0
+    for key, f in long_lines.items():
+        times = sorted(arrivals.get(key, []))
+        if not times:
+            without += 1
+            continue
+        gaps = list(np.diff(times) / 1000)
+        intervals.extend(gaps)
+        if gaps:
+            per_line_p95.append(float(np.percentile(gaps, 95)))
+        cap = clock.captured_us(f.session_id, f.channel, f.start_ms + 1500)
+        if cap is not None:
+            first_wait.append((times[0] - cap) / 1000)
+    return {
+        "speech_end_to_final_arrival_ms": summary(lat),
+        "by_utterance_length_ms": {k: summary(v) for k, v in sorted(by_len.items())},
+        "partial_interval_ms": summary(intervals),
+        "first_partial_after_1_5s_ms": summary(first_wait),
+        "lines_over_1_5s": len(long_lines),
+        "lines_over_1_5s_without_partial": without,
+    }
+
+
 def final_audio(bootstrap: str, topic: str) -> dict[tuple[str, int, int], bytes]:
     """PCM16 of every utterance that has a final, reassembled from its parts."""
     parts: dict[tuple[str, int, int], dict[int, bytes]] = defaultdict(dict)
@@ -263,7 +353,14 @@ def run_point(
     sessions = {f"{base}-{i:03d}" for i in range(n)}
     load_before = loadavg()
     worker = launch_worker(
-        bootstrap, topics, work, group, STAGES, update_interval_s=str(args.update_interval)
+        bootstrap,
+        topics,
+        work,
+        group,
+        STAGES,
+        *args.worker_args,
+        update_interval_s=str(args.update_interval),
+        **dict(kv.split("=", 1) for kv in args.worker_env),
     )
     producer = None
     marks: dict[str, float] = {}
@@ -321,10 +418,20 @@ def run_point(
     print("  reading back transcripts and utterances ...", flush=True)
     starts = session_starts(bootstrap, topics.audio, sessions)
     partials, finals = [], []
+    arrived_f: list[tuple[Any, int]] = []
+    arrived_p: list[tuple[Any, int]] = []
     for msg in read_records(bootstrap, topics.transcripts, timeout_s=300):
         t = decode_transcript(msg.value())
         if t.session_id in sessions:
-            (finals if isinstance(t, FinalTranscript) else partials).append(t)
+            arrival = msg.timestamp()[1] * 1000  # LogAppendTime: arrival on the topic
+            if isinstance(t, FinalTranscript):
+                finals.append(t)
+                arrived_f.append((t, arrival))
+            else:
+                partials.append(t)
+                arrived_p.append((t, arrival))
+    outside = outside_figures(ChunkClock(bootstrap, topics.audio, sessions), arrived_f, arrived_p)
+    speech_s = sum((f.end_ms - f.start_ms) / 1000 for f in finals)
     eos_decided, eos_speech, eos_speech_silence, word_partial, partial_decided = [], [], [], [], []
     for f in finals:
         ts = f.timestamps
@@ -377,6 +484,8 @@ def run_point(
         "finals_by_reason": dict(Counter(f.reason for f in finals)),
         "finals_with_error": sum(1 for f in finals if f.error),
         "partials": len(partials),
+        "speech_share": round(speech_s / audio_s, 3),
+        "outside": outside,
         "latency_ms": {
             "eos_decided_to_final": summary(eos_decided),
             "speech_end_to_final": summary(eos_speech),
@@ -562,7 +671,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-peer", action="store_true", help="do not run bench_peer.py if missing")
     ap.add_argument("--keep-topics", action="store_true")
     ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--files", nargs="+", default=list(FILES), help="bundled assets to play")
+    ap.add_argument("--continuous", action="store_true",
+                    help=f"continuous speech: --files {' '.join(CONTINUOUS)}")  # fmt: skip
+    ap.add_argument("--worker-arg", dest="worker_args", action="append", default=[],
+                    help="streamscribe worker argument, e.g. --worker-arg=--workers=2")  # fmt: skip
+    ap.add_argument("--worker-env", action="append", default=[], metavar="FIELD=VALUE",
+                    help="worker setting STREAMSCRIBE_FIELD, e.g. partial_growth=0.5")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.continuous:
+        args.files = list(CONTINUOUS)
     bootstrap = bootstrap_address(args.bootstrap)
     if not broker_answers(bootstrap):
         print(f"no broker at {bootstrap}: start one (streamscribe broker start) or --bootstrap")
@@ -572,7 +690,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "bootstrap": bootstrap,
         "config": {
-            "files": list(FILES),
+            "files": list(args.files),
+            "worker_args": args.worker_args,
+            "worker_env": args.worker_env,
             "sessions": args.sessions,
             "duration_s": args.duration,
             "stagger_s": args.stagger,
@@ -591,14 +711,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     bare = BareModel()
     with tempfile.TemporaryDirectory(prefix="bench-pipe-") as tmp:
         work = Path(tmp)
-        files = [tiled(f, args.duration, work) for f in FILES]
+        files = [tiled(f, args.duration, work) for f in args.files]
         for n in args.sessions:
             print(f"N={n}: {n} sessions x {args.duration:g} s at real time ...", flush=True)
             out["points"].append(run_point(n, args, bootstrap, work, files, bare))
             p = out["points"][-1]
+            o = p["outside"]
             print(
-                f"  flat {p['flat']}, EOS decided->final {p['latency_ms']['eos_decided_to_final']}"
-                f", CPU ratio {p['cpu']['cpu_ratio']}"
+                f"  flat {p['flat']}, speech share {p['speech_share']}, outside speech end -> "
+                f"final {o['speech_end_to_final_arrival_ms']}, partial interval "
+                f"{o['partial_interval_ms']}, lines>1.5s without partial "
+                f"{o['lines_over_1_5s_without_partial']}/{o['lines_over_1_5s']}, by length "
+                f"{ {k: (v['p50'], v['p95']) for k, v in o['by_utterance_length_ms'].items()} }, "
+                f"worker cores {p['cpu']['worker_cores']}, lag {p['lag']['audio'].get('lag_end_s')}"
+                f"/{p['lag']['utterances'].get('lag_end_s')} s",
+                flush=True,
             )
     out["summary"] = {
         "capacity_eos_decided": capacity(out["points"], "eos_decided_to_final", args.sla_ms),

@@ -151,7 +151,13 @@ class CpuSampler:
 
 
 def launch_worker(
-    bootstrap: str, topics: Topics, work: Path, group: str, stages: str, **extra: str
+    bootstrap: str,
+    topics: Topics,
+    work: Path,
+    group: str,
+    stages: str,
+    *args: str,
+    **extra: str,
 ) -> Any:
     """Start ``streamscribe worker`` as a subprocess (own process group, log in ``work``).
 
@@ -160,7 +166,9 @@ def launch_worker(
     from tests.integration.pipeline import worker_env
     from tests.procs import Proc, streamscribe_cmd
 
-    cmd = streamscribe_cmd("worker", "--group-id", group, "--from-earliest", "--stages", stages)
+    cmd = streamscribe_cmd(
+        "worker", "--group-id", group, "--from-earliest", "--stages", stages, *args
+    )
     env = worker_env(bootstrap, topics, work / f"data-{group}", **extra)
     return Proc(cmd, work / f"worker-{group}.log", env=env)
 

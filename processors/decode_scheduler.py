@@ -14,11 +14,18 @@ for finals — so when the worker falls behind, the partial rate
 of each line falls and finals keep their latency. A failed decode is retried ``retries``
 times (tenacity); the last error is reported in the :class:`DecodeOutcome`, never raised.
 
+**Partials are decoded in batches**: a slot that takes a partial also takes the other
+waiting partials (up to ``batch_max``) and decodes all their segments in one call of
+``decode_batch`` (``MoonshineAsr.transcribe_batch``: one decoder run per step for the whole
+batch, so under load a partial costs much less than alone). A partial's outcome holds one
+result per segment. Finals are decoded one by one (``decode``), so a final is exactly the
+offline transcription of its audio.
+
 Example::
 
-    sched = DecodeScheduler(decode_fn, executor, workers=2)
+    sched = DecodeScheduler(decode_fn, executor, workers=2, decode_batch=batch_fn)
     await sched.start()
-    sched.submit_partial("s/0/3", audio, on_done)   # fire and forget
+    sched.submit_partial("s/0/3", [audio], on_done)   # fire and forget
     outcome = await sched.decode_final("s/0/3", audio)
 """
 
@@ -28,7 +35,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +45,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 log = logging.getLogger(__name__)
 
 DecodeFn = Callable[[str, Any], Any]  # (line_id, audio) -> decoded; runs in the executor
+BatchFn = Callable[[list[tuple[str, Any]]], list[Any]]
+"""[(line_id, audio)] -> a decoded result or the exception, per item; runs in the executor."""
 
 
 @dataclass
@@ -70,6 +79,7 @@ class SchedulerStats:
     retries: int = 0
     speculative: int = 0  # speculative final decodes run
     speculative_dropped: int = 0  # dropped while queued (speech resumed)
+    partial_batches: int = 0  # decode_batch calls (partials / partial_batches = mean batch)
 
 
 class DecodeScheduler:
@@ -83,8 +93,12 @@ class DecodeScheduler:
         workers: int = 2,
         stale_after_s: float = 1.5,
         retries: int = 1,
+        decode_batch: BatchFn | None = None,
+        batch_max: int = 16,
     ) -> None:
         self.decode = decode
+        self.decode_batch = decode_batch or self._one_by_one
+        self.batch_max = max(1, batch_max)
         self.executor = executor
         self.workers = workers
         self.stale_after_s = stale_after_s
@@ -126,12 +140,16 @@ class DecodeScheduler:
         event.set()
 
     def submit_partial(
-        self, line_id: str, audio: Any, on_done: Callable[[DecodeOutcome], Awaitable[None]]
+        self,
+        line_id: str,
+        segments: Sequence[Any],
+        on_done: Callable[[DecodeOutcome], Awaitable[None]],
     ) -> None:
+        """Queue a partial decode of ``segments`` (replacing the line's waiting partial)."""
         if line_id in self._partials:
             self.stats.coalesced += 1
             del self._partials[line_id]
-        self._partials[line_id] = _Job(line_id, audio, final=False, on_done=on_done)
+        self._partials[line_id] = _Job(line_id, tuple(segments), final=False, on_done=on_done)
         self._notify()
 
     def cancel_partials(self, line_id: str) -> None:
@@ -171,6 +189,57 @@ class DecodeScheduler:
         self._notify()
         await self.start()
         return await fut
+
+    def _one_by_one(self, items: list[tuple[str, Any]]) -> list[Any]:
+        """``decode_batch`` when none is given: ``decode`` on each item."""
+        out: list[Any] = []
+        for lid, audio in items:
+            try:
+                out.append(self.decode(lid, audio))
+            except Exception as exc:  # reported per item, like a batch decoder does
+                out.append(exc)
+        return out
+
+    def _more_partials(self, limit: int) -> list[_Job]:
+        """Up to ``limit`` more waiting partials that are not stale (oldest first)."""
+        now, jobs = time.monotonic(), []
+        while self._partials and len(jobs) < limit:
+            _, job = self._partials.popitem(last=False)
+            if now - job.queued_at <= self.stale_after_s:
+                jobs.append(job)
+            else:
+                self.stats.shed += 1
+        return jobs
+
+    async def _run_partials(self, jobs: list[_Job]) -> None:
+        """Decode the segments of ``jobs`` in one batch; each job's outcome to its callback."""
+        items = [(job.line_id, seg) for job in jobs for seg in job.audio]
+        picked = time.monotonic()
+        start_us = time.time_ns() // 1000
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.decode_batch, items
+            )
+        except Exception as exc:  # the whole batch failed: every partial reports it
+            results = [exc] * len(items)
+        end_us = time.time_ns() // 1000
+        self.stats.partial_batches += 1
+        i = 0
+        for job in jobs:
+            mine = results[i : i + len(job.audio)]
+            i += len(job.audio)
+            out = DecodeOutcome(start_us=start_us, end_us=end_us, waited_s=picked - job.queued_at)
+            errors = [r for r in mine if isinstance(r, BaseException)]
+            if errors:
+                out.error = errors[0]
+            else:
+                out.result = list(mine)
+            self.stats.partials += 1
+            if job.on_done is not None:
+                try:
+                    await job.on_done(out)
+                except Exception:
+                    log.exception("publishing the partial of %s failed", job.line_id)
 
     def _next(self, finals_only: bool = False) -> _Job | None:
         if self._finals:
@@ -218,6 +287,9 @@ class DecodeScheduler:
             if job is None:
                 await self._wait_for_work()
                 continue
+            if not job.final:
+                await self._run_partials([job, *self._more_partials(self.batch_max - 1)])
+                continue
             out = DecodeOutcome(waited_s=time.monotonic() - job.queued_at)
             out.speculative = job.speculative
             out.start_us = time.time_ns() // 1000
@@ -226,17 +298,9 @@ class DecodeScheduler:
             except Exception as exc:  # the model failed after its retries: reported
                 out.error = exc
             out.end_us = time.time_ns() // 1000
-            if job.final:
-                if job.speculative:
-                    self.stats.speculative += 1
-                else:
-                    self.stats.finals += 1
-                if job.future is not None and not job.future.done():
-                    job.future.set_result(out)
+            if job.speculative:
+                self.stats.speculative += 1
             else:
-                self.stats.partials += 1
-                if job.on_done is not None:
-                    try:
-                        await job.on_done(out)
-                    except Exception:
-                        log.exception("publishing the partial of %s failed", job.line_id)
+                self.stats.finals += 1
+            if job.future is not None and not job.future.done():
+                job.future.set_result(out)

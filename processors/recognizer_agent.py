@@ -7,9 +7,15 @@ once in ``recognizer-audio``, the line's small state in ``recognizer-lines``. Wh
 partition is revoked its lines are dropped from memory (``app.on_partitions_revoked``); a
 later message of such a line rebuilds it from the tables (see :meth:`RecognizerCore.evict`).
 
-- A **final** is decoded before the loop moves on (faust acks the event only then), so a
-  crash can never lose it: after a restart the final message is read again and decoded.
-  It goes through the worker's :class:`DecodeScheduler` ahead of every partial.
+- **Acks are manual** (``stream.noack()``): an event is acked when everything it asked for
+  is done. A **final** is decoded in a task of its own, so the loop goes on (other lines'
+  parts, partials, finals) while it decodes; its event is acked only after the final is
+  published and its table writes are made. faust commits an offset only when every
+  offset before it is acked, so a crash can never lose a final: after a restart its
+  message (and the ones after it, which are duplicates then) is read again. Finals of
+  one channel are published in utterance order (each waits for the one before). Finals
+  go through the worker's :class:`DecodeScheduler` ahead of every partial; at most
+  ``MAX_PENDING_FINALS`` are in flight (the loop waits for the oldest beyond that).
 - A **speculative final** (an end-candidate update, :mod:`speculation`) is handed to the
   scheduler with final priority and the loop goes on; the real final awaits it (or
   decodes afresh when its audio differs or the speculation failed) before it is published
@@ -44,6 +50,7 @@ from streamscribe.core.errors import StreamscribeError
 from streamscribe.core.settings import Settings
 from streamscribe.processors.decode_scheduler import DecodeOutcome, DecodeScheduler
 from streamscribe.processors.faust_app import (
+    EXIT_STAGE_FAILURE,
     StageTopics,
     dead_letter_for,
     event_scope,
@@ -69,6 +76,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "recognizer"
 EXIT_ERROR_BUDGET = 3
+MAX_PENDING_FINALS = 256
 
 
 class RecognizerStage:
@@ -97,13 +105,18 @@ class RecognizerStage:
             executor,
             workers=settings.asr_workers,
             stale_after_s=settings.partial_stale_s,
+            decode_batch=self._transcribe_batch,
+            batch_max=settings.partial_batch_max,
         )
+        self._fail_patterns = config.fail_patterns
+        self._pending: set[asyncio.Task[None]] = set()
+        self._last_final: dict[tuple[str, int], asyncio.Task[None]] = {}
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
 
         @app.agent(topics.utterances, name="recognizer", concurrency=1)
         async def recognizer(stream: Any) -> None:
-            async for event in stream.events():
+            async for event in stream.noack().events():
                 await guarded(self.handle, [event], STAGE)
 
         @app.task
@@ -126,6 +139,23 @@ class RecognizerStage:
 
     def _transcribe(self, audio: Audio) -> Any:
         return self.asr.transcribe(audio)
+
+    def _transcribe_batch(self, items: list[tuple[str, Audio]]) -> list[Any]:
+        """Partial segments in one batch; an injected failure fails only its own line."""
+        fail = injected_failures(lambda audio: None, self._fail_patterns)
+        out: list[Any] = [None] * len(items)
+        todo = []
+        for i, (lid, _) in enumerate(items):
+            try:
+                fail(lid, None)
+                todo.append(i)
+            except StreamscribeError as exc:
+                out[i] = exc
+        for i, decoded in zip(
+            todo, self.asr.transcribe_batch([items[i][1] for i in todo]), strict=True
+        ):
+            out[i] = decoded
+        return out
 
     def _partitions(self, tp_sets: Iterable[Iterable[Any]]) -> set[int]:
         topic = self.topics.names.utterances
@@ -153,8 +183,11 @@ class RecognizerStage:
                     msg = decode_message(ev.message.value, ev.message.key)
                 except StreamscribeError as err:
                     await dead_letter_for(self.topics, ev, err, stage=STAGE)
+                    ev.ack()
                     continue
-                await self._on_message(self.core.accept(msg, ev.message.partition), ev, msg.line_id)
+                step = self.core.accept(msg, ev.message.partition)
+                if await self._on_message(step, ev, msg.line_id):
+                    ev.ack()
         if self.core.budget.exceeded():
             log.critical(
                 "ASR error rate over %.0f%% of the last %d decodes: stopping before the event "
@@ -166,32 +199,74 @@ class RecognizerStage:
             sys.stderr.flush()
             os._exit(EXIT_ERROR_BUDGET)
 
-    async def _on_message(self, step: Accepted, ev: Any, lid: str) -> None:
+    async def _on_message(self, step: Accepted, ev: Any, lid: str) -> bool:
+        """Apply one accepted step; False when a final task will ack the event later."""
         self._write(step.writes)
         decode = step.decode
         if step.discarded:  # new audio: a speculation still queued is of no use now
             self.scheduler.cancel_speculative(lid)
         if decode is None:
-            return
+            return True
         if decode.speculative:
             start_speculation(self.scheduler, decode)
-            return
+            return True
         if not decode.final:
-            self.scheduler.submit_partial(decode.line_id, decode.audio, self._publisher(decode))
-            return
-        out = await final_outcome(self.scheduler, decode)
-        done = self.core.finish(decode, out)
-        await self.topics.transcripts.send(key=decode.msg.key, value=done.event.encode())
-        if done.dead_letter is not None:
-            await send_dead_letter(
-                self.topics,
-                ev,
-                stage=STAGE,
-                reason=done.dead_letter,
-                error_type=ASR_ERROR_TYPE,
-                session_id=decode.msg.session_id,
+            self.scheduler.submit_partial(
+                decode.line_id, decode.job.segments, self._publisher(decode)
             )
-        self._write(done.writes)
+            return True
+        while len(self._pending) >= MAX_PENDING_FINALS:
+            await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+        channel = (decode.msg.session_id, decode.msg.channel)
+        task = asyncio.create_task(self._final(decode, ev, self._last_final.get(channel)))
+        self._last_final[channel] = task
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(lambda t: self._forget(channel, t))
+        return False
+
+    def _forget(self, channel: tuple[str, int], task: asyncio.Task[None]) -> None:
+        if self._last_final.get(channel) is task:
+            del self._last_final[channel]
+
+    async def _final(self, decode: Decode, ev: Any, before: asyncio.Task[None] | None) -> None:
+        """Decode, publish and store one final, then ack its event (module docstring).
+
+        Anything escaping here is systemic: the process exits before the ack, as
+        :func:`~streamscribe.processors.faust_app.guarded` does for the loop.
+        """
+        try:
+            out = await final_outcome(self.scheduler, decode)
+            if before is not None:
+                await asyncio.shield(before)  # the channel's previous final goes out first
+            with event_scope(ev):
+                done = self.core.finish(decode, out)
+                await self.topics.transcripts.send(key=decode.msg.key, value=done.event.encode())
+                if done.dead_letter is not None:
+                    await send_dead_letter(
+                        self.topics,
+                        ev,
+                        stage=STAGE,
+                        reason=done.dead_letter,
+                        error_type=ASR_ERROR_TYPE,
+                        session_id=decode.msg.session_id,
+                    )
+                self._write(done.writes)
+            ev.ack()
+        except Exception:
+            log.critical("final of %s failed; exiting before ack", decode.line_id, exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_STAGE_FAILURE)
+        if self.core.budget.exceeded():
+            log.critical(
+                "ASR error rate over %.0f%% of the last %d decodes: stopping before the next "
+                "event is acked",
+                100 * self.settings.max_error_rate,
+                len(self.core.budget.outcomes),
+            )
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(EXIT_ERROR_BUDGET)
 
     def _write(self, writes: Iterable[TableWrite]) -> None:
         for w in writes:

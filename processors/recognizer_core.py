@@ -151,13 +151,14 @@ class RecognizerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecognizerConfig:
-        """``update_interval_s``, ``partial_growth``, ``max_error_rate``, ``asr_fail_lines``
-        (comma-separated ``fnmatch`` patterns of line ids) and the group id."""
+        """``update_interval_s``, ``partial_growth``, ``partial_window_s``, ``max_error_rate``,
+        ``asr_fail_lines`` (comma-separated ``fnmatch`` patterns of line ids), the group id."""
         return cls(
             group_id=settings.group_id,
             policy=PartialPolicy(
                 interval_samples=int(settings.update_interval_s * RATE),
                 growth=settings.partial_growth,
+                window_samples=int(settings.partial_window_s * RATE),
             ),
             max_error_rate=settings.max_error_rate,
             fail_patterns=tuple(p for p in settings.asr_fail_lines.split(",") if p),
@@ -362,7 +363,7 @@ class RecognizerCore:
             job = line.job(final=True)
             decode = Decode(lid, job, msg, speculative=True, speculation=line.speculation)
         elif line.partial_due(self.config.policy):
-            decode = Decode(lid, line.job(final=False), msg)
+            decode = Decode(lid, line.job(final=False, policy=self.config.policy), msg)
         line.written = line.to_doc()
         writes = (piece, TableWrite(LINES_TABLE, lid, line.written))
         return Accepted(verdict, writes, decode, discarded=discarded)
@@ -393,7 +394,8 @@ class RecognizerCore:
         """The partial to publish for a decoded partial job (None: failed, or line closed)."""
         if out.error is not None:
             return None
-        applied = decode.job.line.apply_partial(out.result.text)
+        decoded = out.result  # one result per segment of the job
+        applied = decode.job.line.apply_partial(decode.job, [d.text for d in decoded])
         if applied is None:
             return None
         text, stable, revision = applied
@@ -409,7 +411,7 @@ class RecognizerCore:
             stable_text=stable,
             start_ms=line.start_sample * 1000 / RATE,
             end_ms=(line.start_sample + decode.job.samples) * 1000 / RATE,
-            confidence=out.result.confidence,
+            confidence=min(d.confidence for d in decoded),
             timestamps=_timestamps(msg, out, self._clock()),
             degraded=msg.degraded,
         )

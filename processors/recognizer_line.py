@@ -23,12 +23,18 @@ document of :meth:`~RecognizerLine.to_doc` (positions, counters, stabiliser) plu
 parts, each stored once under :func:`piece_key`. :meth:`RecognizerLine.restore` rebuilds
 the same line from them.
 
-Partial scheme (chosen with the figures in ``bench/results/asr_model.json``): each partial
-re-decodes the whole utterance so far — the most accurate choice, because tiny Moonshine
-gains from left context — but only when the new audio since the last partial is at least
-``max(update_interval, growth * decoded)``: intervals grow geometrically with the line, so
-a line of length L costs about ``L * (1 + 1/growth)`` seconds of decoding instead of the
-``L^2 / (2 * interval)`` of re-decoding at every update.
+Partial scheme (chosen with the figures in ``bench/README.md``, "cheaper partials"): a
+partial is due every ``update_interval`` of new audio (:class:`PartialPolicy`; under load the
+decode queue coalesces a line's partials, so its interval stretches instead of its queue
+growing). It decodes only the line's **tail window**: the audio since the line's *anchor*.
+The words before the anchor are the line's committed text. When the window reaches
+``window`` seconds the job is cut at the centre of the window's quietest 32 ms frame
+(between ``cut_min`` from its start and ``cut_margin`` before its end, so a cut falls
+between words): the block before the cut and the rest are decoded as two segments (in
+one batch), the block's text is committed and the anchor moves to the cut. So a partial
+costs at most about ``window`` seconds of decoding however long the line is, and the
+published text is ``committed text + tail text``. The final always decodes the whole line
+(the same audio as the offline ``transcribe``).
 
 Example::
 
@@ -41,9 +47,12 @@ Example::
     0
     >>> line.audio.shape, line.verdict(0)
     ((8000,), 'duplicate')
-    >>> policy = PartialPolicy(interval_samples=8000, growth=0.3)
+    >>> policy = PartialPolicy(interval_samples=8000)
     >>> line.partial_due(policy), line.partial_due(policy)   # taken: not due again
     (True, False)
+    >>> job = line.job(final=False, policy=policy)
+    >>> [len(seg) for seg in job.segments], job.cut    # shorter than the window: no cut
+    ([8000], None)
 """
 
 from __future__ import annotations
@@ -63,7 +72,9 @@ log = logging.getLogger(__name__)
 
 RATE: Final = 16000
 """Sample rate of the utterance audio (Hz)."""
-DEFAULT_GROWTH: Final = 0.3
+DEFAULT_GROWTH: Final = 0.0
+FRAME: Final = 512
+"""Samples per frame when looking for the quietest point of a window (32 ms)."""
 MIN_BUFFER_SAMPLES: Final = RATE
 """Initial capacity of a line's audio buffer (it doubles when full)."""
 
@@ -90,18 +101,40 @@ def piece_key(line_id: str, part: int) -> str:
 
 @dataclass(frozen=True)
 class PartialPolicy:
-    """When a speech-so-far update deserves a decode (see the module docstring).
+    """When a speech-so-far update deserves a decode, and how much of the line it decodes.
 
-    >>> policy = PartialPolicy(interval_samples=8000, growth=0.3)
-    >>> policy.due(decoded=0, available=8000), policy.due(decoded=48000, available=56000)
+    >>> policy = PartialPolicy(interval_samples=8000)
+    >>> policy.due(decoded=0, available=8000), policy.due(decoded=48000, available=52000)
     (True, False)
+    >>> quiet = np.ones(4 * RATE, np.float32)
+    >>> quiet[30208:30720] = 0.0          # the quietest 32 ms frame: samples 30208..30719
+    >>> policy.cut(quiet)
+    30464
+    >>> policy.cut(quiet[:RATE]) is None               # shorter than the window
+    True
     """
 
     interval_samples: int = RATE // 2
-    growth: float = DEFAULT_GROWTH
+    growth: float = DEFAULT_GROWTH  # optional: also wait for growth * decoded new samples
+    window_samples: int = 5 * RATE // 2
+    cut_min_samples: int = RATE
+    cut_margin_samples: int = 3 * RATE // 10
 
     def due(self, decoded: int, available: int) -> bool:
         return available - decoded >= max(self.interval_samples, int(self.growth * decoded))
+
+    def cut(self, window: Audio) -> int | None:
+        """Offset in ``window`` to commit at (see the module docstring), or None."""
+        n = window.shape[0]
+        if n < self.window_samples:
+            return None
+        first = -(-self.cut_min_samples // FRAME)
+        last = (n - self.cut_margin_samples) // FRAME  # frames [first, last) end in range
+        if last <= first:
+            return None
+        frames = window[first * FRAME : last * FRAME].reshape(-1, FRAME)
+        energy = np.einsum("ij,ij->i", frames, frames)
+        return (first + int(np.argmin(energy))) * FRAME + FRAME // 2
 
 
 class _AudioBuffer:
@@ -156,16 +189,36 @@ class Speculation:
 
 @dataclass(frozen=True)
 class DecodeJob:
-    """One decode of a line's audio so far (a partial) or of the whole line (the final).
+    """One decode of a line: a partial (its tail window) or the final (the whole line).
 
     ``samples`` is the line's length in stream samples when the job was built (partials
-    publish ``end_ms`` from it); ``audio`` a read-only view of the buffered samples.
+    publish ``end_ms`` from it); ``segments`` the read-only views to decode: the whole
+    line for a final; for a partial the audio from ``anchor`` (one segment) or, when the
+    window is cut at ``cut`` (an offset from the anchor), the block before the cut and the
+    rest. ``prefix`` is the line's committed text when the job was built.
     """
 
     line: RecognizerLine
-    audio: Audio
+    segments: tuple[Audio, ...]
     samples: int
     final: bool
+    anchor: int = 0
+    cut: int | None = None
+    prefix: str = ""
+
+    @property
+    def audio(self) -> Audio:
+        """The first segment (for a final: the whole line)."""
+        return self.segments[0]
+
+
+def join_text(*parts: str) -> str:
+    """Texts of consecutive segments as one line.
+
+    >>> join_text("", "It was", " the best ")
+    'It was the best'
+    """
+    return " ".join(p.strip() for p in parts if p.strip())
 
 
 class RecognizerLine:
@@ -184,6 +237,8 @@ class RecognizerLine:
         self.partition = partition
         self.stabilizer = LineStabilizer()
         self.speculation: Speculation | None = None  # in memory only
+        self.anchor = 0  # buffer offset where partial windows start (module docstring)
+        self.anchor_text = ""  # the committed text of the audio before the anchor
         self._audio = _AudioBuffer()
 
     # ---------------------------------------------------------------- parts in
@@ -227,16 +282,29 @@ class RecognizerLine:
         self.decoded_samples = self.audio_samples
         return True
 
-    def job(self, *, final: bool) -> DecodeJob:
-        """A decode of the audio so far."""
-        return DecodeJob(self, self.audio, self.audio_samples, final)
+    def job(self, *, final: bool, policy: PartialPolicy | None = None) -> DecodeJob:
+        """A decode of the audio so far: the whole line (final) or its tail window."""
+        audio = self.audio
+        if final:
+            return DecodeJob(self, (audio,), self.audio_samples, True)
+        window = audio[self.anchor :]
+        cut = (policy or PartialPolicy()).cut(window)
+        segments = (window,) if cut is None else (window[:cut], window[cut:])
+        return DecodeJob(
+            self, segments, self.audio_samples, False, self.anchor, cut, self.anchor_text
+        )
 
-    def apply_partial(self, text: str) -> tuple[str, str, int] | None:
-        """Stabilise a partial hypothesis: ``(text, stable_text, revision)``, or None when
-        the line no longer takes partials (finished, or evicted from this worker)."""
+    def apply_partial(self, job: DecodeJob, texts: list[str]) -> tuple[str, str, int] | None:
+        """Stabilise a decoded partial job (one text per segment): ``(text, stable_text,
+        revision)``, or None when the line no longer takes partials (finished, or evicted
+        from this worker). A cut job commits its first segment's text, unless another
+        job moved the anchor since it was built."""
         if not self.open or self.stabilizer.closed:
             return None
-        view = self.stabilizer.update(text)
+        if job.cut is not None and job.anchor == self.anchor:
+            self.anchor_text = join_text(job.prefix, texts[0])
+            self.anchor = job.anchor + job.cut
+        view = self.stabilizer.update(join_text(job.prefix, *texts))
         return view.text, view.stable_text, view.revision
 
     def finish(self, text: str | None) -> tuple[str, int]:
@@ -262,6 +330,8 @@ class RecognizerLine:
             "missing_parts": self.missing_parts,
             "done": self.done,
             "stabilizer": {} if self.done else self.stabilizer.to_dict(),
+            "anchor": self.anchor,
+            "anchor_text": self.anchor_text,
         }
 
     @staticmethod
@@ -295,6 +365,8 @@ class RecognizerLine:
         line.decoded_samples = int(doc.get("decoded_samples", 0))
         line.missing_parts = int(doc.get("missing_parts", 0))
         line.done = bool(doc.get("done", False))
+        line.anchor = int(doc.get("anchor", 0))
+        line.anchor_text = str(doc.get("anchor_text", ""))
         line.written = dict(doc)
         if line.done:
             return line

@@ -236,3 +236,31 @@ def test_decode_config_validation() -> None:
 def test_docstring_examples_run() -> None:
     failures, tried = doctest.testmod(asr_module)
     assert tried >= 6 and failures == 0
+
+
+def test_batch_transcription_matches_one_by_one(
+    model: MoonshineAsr, two_cities: np.ndarray, beckett: np.ndarray, references: dict[str, str]
+) -> None:
+    """Partials are decoded in batches: per utterance, the batch gives the tokens of
+    ``transcribe`` but for float rounding in the batched matrix products (a greedy near-tie
+    can flip a token), and words as accurate; a bad or empty item stays its own."""
+    rate = 16000
+    cuts = [(0.9, 3.4), (3.4, 6.0), (6.0, 10.5), (10.5, 12.0), (12.0, 16.8), (16.8, 19.5)]
+    pieces = [two_cities[int(a * rate) : int(b * rate)] for a, b in cuts] + [beckett]
+    alone = [model.transcribe(p) for p in pieces]
+    bad = np.array([0.0, np.nan], dtype=np.float32)
+    batch = model.transcribe_batch([*pieces, bad, np.zeros(0, np.float32)])
+    assert len(batch) == len(pieces) + 2
+    assert isinstance(batch[-2], AsrError) and "NaN" in str(batch[-2])
+    assert batch[-1].text == "" and batch[-1].token_ids == []
+    decoded = batch[: len(pieces)]
+    same = sum(b.token_ids == a.token_ids for b, a in zip(decoded, alone, strict=True))
+    assert same >= len(pieces) - 2, [(a.text, b.text) for a, b in zip(alone, decoded, strict=True)]
+    reference = normalized_words(references["beckett.wav"])
+    assert wer(" ".join(reference), decoded[-1].text) <= 0.1, decoded[-1].text
+    words_alone = " ".join(a.text for a in alone[:-1])
+    words_batch = " ".join(b.text for b in decoded[:-1])
+    ref_words = " ".join(normalized_words(references["two_cities.wav"])[:50])
+    assert wer(ref_words, words_batch) <= wer(ref_words, words_alone) + 0.05
+    for b, a in zip(decoded, alone, strict=True):
+        assert b.audio_s == a.audio_s and 0.0 < b.confidence <= 1.0

@@ -143,7 +143,10 @@ class Harness:
         return step.decode
 
     def outcome(self, decode: Decode) -> DecodeOutcome:
-        return DecodeOutcome(result=self.asr(decode.audio), start_us=20, end_us=21)
+        if decode.job.final:
+            return DecodeOutcome(result=self.asr(decode.audio), start_us=20, end_us=21)
+        result = [self.asr(seg) for seg in decode.job.segments]  # a partial: per segment
+        return DecodeOutcome(result=result, start_us=20, end_us=21)
 
     def complete(self, decode: Decode, out: DecodeOutcome | None = None) -> Any:
         out = out or self.outcome(decode)
@@ -212,12 +215,13 @@ def test_a_decode_job_keeps_its_audio_while_the_line_grows() -> None:
     jobs = [d for d in (h.accept(m) for m in msgs[:-1]) if d is not None]
     assert len(jobs) >= 3
     for job in jobs:
-        assert job.audio.shape == (job.job.samples,)
-        assert job.audio.base is not None  # a view of the line buffer, not a copy
+        assert sum(len(seg) for seg in job.job.segments) == job.job.samples - job.job.anchor
+        assert all(seg.base is not None for seg in job.job.segments)  # views, not copies
     line = h.core.line("s/0/0")
     assert line is not None
     for job in jobs:
-        assert np.array_equal(job.audio, line.audio[: job.job.samples])
+        joined = np.concatenate(job.job.segments)
+        assert np.array_equal(joined, line.audio[job.job.anchor : job.job.samples])
 
 
 def test_missing_parts_flag_the_final_degraded() -> None:
@@ -532,3 +536,37 @@ def test_the_agent_drops_the_lines_of_a_revoked_partition(tmp_path: Path) -> Non
     assert stage.core.parked == 1
     asyncio.run(app.on_partitions_assigned.send({TP(topics.names.utterances, 2)}))
     assert stage.core.parked == 0  # partition 1 went to another worker
+
+
+def test_tail_window_partials_of_a_long_line_with_the_real_model(
+    model: MoonshineAsr, references: dict[str, str]
+) -> None:
+    """Partials decode only the line's tail window (cut at quiet frames and committed), so
+    each costs a bounded amount of audio however long the line; their text still follows
+    the speech, and the final decodes the whole line."""
+    audio = read_audio_16k(bundled_recording("two_cities.wav"))
+    piece = audio[int(0.9 * SAMPLE_RATE) : int(10.5 * SAMPLE_RATE)]
+    reference = normalized_words(references["two_cities.wav"])[:30]
+    h = Harness(config=_config(growth=0.0), asr=model.transcribe)
+    policy = h.config.policy
+    decoded, partials = [], []
+    for msg in line_messages(piece):
+        decode = h.accept(msg)
+        if decode is None:
+            continue
+        if not decode.final:
+            decoded.append(sum(len(seg) for seg in decode.job.segments))
+        result = h.complete(decode)
+        if result is not None and not decode.final:
+            partials.append(result)
+    final = result.event
+    line_s = len(piece) / SAMPLE_RATE
+    assert len(partials) == len(decoded) >= int(line_s / 0.5) - 1  # one every interval
+    # bounded: under the window plus one interval, though the line is 9.6 s long
+    assert max(decoded) < policy.window_samples + policy.interval_samples
+    assert sum(decoded) < 0.4 * (line_s / 0.5) * len(piece)  # vs re-decoding it all
+    last = partials[-1]
+    assert last.text.startswith(last.stable_text)
+    heard = normalized_words(last.text)
+    assert wer(" ".join(reference[: len(heard)]), " ".join(heard)) <= 0.3, last.text
+    assert wer(" ".join(reference), final.text) <= 0.15, final.text

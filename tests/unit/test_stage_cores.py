@@ -127,11 +127,11 @@ def test_scheduler_finals_first_partials_coalesced_and_shed() -> None:
             published.append(out.result)  # type: ignore[attr-defined]
 
         await sched.start()
-        sched.submit_partial("p1", None, on_done)  # starts at once
+        sched.submit_partial("p1", [None], on_done)  # starts at once
         await asyncio.sleep(0.01)
-        sched.submit_partial("p2", None, on_done)
-        sched.submit_partial("p2", None, on_done)  # coalesced with the previous one
-        sched.submit_partial("p3", None, on_done)
+        sched.submit_partial("p2", [None], on_done)
+        sched.submit_partial("p2", [None], on_done)  # coalesced with the previous one
+        sched.submit_partial("p3", [None], on_done)
         final, bad = await asyncio.gather(  # both jump ahead of p2 and p3
             sched.decode_final("f1", None), sched.decode_final("bad", None)
         )
@@ -141,7 +141,7 @@ def test_scheduler_finals_first_partials_coalesced_and_shed() -> None:
         await sched.stop()
         assert sched.stats.coalesced == 1 and sched.stats.retries == 1
         assert sched.stats.shed >= 1  # p2/p3 waited longer than 0.12 s behind the finals
-        assert "text of p1" in published
+        assert ["text of p1"] in published  # one result per segment
 
     asyncio.run(scenario())
     assert order[:4] == ["p1", "f1", "bad", "bad"]
@@ -167,7 +167,7 @@ def test_a_final_never_waits_behind_partials_with_two_slots() -> None:
             return None
 
         for i in range(4):
-            sched.submit_partial(f"p{i}", None, on_done)
+            sched.submit_partial(f"p{i}", [None], on_done)
         await asyncio.sleep(0.05)  # a partial is decoding now
         t0 = time.monotonic()
         out = await sched.decode_final("f", None)
