@@ -1,0 +1,374 @@
+"""The WebSocket gateway on the real broker (and, where transcripts matter, a real worker).
+
+- refusals: no token, wrong token, wrong Origin, oversized frame, sessions per token,
+  sessions per gateway → their documented close codes, counted in ``/metrics``, and
+  nothing on the audio topic; bad frames and messages get an ``error`` and the session
+  goes on;
+- ``streamscribe stream beckett.wav`` through the gateway: the finals match the reference,
+  the audio topic holds exactly the frames sent (contiguous ``seq``, one session key);
+- 20 concurrent clients each get only their own session's events, numbered and in order;
+- a worker killed and restarted mid-session: the client keeps its socket and gets every final;
+- a reconnect within the grace period continues the session; after it, a new session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from streamscribe.producers.gateway.client import PACE_ASAP, StreamJob, StreamReport, stream
+from streamscribe.schemas.audio import AudioChunk
+from streamscribe.schemas.control import is_tick
+from streamscribe.schemas.topics import Topics
+from tests.integration.gateway_procs import TOKENS, GatewayProc, gateway, start_doc
+from tests.integration.kafka_read import read_topic
+from tests.integration.pipeline import start_worker, worker
+from tests.procs import streamscribe_cmd
+from tests.wer import word_errors
+
+pytestmark = pytest.mark.integration
+
+TOKEN = TOKENS[0]
+
+
+def audio_chunks(bootstrap: str, topics: Topics) -> list[AudioChunk]:
+    records = read_topic(bootstrap, topics.audio)
+    return [AudioChunk.decode(r.value) for r in records if not is_tick(r.value)]
+
+
+def final_text(report: StreamReport) -> str:
+    return " ".join(f["text"] for f in report.finals)
+
+
+async def closed_with(url: str, *, first: str | bytes | None = None, **kw: Any) -> tuple[int, str]:
+    """Connect, optionally send one message, and return the close code and reason."""
+    async with connect(url, **kw) as ws:
+        if first is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(first)
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+        assert ws.close_code is not None
+        return ws.close_code, ws.close_reason or ""
+
+
+async def opened(url: str, token: str, **start: Any) -> tuple[Any, dict[str, Any]]:
+    ws = await connect(url, additional_headers={"Authorization": f"Bearer {token}"})
+    await ws.send(start_doc(**start))
+    ready = json.loads(await ws.recv())
+    assert ready["type"] == "ready", ready
+    return ws, ready
+
+
+async def reopened(url: str, token: str, **start: Any) -> tuple[Any, dict[str, Any]]:
+    """``opened`` once the gateway has seen the old socket drop (4409 until then)."""
+    while True:
+        try:
+            return await opened(url, token, **start)
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None and exc.rcvd.code == 4409, exc
+            await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------------- refusals
+async def _refusals(gw: GatewayProc) -> dict[str, Any]:
+    url = gw.ws_url
+    auth = {"additional_headers": {"Authorization": f"Bearer {TOKEN}"}}
+    out: dict[str, Any] = {
+        "no_token": await closed_with(url, first=start_doc()),
+        "wrong_token": await closed_with(
+            url, first=start_doc(), additional_headers={"Authorization": "Bearer nope"}
+        ),
+        "wrong_token_query": await closed_with(url + "?token=nope", first=start_doc()),
+        "wrong_origin": await closed_with(
+            url, first=start_doc(), origin="http://evil.example", **auth
+        ),
+        "audio_before_start": await closed_with(url, first=b"\x00\x00", **auth),
+    }
+    # an oversized first frame: refused before anything of the session is published
+    ws, _ = await opened(url, TOKEN)
+    await ws.send(b"\x00" * 3202)
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await ws.recv()
+    out["oversized"] = (ws.close_code, ws.close_reason)
+    # bad frames and messages: an error each, and the session goes on
+    ws, _ = await opened(url, TOKEN, session_id="held-a")
+    errors = []
+    for bad in (b"\x00\x00\x00", "hello", start_doc(), '{"type":"start"}'):
+        await ws.send(bad)
+        errors.append(json.loads(await ws.recv())["code"])
+    out["errors"] = errors
+    # limits: sessions per token (1), then sessions per gateway (2)
+    out["token_limit"] = await closed_with(url, first=start_doc(), **auth)
+    ws_b, _ = await opened(url, TOKENS[1])
+    out["busy"] = await closed_with(url, first=start_doc(session_id="held-a", resume_from=0),
+                                    **auth)  # fmt: skip
+    out["gateway_full"] = await closed_with(
+        url, first=start_doc(), additional_headers={"Authorization": f"Bearer {TOKENS[2]}"}
+    )
+    # the held session still works: end → session_end (no audio, no finals) → 1000
+    await ws.send('{"type": "end"}')
+    end = json.loads(await ws.recv())
+    with pytest.raises(ConnectionClosed):
+        await ws.recv()
+    out["end"] = (end, ws.close_code)
+    await ws_b.close()
+    return out
+
+
+def test_refusals_have_their_documented_codes_and_publish_nothing(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    settings = {"gateway_max_frame_bytes": "3200", "gateway_max_sessions": "2",
+                "gateway_max_sessions_per_token": "1"}  # fmt: skip
+    with gateway(kafka_bootstrap, topics, tmp_path, **settings) as gw:
+        out = asyncio.run(_refusals(gw))
+        metrics = {
+            r: gw.metric("refused_total", reason=r)
+            for r in ("unauthorized", "forbidden_origin", "bad_request", "frame_too_large",
+                      "too_many_sessions_for_token", "session_busy", "gateway_full")
+        }  # fmt: skip
+        assert gw.health()["sessions"] == 1  # ws_b's socket closed before end: in grace
+    assert out["no_token"] == (4401, "unauthorized: no token")
+    assert out["wrong_token"] == (4401, "unauthorized: wrong token")
+    assert out["wrong_token_query"] == (4401, "unauthorized: wrong token")
+    assert out["wrong_origin"] == (4403, "forbidden_origin: origin http://evil.example not allowed")
+    assert out["audio_before_start"] == (4400, "bad_request: audio before start")
+    assert out["oversized"] == (4413, "frame_too_large: 3202 > 3200 bytes")
+    assert out["errors"] == ["bad_frame", "bad_message", "duplicate_start", "bad_message"]
+    assert out["token_limit"] == (4429, "too_many_sessions_for_token: 1 sessions for this token")
+    assert out["busy"] == (4409, "session_busy: session is open on another connection")
+    assert out["gateway_full"] == (4503, "gateway_full: 2 sessions open")
+    end, code = out["end"]
+    assert (end["type"], end["session_id"], end["finals"], end["complete"], code) == (
+        "session_end", "held-a", 0, True, 1000,
+    )  # fmt: skip
+    assert metrics == {"unauthorized": 3, "forbidden_origin": 1, "bad_request": 1,
+                       "frame_too_large": 1, "too_many_sessions_for_token": 1,
+                       "session_busy": 1, "gateway_full": 1}  # fmt: skip
+    assert audio_chunks(kafka_bootstrap, topics) == []
+
+
+def test_stream_cli_refused_exits_2_with_one_line(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path
+) -> None:
+    with gateway(kafka_bootstrap, topics, tmp_path) as gw:
+        done = subprocess.run(
+            streamscribe_cmd("stream", str(assets / "beckett.wav"), "--url", gw.ws_url,
+                             "--token", "wrong"),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "streamscribe stream: error: the gateway closed the session: 4401 unauthorized: wrong token"
+    )
+    assert audio_chunks(kafka_bootstrap, topics) == []
+
+
+# ------------------------------------------------------------- with a real worker
+def test_stream_beckett_through_the_gateway_matches_the_reference(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path, references: dict[str, str]
+) -> None:
+    wav = assets / "beckett.wav"
+    with (
+        worker(kafka_bootstrap, topics, tmp_path, group=f"g-{uuid.uuid4().hex[:6]}"),
+        gateway(kafka_bootstrap, topics, tmp_path) as gw,
+    ):
+        done = subprocess.run(
+            streamscribe_cmd("stream", str(wav), "--url", gw.ws_url, "--token", TOKEN),
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        events_out = gw.metric("events_out_total", type="transcript")
+        audio_s = gw.metric("audio_seconds_total")
+    assert done.returncode == 0, done.stderr
+    finals = [line.split(": ", 1)[1] for line in done.stdout.splitlines() if "] mic: " in line]
+    text = " ".join(finals)
+    print(f"\nstream finals: {text!r}\n{done.stderr.strip()}")
+    assert word_errors(references["beckett.wav"], text) <= 1, text
+    assert done.stdout.splitlines()[0].startswith("[00:00] mic: ")
+    # the audio topic holds exactly the file, in frames with contiguous seq, then the end
+    chunks = audio_chunks(kafka_bootstrap, topics)
+    sid = chunks[0].session_id
+    assert {c.session_id for c in chunks} == {sid}
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert [c.end_of_stream for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert sum(c.n_samples for c in chunks) == sf.info(str(wav)).frames
+    assert [c.position for c in chunks[1:]] == list(np.cumsum([c.n_samples for c in chunks[:-1]]))
+    assert f"session {sid}: {len(finals)} finals" in done.stderr
+    assert audio_s == pytest.approx(sf.info(str(wav)).duration, abs=1e-6)
+    assert events_out >= len(finals)
+
+
+async def _many(url: str, wav: Path, n: int) -> list[StreamReport]:
+    jobs = [StreamJob(str(wav), url, token=TOKENS[i % 3], pace=PACE_ASAP) for i in range(n)]
+    return await asyncio.gather(*(stream(j) for j in jobs))
+
+
+def test_twenty_concurrent_clients_each_get_only_their_own_events_in_order(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path, references: dict[str, str]
+) -> None:
+    with (
+        worker(kafka_bootstrap, topics, tmp_path, group=f"g-{uuid.uuid4().hex[:6]}"),
+        gateway(kafka_bootstrap, topics, tmp_path, gateway_final_wait_s="300") as gw,
+    ):
+        reports = asyncio.run(_many(gw.ws_url, assets / "beckett.wav", 20))
+        assert gw.health()["sessions"] == 0
+    sids = [r.session_id for r in reports]
+    assert len(set(sids)) == 20
+    errors = []
+    for r in reports:
+        logged = [m for m in r.messages if "n" in m]
+        assert [m["n"] for m in logged] == list(range(1, len(logged) + 1))
+        assert {m["event"]["session_id"] for m in logged if m["type"] == "transcript"} == {
+            r.session_id
+        }
+        assert logged[-1]["type"] == "session_end" and logged[-1]["complete"] is True
+        utts = [f["utterance"] for f in r.finals]
+        assert utts == sorted(set(utts)), utts  # each final once, in order
+        finalized: set[int] = set()
+        for m in logged:  # no partial of a line after its final
+            if m["type"] == "transcript":
+                assert m["event"]["utterance"] not in finalized, m
+                if m["event"]["kind"] == "final":
+                    finalized.add(m["event"]["utterance"])
+        errors.append(word_errors(references["beckett.wav"], final_text(r)))
+        assert r.close_code == 1000
+    print(f"\n20 clients: word errors per session {errors}")
+    assert max(errors) <= 1, errors
+    chunks = audio_chunks(kafka_bootstrap, topics)
+    assert {c.session_id for c in chunks} == set(sids)
+    for sid, r in zip(sids, reports, strict=True):
+        seqs = [c.seq for c in chunks if c.session_id == sid]
+        assert seqs == list(range(r.frames_sent + 1))
+
+
+def test_worker_killed_mid_session_the_client_keeps_its_socket_and_gets_every_final(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path, references: dict[str, str]
+) -> None:
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    first = start_worker(kafka_bootstrap, topics, tmp_path, group=group, log_name="w1.log")
+    procs = [first]
+    try:
+        with gateway(kafka_bootstrap, topics, tmp_path, gateway_final_wait_s="300") as gw:
+            triggered, restarted = threading.Event(), threading.Event()
+
+            def restart() -> None:
+                first.kill9()
+                procs.append(
+                    start_worker(kafka_bootstrap, topics, tmp_path, group=group,
+                                 log_name="w2.log")
+                )  # fmt: skip
+                restarted.set()
+
+            def on_message(msg: dict[str, Any]) -> None:
+                final = msg["type"] == "transcript" and msg["event"]["kind"] == "final"
+                if final and not triggered.is_set():  # the first final: kill the worker
+                    triggered.set()
+                    threading.Thread(target=restart, daemon=True).start()
+
+            job = StreamJob(str(assets / "beckett.wav"), gw.ws_url, token=TOKEN)
+            report = asyncio.run(stream(job, on_message))
+            assert restarted.is_set()
+    finally:
+        for p in procs:
+            p.stop()
+    text = final_text(report)
+    print(f"\nworker restart: finals {text!r}, latencies {[round(x) for x in report.latencies_ms]}")
+    assert report.close_code == 1000 and report.complete
+    assert word_errors(references["beckett.wav"], text) <= 1, text
+    utts = [f["utterance"] for f in report.finals]
+    assert utts == list(range(len(utts)))
+
+
+# ---------------------------------------------------------------------- reconnect
+async def _reconnect(gw: GatewayProc, pcm: np.ndarray[Any, Any], sid: str) -> dict[str, Any]:
+    frame = 1600  # 100 ms
+    frames = [pcm[i : i + frame].tobytes() for i in range(0, len(pcm), frame)]
+    half = len(frames) // 2
+    got: list[dict[str, Any]] = []
+    ws, ready1 = await opened(gw.ws_url, TOKEN, session_id=sid)
+    for f in frames[:half]:
+        await ws.send(f)
+    while not any(m.get("type") == "transcript" and m["event"]["kind"] == "final" for m in got):
+        got.append(json.loads(await ws.recv()))
+    ws.transport.abort()  # the network drops: no close frame, no end
+    last_n = got[-1]["n"]
+    await asyncio.sleep(0.5)
+    ws, ready2 = await reopened(gw.ws_url, TOKEN, session_id=sid, resume_from=last_n)
+    for f in frames[half:]:
+        await ws.send(f)
+    await ws.send('{"type": "end"}')
+    try:
+        while True:
+            got.append(json.loads(await ws.recv()))
+    except ConnectionClosed:
+        pass
+    half_samples = sum(len(f) // 2 for f in frames[:half])
+    return {"ready1": ready1, "ready2": ready2, "got": got, "half": half, "code": ws.close_code,
+            "frames": len(frames), "half_samples": half_samples}  # fmt: skip
+
+
+async def _after_grace(gw: GatewayProc, sid: str) -> dict[str, Any]:
+    ws, ready1 = await opened(gw.ws_url, TOKEN, session_id=sid)
+    await ws.send(b"\x00\x00" * 1600)
+    ws.transport.abort()
+    while gw.health()["sessions"]:  # the grace period runs out
+        await asyncio.sleep(0.2)
+    ws, ready2 = await opened(gw.ws_url, TOKEN, session_id=sid, resume_from=0)
+    await ws.close()
+    return {"ready1": ready1, "ready2": ready2}
+
+
+def test_reconnect_within_grace_continues_the_session_after_it_a_new_one(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path, references: dict[str, str]
+) -> None:
+    pcm, _ = sf.read(str(assets / "beckett.wav"), dtype="int16")
+    sid, late = f"rc-{uuid.uuid4().hex[:6]}", f"rg-{uuid.uuid4().hex[:6]}"
+    with (
+        worker(kafka_bootstrap, topics, tmp_path, group=f"g-{uuid.uuid4().hex[:6]}"),
+        gateway(
+            kafka_bootstrap, topics, tmp_path, gateway_grace_s="3", gateway_final_wait_s="300"
+        ) as gw,  # fmt: skip
+    ):
+        out = asyncio.run(_reconnect(gw, pcm, sid))
+        grace = asyncio.run(_after_grace(gw, late))
+    r1, r2 = out["ready1"], out["ready2"]
+    assert (r1["session_id"], r1["resumed"], r1["next_seq"]) == (sid, False, 0)
+    assert (r2["session_id"], r2["resumed"], r2["next_seq"], r2["received_samples"]) == (
+        sid, True, out["half"], out["half_samples"],
+    )  # fmt: skip
+    got = out["got"]
+    assert [m["n"] for m in got if "n" in m] == list(
+        range(1, len([m for m in got if "n" in m]) + 1)
+    )
+    finals = [m["event"] for m in got if m.get("type") == "transcript" and
+              m["event"]["kind"] == "final"]  # fmt: skip
+    assert [f["utterance"] for f in finals] == list(range(len(finals)))
+    text = " ".join(f["text"] for f in finals)
+    print(f"\nreconnect: finals {text!r}")
+    assert word_errors(references["beckett.wav"], text) <= 1, text
+    assert got[-1]["type"] == "session_end" and got[-1]["complete"] and out["code"] == 1000
+    chunks = [c for c in audio_chunks(kafka_bootstrap, topics) if c.session_id == sid]
+    assert [c.seq for c in chunks] == list(range(out["frames"] + 1))  # one stream, no gap
+    # after the grace period: the id is not reused, a new session starts
+    g1, g2 = grace["ready1"], grace["ready2"]
+    assert (g1["session_id"], g1["resumed"]) == (late, False)
+    assert g2["resumed"] is False and g2["session_id"].startswith(f"{late}-")
+    late_chunks = [c for c in audio_chunks(kafka_bootstrap, topics) if c.session_id == late]
+    assert [(c.seq, c.end_of_stream) for c in late_chunks] == [(0, False), (1, True)]
