@@ -65,7 +65,7 @@ function showFinal(ev) {
   const role = document.createElement("span");
   role.className = "role";
   role.textContent = ev.role + ":";
-  p.append(time, role, document.createTextNode(ev.text));
+  p.append(time, " ", role, " ", document.createTextNode(ev.text));
   $("finals").appendChild(p);
   const at = sentAt(ev.end_ms);
   if (at !== null) {
