@@ -372,3 +372,25 @@ def test_reconnect_within_grace_continues_the_session_after_it_a_new_one(
     assert g2["resumed"] is False and g2["session_id"].startswith(f"{late}-")
     late_chunks = [c for c in audio_chunks(kafka_bootstrap, topics) if c.session_id == late]
     assert [(c.seq, c.end_of_stream) for c in late_chunks] == [(0, False), (1, True)]
+
+
+def test_flow_hints_step_the_chunk_duration_and_the_client_follows(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path
+) -> None:
+    # every final counts as slow (latency > 1 ms): two finals per step, 100 → 200 → 400 ms
+    with (
+        worker(kafka_bootstrap, topics, tmp_path, group=f"g-{uuid.uuid4().hex[:6]}"),
+        gateway(
+            kafka_bootstrap, topics, tmp_path, gateway_flow_high_ms="1", gateway_flow_low_ms="0"
+        ) as gw,  # fmt: skip
+    ):
+        report = asyncio.run(stream(StreamJob(str(assets / "beckett.wav"), gw.ws_url,
+                                              token=TOKEN)))  # fmt: skip
+    flows = [(m["chunk_ms"], m["reason"]) for m in report.messages if m["type"] == "flow"]
+    print(f"\nflow hints: {flows}; client chunk sizes {report.chunk_ms_seen}")
+    assert len(report.finals) >= 4
+    assert flows == [(200, "latency_high"), (400, "latency_high")]
+    assert report.chunk_ms_seen[0] == 100 and set(report.chunk_ms_seen) <= {100, 200, 400}
+    chunks = audio_chunks(kafka_bootstrap, topics)
+    sizes = [c.n_samples for c in chunks[:-2]]  # not the file's short tail nor the end
+    assert sizes == sorted(sizes) and set(sizes) <= {1600, 3200, 6400}
