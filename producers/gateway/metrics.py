@@ -1,6 +1,7 @@
 """The gateway's Prometheus metrics, served at ``/metrics`` on the gateway's own port.
 
 Names (all ``streamscribe_gateway_``): ``open_sessions`` (held, live or in grace),
+``paused_seconds_total`` (reads paused for clients ahead of real time: backpressure),
 ``connections`` (open sockets), ``refused_total{reason}`` (the close reasons of
 ``protocol.CLOSE_REASONS``), ``audio_seconds_total``, ``events_out_total{type}``
 (messages sent to clients), ``send_queue_depth`` (log entries not yet sent to their
@@ -34,6 +35,9 @@ class GatewayMetrics:
         )
         self.audio_seconds = Counter(
             PREFIX + "audio_seconds", "audio received (per channel)", registry=r
+        )
+        self.paused_seconds = Counter(
+            PREFIX + "paused_seconds", "reads paused for clients ahead of real time", registry=r
         )
         self.events_out = Counter(
             PREFIX + "events_out", "messages sent to clients", ["type"], registry=r

@@ -34,6 +34,7 @@ import json
 import logging
 import signal
 import time
+import weakref
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final
@@ -154,7 +155,9 @@ class Gateway:
         self.metrics = GatewayMetrics(
             open_sessions=lambda: len(self.hub.held), queue=self._queue_depth
         )
-        self._verdicts: dict[int, str | Refusal] = {}
+        self._verdicts: weakref.WeakKeyDictionary[ServerConnection, str | Refusal] = (
+            weakref.WeakKeyDictionary()
+        )
         self.producer: DeliveryProducer | None = None
         self.port: int | None = None
 
@@ -232,7 +235,7 @@ class Gateway:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path == WS_PATH and "websocket" in request.headers.get("Upgrade", "").lower():
-            self._verdicts[id(connection)] = self._verdict(request, url.query)
+            self._verdicts[connection] = self._verdict(request, url.query)
             return None
         if url.path == "/":
             return _response(200, _static("index.html"), STATIC["index.html"])
@@ -288,7 +291,7 @@ class Gateway:
         return msg
 
     async def _session(self, ws: ServerConnection) -> None:
-        verdict = self._verdicts.pop(id(ws), Refusal(CLOSE_UNAUTHORIZED, "no handshake"))
+        verdict = self._verdicts.pop(ws, Refusal(CLOSE_UNAUTHORIZED, "no handshake"))
         if isinstance(verdict, Refusal):
             return await self._refuse(ws, verdict)
         start = await self._start(ws)
@@ -406,6 +409,7 @@ class Gateway:
             return
         ahead = session.audio_s - (now - live.first_audio) - self.settings.gateway_burst_s
         if ahead > 0:
+            self.metrics.paused_seconds.inc(ahead)
             await asyncio.sleep(ahead)  # reads paused: TCP backpressure on the client
 
     def _end(self, session: GatewaySession, live: Live) -> None:

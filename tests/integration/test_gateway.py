@@ -229,6 +229,9 @@ def test_twenty_concurrent_clients_each_get_only_their_own_events_in_order(
     ):
         reports = asyncio.run(_many(gw.ws_url, assets / "beckett.wav", 20))
         assert gw.health()["sessions"] == 0
+        paused = gw.metric("paused_seconds_total")
+    print(f"\n20 clients at asap: reads paused {paused:.1f} s in all (backpressure)")
+    assert paused > 0  # 20 x 10 s sent as fast as possible, 5 s of burst each
     sids = [r.session_id for r in reports]
     assert len(set(sids)) == 20
     errors = []

@@ -249,3 +249,13 @@ def test_gateway_refuses_to_start_without_a_token(
         "streamscribe gateway: error: no token configured: set STREAMSCRIBE_GATEWAY_TOKENS or "
         "--tokens-file (or --insecure-no-auth to accept anyone)\n"
     )
+
+
+def test_the_docstring_examples_run() -> None:
+    import doctest
+
+    from streamscribe.producers.gateway import admission, flow, protocol, session
+
+    for module in (protocol, session, admission, flow):
+        failures, tried = doctest.testmod(module)
+        assert (failures, tried > 0) == (0, True), module.__name__
