@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +29,7 @@ from typing import Any, Final
 import numpy as np
 
 from streamscribe.core.errors import GatewayError, GatewayRefusedError
-from streamscribe.producers.gateway.protocol import CLOSE_NORMAL
+from streamscribe.producers.gateway.protocol import CLOSE_NORMAL, CLOSE_SESSION_BUSY
 from streamscribe.producers.source import read_audio
 from streamscribe.schemas.pcm import PCM_MULAW, PCM_S16LE
 
@@ -38,6 +37,8 @@ PACE_REALTIME: Final = "realtime"
 PACE_ASAP: Final = "asap"
 MIC_RATE: Final = 16000
 MIC_BLOCK_S: Final = 0.02
+CLOSE_ABNORMAL: Final = 1006  # the connection was lost without a close frame
+RETRY_S: Final = 0.2
 
 OnMessage = Callable[[dict[str, Any]], None]
 
@@ -66,6 +67,7 @@ class StreamReport:
     close_code: int | None = None
     close_reason: str = ""
     complete: bool = False
+    reconnects: int = 0
 
 
 class _Sent:
@@ -79,6 +81,11 @@ class _Sent:
     @property
     def total(self) -> int:
         return self.ends[-1] if self.ends else 0
+
+    def rewind(self, end_sample: int) -> None:
+        """Forget frames after ``end_sample`` (the gateway did not get them)."""
+        i = bisect.bisect_right(self.ends, end_sample)
+        del self.ends[i:], self.times[i:]
 
     def add(self, end_sample: int, at: float) -> None:
         self.ends.append(end_sample)
@@ -102,47 +109,95 @@ def _start_message(job: StreamJob, rate: int, channels: int, encoding: str) -> d
     return doc
 
 
+class _FileFrames:
+    """The file in frames of the current hint, at real-time pace or as fast as sent.
+
+    ``pos`` is the next sample frame to send; a resumed session sets it to the gateway's
+    ``received_samples``. Real-time pace keeps the first connection's clock, so what could
+    not be sent while the socket was down goes out at once after a reconnect.
+    """
+
+    def __init__(self, samples: np.ndarray[Any, Any], rate: int, encoding: str, pace: str):
+        dtype = np.uint8 if encoding == PCM_MULAW else np.dtype("<i2")
+        self.data = np.ascontiguousarray(samples.astype(dtype, copy=False))
+        self.rate = rate
+        self.pace = pace
+        self.pos = 0
+        self.t0: float | None = None
+
+    async def pieces(self, chunk_ms: list[int]) -> AsyncIterator[np.ndarray[Any, Any]]:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        while self.pos < len(self.data):
+            piece = self.data[self.pos : self.pos + max(1, self.rate * chunk_ms[0] // 1000)]
+            if self.pace == PACE_REALTIME:
+                due = self.t0 + (self.pos + len(piece)) / self.rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            yield piece
+            self.pos += len(piece)
+
+
 async def stream(job: StreamJob, on_message: OnMessage | None = None) -> StreamReport:
-    """Run one session through the gateway; the report of what came back."""
+    """Run one session through the gateway; the report of what came back.
+
+    A connection lost without a close frame (1006) is retried for the session's grace
+    period and resumed (``resume_from`` = the last event number received; the file goes on
+    from the gateway's ``received_samples``); the microphone is not resumed.
+    """
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
     if job.path is None:
         rate, channels, encoding = MIC_RATE, 1, PCM_S16LE
+        frames = None
     else:
         src = read_audio(job.path)
         if src.encoding not in (PCM_S16LE, PCM_MULAW):
             raise GatewayError(f"{job.path}: {src.encoding} cannot be streamed")
         rate, channels, encoding = src.sample_rate, src.channels, src.encoding
+        frames = _FileFrames(src.samples, rate, encoding, job.pace)
     headers = {"Authorization": f"Bearer {job.token}"} if job.token else {}
     report = StreamReport()
     sent = _Sent(rate)
-    try:
-        ws = await connect(
-            job.url,
-            additional_headers=headers,
-            origin=job.origin,
-            max_size=None,  # type: ignore[arg-type]
-            compression=None,
-        )
-    except (OSError, InvalidHandshake) as exc:
-        raise GatewayError(f"cannot connect to {job.url}: {exc}") from None
-    async with ws:
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(json.dumps(_start_message(job, rate, channels, encoding)))
-        chunk_ms = [job.chunk_ms or 100]
+    chunk_ms = [job.chunk_ms or 100]
+    last_n = 0
+    retry_until: float | None = None  # set while resuming a lost connection
+    grace_s = 0.0
+    while True:
+        try:
+            ws = await connect(
+                job.url,
+                additional_headers=headers,
+                origin=job.origin,
+                max_size=None,  # type: ignore[arg-type]
+                compression=None,
+            )
+        except (OSError, InvalidHandshake) as exc:
+            if retry_until is not None and time.monotonic() < retry_until:
+                await asyncio.sleep(RETRY_S)
+                continue
+            raise GatewayError(f"cannot connect to {job.url}: {exc}") from None
+        start = _start_message(job, rate, channels, encoding)
+        if retry_until is not None:
+            start.update(session_id=report.session_id, resume_from=last_n)
         ready = asyncio.Event()
 
-        async def receive() -> None:
+        async def receive(ws: Any = ws, ready: asyncio.Event = ready) -> None:
+            nonlocal last_n, grace_s
             async for raw in ws:
                 msg = json.loads(raw)
+                last_n = msg.get("n", last_n)
                 report.messages.append(msg)
                 if on_message is not None:
                     on_message(msg)
                 if msg["type"] == "ready":
                     report.session_id = msg["session_id"]
+                    grace_s = float(msg["grace_s"])
                     if job.chunk_ms is None:
                         chunk_ms[0] = msg["chunk_ms"]
+                    if frames is not None and msg["resumed"]:
+                        frames.pos = int(msg["received_samples"])
+                        sent.rewind(frames.pos)
                     ready.set()
                 elif msg["type"] == "flow" and job.chunk_ms is None:
                     chunk_ms[0] = msg["chunk_ms"]
@@ -158,53 +213,51 @@ async def stream(job: StreamJob, on_message: OnMessage | None = None) -> StreamR
                 elif msg["type"] == "session_end":
                     report.complete = bool(msg["complete"])
 
-        receiver = asyncio.create_task(receive())
-        try:
-            waiter = asyncio.create_task(ready.wait())
-            await asyncio.wait({receiver, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if ready.is_set():
-                pieces = (
-                    _mic_pieces(rate, chunk_ms, job.mic_seconds)
-                    if job.path is None
-                    else _file_pieces(src.samples, rate, encoding, job.pace, chunk_ms)
-                )
-                async for piece in pieces:
-                    if chunk_ms[0] not in report.chunk_ms_seen:
-                        report.chunk_ms_seen.append(chunk_ms[0])
-                    await ws.send(piece.tobytes())
-                    sent.add(sent.total + len(piece), time.monotonic())
-                    report.frames_sent += 1
-                await ws.send(json.dumps({"type": "end"}))
-            await receiver
-        except ConnectionClosed:
-            pass
-        finally:
-            receiver.cancel()
+        async with ws:
+            receiver = asyncio.create_task(receive())
+            try:
+                await ws.send(json.dumps(start))
+                waiter = asyncio.create_task(ready.wait())
+                await asyncio.wait({receiver, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if ready.is_set():
+                    pieces = (
+                        _mic_pieces(rate, chunk_ms, job.mic_seconds)
+                        if frames is None
+                        else frames.pieces(chunk_ms)
+                    )
+                    async for piece in pieces:
+                        if chunk_ms[0] not in report.chunk_ms_seen:
+                            report.chunk_ms_seen.append(chunk_ms[0])
+                        await ws.send(piece.tobytes())
+                        sent.add(
+                            frames.pos + len(piece) if frames else sent.total + len(piece),
+                            time.monotonic(),
+                        )
+                        report.frames_sent += 1
+                    await ws.send(json.dumps({"type": "end"}))
+                await receiver
+            except ConnectionClosed:
+                pass
+            finally:
+                receiver.cancel()
         report.close_code = ws.close_code
         report.close_reason = ws.close_reason or ""
+        busy = report.close_code == CLOSE_SESSION_BUSY  # the gateway has not seen the drop yet
+        if retry_until is not None and busy and time.monotonic() < retry_until:
+            await asyncio.sleep(RETRY_S)
+            continue
+        lost = report.close_code == CLOSE_ABNORMAL and report.session_id and not report.complete
+        if not lost or frames is None:
+            break
+        report.reconnects += 1
+        retry_until = time.monotonic() + grace_s
     if report.close_code != CLOSE_NORMAL:
         raise GatewayRefusedError(
             f"the gateway closed the session: {report.close_code} {report.close_reason}".strip(),
-            close_code=report.close_code or 1006,
+            close_code=report.close_code or CLOSE_ABNORMAL,
         )
     return report
-
-
-async def _file_pieces(
-    samples: np.ndarray[Any, Any], rate: int, encoding: str, pace: str, chunk_ms: list[int]
-) -> AsyncIterator[np.ndarray[Any, Any]]:
-    """The file in frames of the current hint, at real-time pace or as fast as read."""
-    dtype = np.uint8 if encoding == PCM_MULAW else np.dtype("<i2")
-    data = np.ascontiguousarray(samples.astype(dtype, copy=False))
-    t0 = time.monotonic()
-    pos = 0
-    while pos < len(data):
-        piece = data[pos : pos + max(1, rate * chunk_ms[0] // 1000)]
-        if pace == PACE_REALTIME:
-            await asyncio.sleep(max(0.0, t0 + (pos + len(piece)) / rate - time.monotonic()))
-        pos += len(piece)
-        yield piece
 
 
 async def _mic_pieces(

@@ -397,3 +397,73 @@ def test_flow_hints_step_the_chunk_duration_and_the_client_follows(
     chunks = audio_chunks(kafka_bootstrap, topics)
     sizes = [c.n_samples for c in chunks[:-2]]  # not the file's short tail nor the end
     assert sizes == sorted(sizes) and set(sizes) <= {1600, 3200, 6400}
+
+
+class DroppingProxy:
+    """A TCP proxy to the gateway whose connections can all be cut at once (RST both ways)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.transports: list[asyncio.WriteTransport] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
+        self.transports += [writer.transport, up_w.transport]  # type: ignore[list-item]
+
+        async def copy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+
+        await asyncio.gather(copy(reader, up_w), copy(up_r, writer))
+
+    def drop_all(self) -> None:
+        for t in self.transports:
+            t.abort()
+        self.transports.clear()
+
+
+async def _through_proxy(gw: GatewayProc, wav: Path) -> tuple[StreamReport, int]:
+    proxy = DroppingProxy(gw.port)
+    port = await proxy.start()
+    loop = asyncio.get_running_loop()
+    drops = 0
+
+    def on_message(msg: dict[str, Any]) -> None:
+        nonlocal drops
+        final = msg["type"] == "transcript" and msg["event"]["kind"] == "final"
+        if final and drops == 0:  # the network fails after the first final
+            drops += 1
+            loop.call_soon(proxy.drop_all)
+
+    report = await stream(StreamJob(str(wav), f"ws://127.0.0.1:{port}/ws", token=TOKEN), on_message)
+    return report, drops
+
+
+def test_the_client_reconnects_after_a_network_drop_and_the_session_goes_on(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path, references: dict[str, str]
+) -> None:
+    wav = assets / "beckett.wav"
+    with (
+        worker(kafka_bootstrap, topics, tmp_path, group=f"g-{uuid.uuid4().hex[:6]}"),
+        gateway(kafka_bootstrap, topics, tmp_path) as gw,
+    ):
+        report, drops = asyncio.run(_through_proxy(gw, wav))
+    text = final_text(report)
+    print(f"\nclient reconnect: {report.reconnects} reconnect(s), finals {text!r}")
+    assert (drops, report.reconnects, report.complete, report.close_code) == (1, 1, True, 1000)
+    readies = [m for m in report.messages if m["type"] == "ready"]
+    assert [r["resumed"] for r in readies] == [False, True]
+    assert [f["utterance"] for f in report.finals] == list(range(len(report.finals)))
+    assert word_errors(references["beckett.wav"], text) <= 1, text
+    chunks = [c for c in audio_chunks(kafka_bootstrap, topics) if c.session_id == report.session_id]
+    assert [c.seq for c in chunks] == list(range(len(chunks)))  # one stream: no gap, no repeat
+    assert sum(c.n_samples for c in chunks) == sf.info(str(wav)).frames
+    numbered = [m["n"] for m in report.messages if "n" in m]
+    assert numbered == list(range(1, len(numbered) + 1))  # every event once, none missed
