@@ -146,6 +146,7 @@ async def stream(job: StreamJob, on_message: OnMessage | None = None) -> StreamR
     """
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
+    from websockets.typing import Origin
 
     if job.path is None:
         rate, channels, encoding = MIC_RATE, 1, PCM_S16LE
@@ -168,8 +169,8 @@ async def stream(job: StreamJob, on_message: OnMessage | None = None) -> StreamR
             ws = await connect(
                 job.url,
                 additional_headers=headers,
-                origin=job.origin,
-                max_size=None,  # type: ignore[arg-type]
+                origin=Origin(job.origin) if job.origin else None,
+                max_size=None,
                 compression=None,
             )
         except (OSError, InvalidHandshake) as exc:

@@ -167,8 +167,14 @@ class Gateway:
         loop = asyncio.get_running_loop()
         if stop is None:
             stop = loop.create_future()
+            done = stop
+
+            def on_signal() -> None:
+                if not done.done():
+                    done.set_result(None)
+
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+                loop.add_signal_handler(sig, on_signal)
         create_topics(self.settings.bootstrap, self.topics.specs(self.settings.partitions))
         self.producer = DeliveryProducer.from_settings(self.settings, client_id=CLIENT_ID)
         router = KafkaRouter(
@@ -254,7 +260,8 @@ class Gateway:
         h = request.headers
         if not origin_allowed(h.get("Origin"), host=h.get("Host"), allowed=self.options.origins):
             return Refusal(CLOSE_FORBIDDEN_ORIGIN, f"origin {h.get('Origin')} not allowed")
-        token = bearer(h.get("Authorization"), (parse_qs(query).get("token") or [None])[0])
+        query_token = next(iter(parse_qs(query).get("token", [])), None)
+        token = bearer(h.get("Authorization"), query_token)
         tid = self.options.tokens.check(token)
         if tid is None:
             return Refusal(CLOSE_UNAUTHORIZED, "no token" if not token else "wrong token")

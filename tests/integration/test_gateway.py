@@ -215,23 +215,31 @@ def test_stream_beckett_through_the_gateway_matches_the_reference(
     assert events_out >= len(finals)
 
 
-async def _many(url: str, wav: Path, n: int) -> list[StreamReport]:
-    jobs = [StreamJob(str(wav), url, token=TOKENS[i % 3], pace=PACE_ASAP) for i in range(n)]
+async def _many(urls: list[str], wav: Path, n: int) -> list[StreamReport]:
+    jobs = [
+        StreamJob(str(wav), urls[i % len(urls)], token=TOKENS[i % 3], pace=PACE_ASAP)
+        for i in range(n)
+    ]
     return await asyncio.gather(*(stream(j) for j in jobs))
 
 
-def test_twenty_concurrent_clients_each_get_only_their_own_events_in_order(
+def test_twenty_concurrent_clients_on_two_gateways_each_get_only_their_own_events_in_order(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path, references: dict[str, str]
 ) -> None:
     with (
         worker(kafka_bootstrap, topics, tmp_path, group=f"g-{uuid.uuid4().hex[:6]}"),
-        gateway(kafka_bootstrap, topics, tmp_path, gateway_final_wait_s="300") as gw,
-    ):
-        reports = asyncio.run(_many(gw.ws_url, assets / "beckett.wav", 20))
-        assert gw.health()["sessions"] == 0
-        paused = gw.metric("paused_seconds_total")
+        gateway(kafka_bootstrap, topics, tmp_path, log_name="gw1.log",
+                gateway_final_wait_s="300") as gw1,
+        gateway(kafka_bootstrap, topics, tmp_path, log_name="gw2.log",
+                gateway_final_wait_s="300") as gw2,
+    ):  # fmt: skip
+        reports = asyncio.run(_many([gw1.ws_url, gw2.ws_url], assets / "beckett.wav", 20))
+        assert (gw1.health()["sessions"], gw2.health()["sessions"]) == (0, 0)
+        paused = gw1.metric("paused_seconds_total") + gw2.metric("paused_seconds_total")
+        per_gateway = (gw1.metric("audio_seconds_total"), gw2.metric("audio_seconds_total"))
     print(f"\n20 clients at asap: reads paused {paused:.1f} s in all (backpressure)")
     assert paused > 0  # 20 x 10 s sent as fast as possible, 5 s of burst each
+    assert per_gateway == pytest.approx((10 * 9.963375, 10 * 9.963375))
     sids = [r.session_id for r in reports]
     assert len(set(sids)) == 20
     errors = []
@@ -467,3 +475,26 @@ def test_the_client_reconnects_after_a_network_drop_and_the_session_goes_on(
     assert sum(c.n_samples for c in chunks) == sf.info(str(wav)).frames
     numbered = [m["n"] for m in report.messages if "n" in m]
     assert numbered == list(range(1, len(numbered) + 1))  # every event once, none missed
+
+
+def test_a_stopped_gateway_closes_with_1001_and_ends_its_sessions_on_the_audio_topic(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    async def run(gw: GatewayProc) -> tuple[int | None, str]:
+        ws, ready = await opened(gw.ws_url, TOKEN)
+        for _ in range(2):
+            await ws.send(b"\x00\x00" * 1600)
+        await ws.send("not json")  # a round trip: both frames have been read
+        assert json.loads(await ws.recv())["code"] == "bad_message"
+        await asyncio.to_thread(gw.proc.stop)  # SIGTERM
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        return ws.close_code, ready["session_id"]
+
+    with gateway(kafka_bootstrap, topics, tmp_path) as gw:
+        code, sid = asyncio.run(run(gw))
+    assert code == 1001
+    chunks = audio_chunks(kafka_bootstrap, topics)
+    assert [(c.session_id, c.seq, c.n_samples, c.end_of_stream) for c in chunks] == [
+        (sid, 0, 1600, False), (sid, 1, 1600, False), (sid, 2, 0, True),
+    ]  # fmt: skip
