@@ -498,3 +498,37 @@ def test_a_stopped_gateway_closes_with_1001_and_ends_its_sessions_on_the_audio_t
     assert [(c.session_id, c.seq, c.n_samples, c.end_of_stream) for c in chunks] == [
         (sid, 0, 1600, False), (sid, 1, 1600, False), (sid, 2, 0, True),
     ]  # fmt: skip
+
+
+def test_session_duration_and_start_limits_close_with_their_codes(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    async def run(gw: GatewayProc) -> dict[str, Any]:
+        silent = await closed_with(
+            gw.ws_url, additional_headers={"Authorization": f"Bearer {TOKEN}"}
+        )  # connects and sends nothing
+        ws, ready = await opened(gw.ws_url, TOKEN)
+        for _ in range(3):
+            await ws.send(b"\x00\x00" * 1600)  # 100 ms each; the limit is 200 ms
+        got = []
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                got.append(json.loads(await ws.recv()))
+        return {"silent": silent, "sid": ready["session_id"], "got": got,
+                "closed": (ws.close_code, ws.close_reason)}  # fmt: skip
+
+    settings = {"gateway_max_session_s": "0.2", "gateway_final_wait_s": "1",
+                "gateway_start_timeout_s": "1"}  # fmt: skip
+    with gateway(kafka_bootstrap, topics, tmp_path, **settings) as gw:
+        out = asyncio.run(run(gw))
+    assert out["silent"] == (4408, "start_timeout: no start message")
+    assert [(m["type"], m.get("code")) for m in out["got"]] == [
+        ("error", "session_too_long"), ("error", "audio_after_end"), ("session_end", None),
+    ]  # fmt: skip
+    assert out["got"][-1]["complete"] is False  # no worker: the final wait ran out
+    assert out["closed"] == (4410, "session_too_long")
+    chunks = audio_chunks(kafka_bootstrap, topics)
+    assert [(c.seq, c.n_samples, c.end_of_stream) for c in chunks] == [
+        (0, 1600, False), (1, 1600, False), (2, 0, True),
+    ]  # fmt: skip
+    assert {c.session_id for c in chunks} == {out["sid"]}
