@@ -532,3 +532,37 @@ def test_session_duration_and_start_limits_close_with_their_codes(
         (0, 1600, False), (1, 1600, False), (2, 0, True),
     ]  # fmt: skip
     assert {c.session_id for c in chunks} == {out["sid"]}
+
+
+def test_a_stereo_mulaw_call_gets_each_roles_finals_and_its_bytes_pass_as_they_are(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path, references: dict[str, str]
+) -> None:
+    from streamscribe.schemas.pcm import mulaw_encode
+    from tests.audio_files import write_mulaw_wav
+
+    pcm, _ = sf.read(str(assets / "beckett.wav"), dtype="int16")
+    shift = 8000  # the customer says it half a second later
+    agent = np.concatenate([pcm, np.zeros(shift, np.int16)])
+    customer = np.concatenate([np.zeros(shift, np.int16), pcm])
+    codes = np.stack([np.frombuffer(mulaw_encode(ch), np.uint8) for ch in (agent, customer)], 1)
+    call = tmp_path / "call.wav"
+    write_mulaw_wav(call, codes, 16000)
+    with (
+        worker(kafka_bootstrap, topics, tmp_path, group=f"g-{uuid.uuid4().hex[:6]}"),
+        gateway(kafka_bootstrap, topics, tmp_path) as gw,
+    ):
+        report = asyncio.run(stream(StreamJob(str(call), gw.ws_url, token=TOKEN, pace=PACE_ASAP)))
+    by_role = {
+        role: " ".join(f["text"] for f in report.finals if f["role"] == role)
+        for role in ("agent", "customer")
+    }
+    print(f"\nstereo µ-law call: {by_role}")
+    for role, text in by_role.items():
+        assert word_errors(references["beckett.wav"], text) <= 2, (role, text)
+    chunks = audio_chunks(kafka_bootstrap, topics)
+    assert {(c.channel, c.role, c.encoding, c.sample_rate) for c in chunks} == {
+        (0, "agent", "pcm_mulaw", 16000), (1, "customer", "pcm_mulaw", 16000),
+    }  # fmt: skip
+    for ch in (0, 1):
+        payload = b"".join(c.payload for c in chunks if c.channel == ch)
+        assert payload == codes[:, ch].tobytes()  # the call's bytes, as they were
