@@ -3,9 +3,11 @@ WebSocket helper that speaks the protocol of ``docs/websocket.md`` step by step.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,3 +76,49 @@ def gateway(
 
 def start_doc(**fields: Any) -> str:
     return json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", **fields})
+
+
+class DroppingProxy:
+    """A TCP proxy to the gateway whose connections can all be cut at once (RST both ways)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.transports: list[asyncio.WriteTransport] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
+        self.transports += [writer.transport, up_w.transport]  # type: ignore[list-item]
+
+        async def copy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.close()  # one side ended: end the other (HTTP responses close their socket)
+
+        await asyncio.gather(copy(reader, up_w), copy(up_r, writer))
+
+    def drop_all(self) -> None:
+        for t in self.transports:
+            t.abort()
+        self.transports.clear()
+
+
+@contextlib.contextmanager
+def proxy_thread(port: int) -> Iterator[tuple[DroppingProxy, int, asyncio.AbstractEventLoop]]:
+    """A :class:`DroppingProxy` on its own event loop in a thread (for sync tests)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    proxy = DroppingProxy(port)
+    listen = asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(timeout=10)
+    try:
+        yield proxy, listen, loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)

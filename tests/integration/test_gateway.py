@@ -32,7 +32,7 @@ from streamscribe.producers.gateway.client import PACE_ASAP, StreamJob, StreamRe
 from streamscribe.schemas.audio import AudioChunk
 from streamscribe.schemas.control import is_tick
 from streamscribe.schemas.topics import Topics
-from tests.integration.gateway_procs import TOKENS, GatewayProc, gateway, start_doc
+from tests.integration.gateway_procs import TOKENS, DroppingProxy, GatewayProc, gateway, start_doc
 from tests.integration.kafka_read import read_topic
 from tests.integration.pipeline import start_worker, worker
 from tests.procs import streamscribe_cmd
@@ -405,36 +405,6 @@ def test_flow_hints_step_the_chunk_duration_and_the_client_follows(
     chunks = audio_chunks(kafka_bootstrap, topics)
     sizes = [c.n_samples for c in chunks[:-2]]  # not the file's short tail nor the end
     assert sizes == sorted(sizes) and set(sizes) <= {1600, 3200, 6400}
-
-
-class DroppingProxy:
-    """A TCP proxy to the gateway whose connections can all be cut at once (RST both ways)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.transports: list[asyncio.WriteTransport] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
-        self.transports += [writer.transport, up_w.transport]  # type: ignore[list-item]
-
-        async def copy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-
-        await asyncio.gather(copy(reader, up_w), copy(up_r, writer))
-
-    def drop_all(self) -> None:
-        for t in self.transports:
-            t.abort()
-        self.transports.clear()
 
 
 async def _through_proxy(gw: GatewayProc, wav: Path) -> tuple[StreamReport, int]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from streamscribe.schemas.topics import Topics
-from tests.integration.gateway_procs import TOKENS, gateway
+from tests.integration.gateway_procs import TOKENS, gateway, proxy_thread
 from tests.integration.pipeline import worker
 from tests.wer import word_errors
 
@@ -93,3 +93,45 @@ def test_the_live_page_transcribes_the_microphone_in_chromium(
     assert status.endswith(f"complete: {len(finals)} finals.")
     assert latency.endswith(f"{len(finals)} finals")
     assert close_code == "1000"
+
+
+def test_the_page_reconnects_after_a_network_drop_and_the_session_goes_on(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path, references: dict[str, str]
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} missing: run `make setup` (scripts/system-deps.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    wav = tmp_path / "beckett.wav"
+    shutil.copy(assets / "beckett.wav", wav)
+    with (
+        worker(kafka_bootstrap, topics, tmp_path, group=f"g-{uuid.uuid4().hex[:6]}"),
+        gateway(kafka_bootstrap, topics, tmp_path, gateway_final_wait_s="120") as gw,
+        proxy_thread(gw.port) as (proxy, port, loop),
+        sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=_chromium_args(wav)
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/?token={TOKENS[0]}")  # through the proxy
+            page.click("#start")
+            page.wait_for_selector(".final", timeout=WAIT_MS)
+            loop.call_soon_threadsafe(proxy.drop_all)  # the network fails after a final
+            page.wait_for_function("document.body.dataset.reconnects === '1'", timeout=WAIT_MS)
+            page.wait_for_function(
+                f"Number(document.body.dataset.sentSeconds || 0) >= {SENT_ENOUGH_S}",
+                timeout=WAIT_MS,
+            )
+            page.click("#stop")
+            page.wait_for_function("document.body.dataset.state === 'ended'", timeout=WAIT_MS)
+            lines = page.eval_on_selector_all(".final", "els => els.map(e => e.dataset.line)")
+            finals = page.eval_on_selector_all(".final", "els => els.map(e => e.dataset.text)")
+            page.screenshot(path=str(ARTIFACTS / "gateway_page_reconnect.png"), full_page=True)
+        finally:
+            browser.close()
+    text = " ".join(finals)
+    print(f"\npage after a reconnect: {text!r}")
+    assert lines == [f"0/{i}" for i in range(len(lines))]  # every final once, none missed
+    assert word_errors(references["beckett.wav"], text) <= 2, text

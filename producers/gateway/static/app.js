@@ -9,7 +9,9 @@ const params = new URLSearchParams(location.search);
 const state = {
   ws: null, ctx: null, stream: null, node: null, ready: false, queue: [],
   sentEnds: [], sentTimes: [], samples: 0, latencies: [], lastN: 0, sessionId: null,
+  history: [], graceS: 0, retryUntil: 0, reconnects: 0,
 };
+const RETRY_MS = 300;
 
 function setState(name, text) {
   document.body.dataset.state = name;
@@ -22,7 +24,11 @@ function mmss(ms) {
 }
 
 function sendFrame(frame) {
-  state.ws.send(frame.buffer);
+  // kept for a grace period: after a reconnect, what the gateway missed is sent again
+  state.history.push({ start: state.samples, frame });
+  const keepFrom = state.samples - 2 * state.graceS * RATE;
+  while (state.history.length && state.history[0].start < keepFrom) state.history.shift();
+  state.ws.send(frame.slice().buffer);
   state.samples += frame.length;
   state.sentEnds.push(state.samples);
   state.sentTimes.push(performance.now());
@@ -110,11 +116,27 @@ function onMessage(e) {
   const msg = JSON.parse(e.data);
   if (msg.n) state.lastN = msg.n;
   if (msg.type === "ready") {
-    state.ready = true;
     state.sessionId = msg.session_id;
+    state.graceS = msg.grace_s;
     state.node.port.postMessage({ chunkMs: msg.chunk_ms });
+    if (msg.resumed) {  // go on from what the gateway received
+      const got = msg.received_samples;
+      const again = state.history.filter((h) => h.start >= got);
+      state.history = state.history.filter((h) => h.start < got);
+      state.samples = got;
+      while (state.sentEnds.length && state.sentEnds[state.sentEnds.length - 1] > got) {
+        state.sentEnds.pop();
+        state.sentTimes.pop();
+      }
+      again.forEach((h) => sendFrame(h.frame));
+    }
+    state.ready = true;
+    state.retryUntil = 0;
+    document.body.dataset.reconnects = String(state.reconnects);
     state.queue.splice(0).forEach(sendFrame);
-    setState("streaming", `Listening — session ${msg.session_id}`);
+    if (state.ending) sendEnd();
+    setState("streaming", `Listening — session ${msg.session_id}` +
+      (state.reconnects ? ` (reconnected ${state.reconnects}×)` : ""));
   } else if (msg.type === "flow") {
     state.node.port.postMessage({ chunkMs: msg.chunk_ms });
   } else if (msg.type === "transcript") {
@@ -147,17 +169,37 @@ async function start() {
     $("start").disabled = false;
     return;
   }
+  connect();
+  $("stop").disabled = false;
+}
+
+function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const token = params.get("token") || "";
-  state.ws = new WebSocket(`${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}`);
-  state.ws.binaryType = "arraybuffer";
-  state.ws.onopen = () => state.ws.send(JSON.stringify({
-    type: "start", sample_rate: RATE, encoding: "pcm_s16le", channels: 1, roles: ["mic"],
-    metadata: { source: "browser" },
-  }));
-  state.ws.onmessage = onMessage;
-  state.ws.onclose = (e) => {
+  const ws = new WebSocket(`${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}`);
+  state.ws = ws;
+  state.ready = false;
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => {
+    const start = {
+      type: "start", sample_rate: RATE, encoding: "pcm_s16le", channels: 1, roles: ["mic"],
+      metadata: { source: "browser" },
+    };
+    if (state.sessionId) Object.assign(start, { session_id: state.sessionId, resume_from: state.lastN });
+    ws.send(JSON.stringify(start));
+  };
+  ws.onmessage = onMessage;
+  ws.onclose = (e) => {
     document.body.dataset.closeCode = String(e.code);
+    const lost = e.code === 1006 && state.sessionId && document.body.dataset.state !== "ended";
+    const busy = e.code === 4409 && state.retryUntil;  // the gateway has not seen the drop yet
+    if ((lost || busy) && (!state.retryUntil || Date.now() < state.retryUntil)) {
+      if (lost && !state.retryUntil) state.reconnects += 1;
+      if (!state.retryUntil) state.retryUntil = Date.now() + state.graceS * 1000;
+      setState("reconnecting", "Connection lost: reconnecting…");
+      setTimeout(connect, RETRY_MS);
+      return;
+    }
     if (document.body.dataset.state !== "ended") {
       setState("closed", `Closed by the gateway: ${e.code} ${e.reason || ""}`);
     }
@@ -165,7 +207,6 @@ async function start() {
     $("start").disabled = false;
     $("stop").disabled = true;
   };
-  $("stop").disabled = false;
 }
 
 function stopCapture() {
@@ -174,16 +215,19 @@ function stopCapture() {
   state.stream = null;
 }
 
+function sendEnd() {
+  state.ws.send(JSON.stringify({ type: "end" }));
+  setState("finishing", "Finishing: waiting for the last finals…");
+}
+
 function stop() {
   $("stop").disabled = true;
   if (state.node) state.node.port.postMessage({ flush: true });
   // let the flushed frame arrive before the end message
   setTimeout(() => {
     stopCapture();
-    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
-      state.ws.send(JSON.stringify({ type: "end" }));
-      setState("finishing", "Finishing: waiting for the last finals…");
-    }
+    state.ending = true;
+    if (state.ready && state.ws.readyState === WebSocket.OPEN) sendEnd();
   }, 100);
 }
 
