@@ -35,6 +35,7 @@ import logging
 import signal
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final
@@ -97,7 +98,6 @@ STATIC: Final = {
     "worklet.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
-READY_LINE: Final = "gateway listening on"
 
 
 @dataclass(frozen=True)
@@ -162,8 +162,13 @@ class Gateway:
         self.port: int | None = None
 
     # ----------------------------------------------------------------- lifecycle
-    async def serve(self, stop: asyncio.Future[None] | None = None) -> None:
-        """Run until ``stop`` resolves (default: SIGTERM / SIGINT)."""
+    async def serve(
+        self,
+        stop: asyncio.Future[None] | None = None,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> None:
+        """Run until ``stop`` resolves (default: SIGTERM / SIGINT); ``on_ready(url)`` once
+        the port listens."""
         loop = asyncio.get_running_loop()
         if stop is None:
             stop = loop.create_future()
@@ -193,7 +198,8 @@ class Gateway:
                 compression=None,
             ) as server:
                 self.port = _port(server)
-                print(f"{READY_LINE} http://{s.gateway_host}:{self.port}", flush=True)
+                if on_ready is not None:
+                    on_ready(f"http://{s.gateway_host}:{self.port}")
                 await stop
         finally:
             for t in tasks:

@@ -38,7 +38,11 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError("--insecure-no-auth with tokens configured: choose one")
     origins = tuple(o.strip() for o in (args.origins or settings.gateway_origins).split(","))
     options = GatewayOptions(tokens=tokens, origins=tuple(o for o in origins if o))
-    asyncio.run(Gateway(settings, options).serve())
+
+    def ready(url: str) -> None:
+        print(f"gateway listening on {url} (page: {url}/?token=...)", flush=True)
+
+    asyncio.run(Gateway(settings, options).serve(on_ready=ready))
     return EXIT_OK
 
 
