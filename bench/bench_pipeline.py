@@ -301,6 +301,48 @@ def outside_figures(
     }
 
 
+def worker_processes(worker_args: Sequence[str]) -> int:
+    """N of ``--workers N`` (or ``--workers=N``) among the worker's arguments, else 1."""
+    for i, arg in enumerate(worker_args):
+        if arg.startswith("--workers="):
+            return int(arg.split("=", 1)[1])
+        if arg == "--workers" and i + 1 < len(worker_args):
+            return int(worker_args[i + 1])
+    return 1
+
+
+def failover_figures(
+    clock: ChunkClock, finals: list[tuple[Any, int]], marks: dict[str, float]
+) -> dict[str, Any]:
+    """Kill one of two workers: the delay its sessions' finals suffered, and completeness.
+
+    Latency as in :func:`outside_figures`; *extra delay* = the worst latency of a final
+    whose speech ended after the kill minus the median before it. Complete: per channel,
+    the utterance numbers with a final are 0..max with none missing; duplicates (the same
+    line published twice, which at-least-once allows and the sink stores once) counted.
+    """
+    kill_us = marks["killed"] * 1e6
+    before, after = [], []
+    lines: dict[tuple[str, int], set[int]] = defaultdict(set)
+    seen: Counter[tuple[str, int, int]] = Counter()
+    for f, arrival in finals:
+        seen[(f.session_id, f.channel, f.utterance)] += 1
+        lines[(f.session_id, f.channel)].add(f.utterance)
+        cap = clock.captured_us(f.session_id, f.channel, f.end_ms)
+        if cap is not None:
+            (after if cap >= kill_us else before).append((arrival - cap) / 1000)
+    missing = sum(max(u) + 1 - len(u) for u in lines.values())
+    usual = float(np.median(before)) if before else float("nan")
+    worst = max(after) if after else float("nan")
+    return {
+        "before_kill_ms": summary(before),
+        "after_kill_ms": summary(after),
+        "worst_extra_delay_ms": round(worst - usual, 1),
+        "lines_missing": missing,
+        "lines_published_twice": sum(1 for c in seen.values() if c > 1),
+    }
+
+
 def final_audio(bootstrap: str, topic: str) -> dict[tuple[str, int, int], bytes]:
     """PCM16 of every utterance that has a final, reassembled from its parts."""
     parts: dict[tuple[str, int, int], dict[int, bytes]] = defaultdict(dict)
@@ -362,6 +404,19 @@ def run_point(
         update_interval_s=str(args.update_interval),
         **dict(kv.split("=", 1) for kv in args.worker_env),
     )
+    second = None
+    if args.kill_at is not None:  # a second worker of the same group, SIGKILLed mid-run
+        (work / "second").mkdir(exist_ok=True)
+        second = launch_worker(
+            bootstrap,
+            topics,
+            work / "second",
+            group,
+            STAGES,
+            *args.worker_args,
+            update_interval_s=str(args.update_interval),
+            **dict(kv.split("=", 1) for kv in args.worker_env),
+        )
     producer = None
     marks: dict[str, float] = {}
     lag_topics = {"audio": topics.audio, "utterances": topics.utterances}
@@ -376,13 +431,22 @@ def run_point(
             EventWatcher(bootstrap, topics.events) as events,
             LagSampler(bootstrap, group, lag_topics, args.sample_s) as lag,
         ):
-            wait_ready(worker, STAGES)
+            processes = worker_processes(args.worker_args)
+            wait_ready(worker, STAGES, processes=processes)
+            if second is not None:
+                wait_ready(second, STAGES, processes=processes)
+                cpu.add("second", second.pid)
             marks["ready"] = time.time()
             time.sleep(args.settle)  # partitions assigned; idle CPU measured meanwhile
             marks["load_start"] = time.time()
             producer = Proc(produce_cmd, work / f"producer-{n}.log", env=produce_env)
             cpu.add("producer", producer.pid)
             limit = args.duration + n * args.stagger + 120
+            if second is not None:
+                time.sleep(args.kill_at)
+                second.kill9()
+                marks["killed"] = time.time()
+                print(f"  SIGKILLed the second worker {args.kill_at:g} s into the load", flush=True)
             try:
                 producer.popen.wait(timeout=limit)
             except subprocess.TimeoutExpired:
@@ -406,6 +470,8 @@ def run_point(
             producer.stop()
         worker_log = worker.log_text()
         worker.stop()
+        if second is not None:
+            second.stop()
     load_after = loadavg()
     idle_rate = (cpu.at("worker", marks["load_start"]) - cpu.at("worker", marks["ready"])) / max(
         marks["load_start"] - marks["ready"], 1e-9
@@ -430,7 +496,9 @@ def run_point(
             else:
                 partials.append(t)
                 arrived_p.append((t, arrival))
-    outside = outside_figures(ChunkClock(bootstrap, topics.audio, sessions), arrived_f, arrived_p)
+    clock = ChunkClock(bootstrap, topics.audio, sessions)
+    outside = outside_figures(clock, arrived_f, arrived_p)
+    failover = None if "killed" not in marks else failover_figures(clock, arrived_f, marks)
     speech_s = sum((f.end_ms - f.start_ms) / 1000 for f in finals)
     eos_decided, eos_speech, eos_speech_silence, word_partial, partial_decided = [], [], [], [], []
     for f in finals:
@@ -486,6 +554,7 @@ def run_point(
         "partials": len(partials),
         "speech_share": round(speech_s / audio_s, 3),
         "outside": outside,
+        "failover": failover,
         "latency_ms": {
             "eos_decided_to_final": summary(eos_decided),
             "speech_end_to_final": summary(eos_speech),
@@ -678,6 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="streamscribe worker argument, e.g. --worker-arg=--workers=2")  # fmt: skip
     ap.add_argument("--worker-env", action="append", default=[], metavar="FIELD=VALUE",
                     help="worker setting STREAMSCRIBE_FIELD, e.g. partial_growth=0.5")  # fmt: skip
+    ap.add_argument("--kill-at", type=float, help="run two workers; SIGKILL one S s into the load")
     args = ap.parse_args(argv)
     if args.continuous:
         args.files = list(CONTINUOUS)
@@ -693,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "files": list(args.files),
             "worker_args": args.worker_args,
             "worker_env": args.worker_env,
+            "kill_second_worker_at_s": args.kill_at,
             "sessions": args.sessions,
             "duration_s": args.duration,
             "stagger_s": args.stagger,
@@ -727,6 +798,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"/{p['lag']['utterances'].get('lag_end_s')} s",
                 flush=True,
             )
+            if p["failover"]:
+                print(f"  failover: {p['failover']}", flush=True)
     out["summary"] = {
         "capacity_eos_decided": capacity(out["points"], "eos_decided_to_final", args.sla_ms),
         "capacity_speech_end": capacity(out["points"], "speech_end_to_final", args.sla_ms),

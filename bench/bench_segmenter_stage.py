@@ -90,10 +90,19 @@ ENDED: Final = ("session_end", "idle_timeout")
 
 
 def proc_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of a live process, from /proc."""
+    """CPU seconds (user + system, all threads) of a live process and its live children
+    (``worker --workers N`` runs N children), from /proc."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        with contextlib.suppress(OSError, ValueError):
+            total += proc_cpu_s(int(child))
+    return total
 
 
 def machine_busy() -> tuple[float, float]:
@@ -173,10 +182,17 @@ def launch_worker(
     return Proc(cmd, work / f"worker-{group}.log", env=env)
 
 
-def wait_ready(proc: Any, stages: str, timeout_s: float = 180.0) -> None:
-    proc.wait_for_log(WORKER_READY, timeout_s)
-    if "recognizer" in stages:
-        proc.wait_for_log(ASR_READY, timeout_s)
+def wait_ready(proc: Any, stages: str, timeout_s: float = 180.0, processes: int = 1) -> None:
+    """Until the log shows ``processes`` workers ready (``worker --workers N`` logs N)."""
+    deadline = time.monotonic() + timeout_s
+    needles = [WORKER_READY, *([ASR_READY] if "recognizer" in stages else [])]
+    for needle in needles:
+        while proc.log_text().count(needle) < processes:
+            proc.wait_for_log(needle, max(deadline - time.monotonic(), 0.1))
+            if proc.log_text().count(needle) < processes:
+                time.sleep(0.2)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{processes} x {needle!r} not seen in {timeout_s} s")
 
 
 class EventWatcher(TopicFollower):

@@ -9,10 +9,13 @@ partials. The finals slot serves speculative finals too.
 ``workers`` decodes run at a time, each in the ASR thread pool (never on the event loop).
 A final is never dropped and jumps ahead of every waiting partial. A partial replaces the
 waiting partial of the same line (only the newest is decoded), and a partial that waited
-longer than the policy allows is shed, and with two or more decode slots one is reserved
-for finals — so when the worker falls behind, the partial rate
-of each line falls and finals keep their latency. A failed decode is retried ``retries``
-times (tenacity); the last error is reported in the :class:`DecodeOutcome`, never raised.
+longer than the policy allows is shed, and with two or more decode slots all but one
+decode finals only — so when the worker falls behind, the partial rate of each line falls
+and finals keep their latency. (Partial batches may run on a thread of lower OS priority,
+:func:`lower_thread_priority`, ``partial_nice``; off by default: measured, it made finals
+later — a low-priority thread preempted while it holds the GIL stalls the others.)
+A failed decode is retried ``retries`` times (tenacity); the last error is reported in
+the :class:`DecodeOutcome`, never raised.
 
 **Partials are decoded in batches**: a slot that takes a partial also takes the other
 waiting partials (up to ``batch_max``) and decodes all their segments in one call of
@@ -33,12 +36,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
@@ -47,6 +53,22 @@ log = logging.getLogger(__name__)
 DecodeFn = Callable[[str, Any], Any]  # (line_id, audio) -> decoded; runs in the executor
 BatchFn = Callable[[list[tuple[str, Any]]], list[Any]]
 """[(line_id, audio)] -> a decoded result or the exception, per item; runs in the executor."""
+
+
+ANY: Final = "any"  # a slot's mode: finals first, then partials
+FINALS: Final = "finals"  # finals and speculative finals only
+PARTIALS: Final = "partials"  # partials only
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by ``nice`` (a thread pool's initializer).
+
+    On Linux a thread is a task of its own, so this lowers only that thread's priority;
+    elsewhere it would lower the whole process, so it does nothing there.
+    """
+    if nice > 0 and sys.platform.startswith("linux"):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
 
 
 @dataclass
@@ -80,6 +102,7 @@ class SchedulerStats:
     speculative: int = 0  # speculative final decodes run
     speculative_dropped: int = 0  # dropped while queued (speech resumed)
     partial_batches: int = 0  # decode_batch calls (partials / partial_batches = mean batch)
+    speculative_skipped: int = 0  # not started: every finals slot was busy
 
 
 class DecodeScheduler:
@@ -95,11 +118,13 @@ class DecodeScheduler:
         retries: int = 1,
         decode_batch: BatchFn | None = None,
         batch_max: int = 16,
+        partial_executor: Executor | None = None,
     ) -> None:
         self.decode = decode
         self.decode_batch = decode_batch or self._one_by_one
         self.batch_max = max(1, batch_max)
         self.executor = executor
+        self.partial_executor = partial_executor or executor
         self.workers = workers
         self.stale_after_s = stale_after_s
         self.retries = retries
@@ -109,16 +134,18 @@ class DecodeScheduler:
         self._speculative: OrderedDict[str, _Job] = OrderedDict()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._final_slots = 0
+        self._finals_running = 0
 
     async def start(self) -> None:
         if not self._tasks:
-            # With two or more decode slots one is kept for finals only: a final never waits
-            # behind a long partial decode (partials use the other slots).
-            reserved = 1 if self.workers >= 2 else 0
-            self._tasks = [
-                asyncio.create_task(self._loop(finals_only=i < reserved))
-                for i in range(self.workers)
-            ]
+            # With two or more decode slots, all but one decode finals only (a final never
+            # waits behind a partial decode) and one decodes finals first, then partials
+            # (batches on ``partial_executor`` when given).
+            split = [FINALS] * (self.workers - 1) + [ANY]
+            modes = split if self.workers >= 2 else [ANY]
+            self._final_slots = len(modes)
+            self._tasks = [asyncio.create_task(self._loop(mode)) for mode in modes]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -154,6 +181,15 @@ class DecodeScheduler:
 
     def cancel_partials(self, line_id: str) -> None:
         self._partials.pop(line_id, None)
+
+    def finals_idle(self) -> bool:
+        """Whether no final waits and the speculations waiting fit the slots.
+
+        Speculation is skipped otherwise (:func:`~streamscribe.processors.speculation.
+        start_speculation`): under load a speculative decode that speech then resumes over
+        would delay real finals; the final is then decoded when it comes.
+        """
+        return not self._finals and len(self._speculative) < max(self._final_slots, 1)
 
     def submit_speculative(self, line_id: str, audio: Any) -> asyncio.Future[DecodeOutcome]:
         """Queue a speculative final decode (ahead of partials); its outcome's future.
@@ -218,7 +254,7 @@ class DecodeScheduler:
         start_us = time.time_ns() // 1000
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.decode_batch, items
+                self.partial_executor, self.decode_batch, items
             )
         except Exception as exc:  # the whole batch failed: every partial reports it
             results = [exc] * len(items)
@@ -241,20 +277,16 @@ class DecodeScheduler:
                 except Exception:
                     log.exception("publishing the partial of %s failed", job.line_id)
 
-    def _next(self, finals_only: bool = False) -> _Job | None:
-        if self._finals:
-            return self._finals.popleft()
-        if self._speculative:
-            return self._speculative.popitem(last=False)[1]
-        if finals_only:
-            return None
-        now = time.monotonic()
-        while self._partials:
-            _, job = self._partials.popitem(last=False)
-            if now - job.queued_at <= self.stale_after_s:
-                return job
-            self.stats.shed += 1
-        return None
+    def _next(self, mode: str = ANY) -> _Job | None:
+        if mode != PARTIALS:
+            if self._finals:
+                return self._finals.popleft()
+            if self._speculative:
+                return self._speculative.popitem(last=False)[1]
+            if mode == FINALS:
+                return None
+        jobs = self._more_partials(1)
+        return jobs[0] if jobs else None
 
     async def _decode_with_retries(self, job: _Job) -> Any:
         """Run the decode in the executor; a failure is retried ``retries`` times."""
@@ -281,9 +313,9 @@ class DecodeScheduler:
     def _count_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
 
-    async def _loop(self, finals_only: bool = False) -> None:
+    async def _loop(self, mode: str = ANY) -> None:
         while True:
-            job = self._next(finals_only)
+            job = self._next(mode)
             if job is None:
                 await self._wait_for_work()
                 continue
@@ -293,10 +325,13 @@ class DecodeScheduler:
             out = DecodeOutcome(waited_s=time.monotonic() - job.queued_at)
             out.speculative = job.speculative
             out.start_us = time.time_ns() // 1000
+            self._finals_running += 1
             try:
                 out.result = await self._decode_with_retries(job)
             except Exception as exc:  # the model failed after its retries: reported
                 out.error = exc
+            finally:
+                self._finals_running -= 1
             out.end_us = time.time_ns() // 1000
             if job.speculative:
                 self.stats.speculative += 1

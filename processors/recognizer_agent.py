@@ -41,14 +41,18 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import faust
 
 from streamscribe.core.errors import StreamscribeError
 from streamscribe.core.settings import Settings
-from streamscribe.processors.decode_scheduler import DecodeOutcome, DecodeScheduler
+from streamscribe.processors.decode_scheduler import (
+    DecodeOutcome,
+    DecodeScheduler,
+    lower_thread_priority,
+)
 from streamscribe.processors.faust_app import (
     EXIT_STAGE_FAILURE,
     StageTopics,
@@ -107,6 +111,12 @@ class RecognizerStage:
             stale_after_s=settings.partial_stale_s,
             decode_batch=self._transcribe_batch,
             batch_max=settings.partial_batch_max,
+            partial_executor=ThreadPoolExecutor(
+                1,
+                "asr-partials",
+                initializer=lower_thread_priority,
+                initargs=(settings.partial_nice,),
+            ),
         )
         self._fail_patterns = config.fail_patterns
         self._pending: set[asyncio.Task[None]] = set()

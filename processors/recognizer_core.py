@@ -24,6 +24,9 @@ agent, :mod:`recognizer_agent`, only decodes, sends and writes)::
   fail, is the final's text and decode timestamps (decoding identical audio is
   deterministic). Any new audio discards it (``Accepted.discarded``). It lives in the
   line, in memory only: after a crash the final is decoded as before.
+- **Behind**: an update captured more than ``max_lag`` ago (the worker is overloaded, or
+  a recording is replayed faster than real time) gets neither a partial nor a
+  speculation — the CPU goes to the segmenter and to finals until the worker catches up.
 - A failed final (the scheduler has retried it once) is published with ``error`` set and
   the stable prefix as its text, and asks for a dead letter; :attr:`RecognizerCore.budget`
   says when failures pass ``max_error_rate`` (the worker then exits before the ack).
@@ -148,6 +151,7 @@ class RecognizerConfig:
     max_error_rate: float
     fail_patterns: tuple[str, ...] = ()
     speculative_finals: bool = True
+    max_lag_us: int = 1_000_000  # an update older than this gets no partial / speculation
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecognizerConfig:
@@ -163,6 +167,7 @@ class RecognizerConfig:
             max_error_rate=settings.max_error_rate,
             fail_patterns=tuple(p for p in settings.asr_fail_lines.split(",") if p),
             speculative_finals=settings.speculative_finals,
+            max_lag_us=int(settings.partial_max_lag_s * 1e6),
         )
 
 
@@ -235,6 +240,7 @@ class RecognizerStats:
     speculations: int = 0
     speculative_finals: int = 0
     speculations_discarded: int = 0
+    behind: int = 0  # updates older than max_lag: no partial, no speculation
 
 
 def decode_message(value: bytes, key: bytes | None) -> UtteranceMessage:
@@ -357,7 +363,12 @@ class RecognizerCore:
         discarded = spec is not None
         self.stats.speculations_discarded += discarded
         decode = None
-        if msg.end_candidate and self.config.speculative_finals:
+        lag = self._clock() - msg.captured_at_us if msg.captured_at_us > 0 else 0
+        if lag > self.config.max_lag_us:
+            # Behind (overload, or a recording replayed faster than real time): nobody is
+            # waiting on this line's partials now; its final comes soon and costs less.
+            self.stats.behind += 1
+        elif msg.end_candidate and self.config.speculative_finals:
             line.speculation = Speculation(msg.end_sample, line.audio_samples)
             self.stats.speculations += 1
             job = line.job(final=True)

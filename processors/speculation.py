@@ -45,11 +45,19 @@ from streamscribe.processors.decode_scheduler import DecodeOutcome, DecodeSchedu
 from streamscribe.processors.recognizer_core import Decode
 
 
-def start_speculation(scheduler: DecodeScheduler, decode: Decode) -> None:
-    """Queue the speculative decode of ``decode`` (``speculative`` set); never waits."""
+def start_speculation(scheduler: DecodeScheduler, decode: Decode) -> bool:
+    """Queue the speculative decode of ``decode`` (``speculative`` set); never waits.
+
+    Only when a finals slot is idle (:meth:`DecodeScheduler.finals_idle`): under load the
+    speculation is skipped (False) and the final is decoded when it comes.
+    """
     if decode.speculation is None:
         raise ValueError("start_speculation needs a speculative Decode")
+    if not scheduler.finals_idle():
+        scheduler.stats.speculative_skipped += 1
+        return False
     decode.speculation.handle = scheduler.submit_speculative(decode.line_id, decode.audio)
+    return True
 
 
 async def final_outcome(scheduler: DecodeScheduler, decode: Decode) -> DecodeOutcome:

@@ -22,6 +22,16 @@ from streamscribe.processors.faust_app import StageTopics, make_app
 log = logging.getLogger(__name__)
 
 STAGES = ("segmenter", "recognizer")
+CHANGELOG_CONFIGS = {
+    "cleanup.policy": "compact",
+    "max.message.bytes": "2097152",
+    # Compaction only cleans closed segments: roll them every minute and clean often, so a
+    # table's changelog stays near its live keys (open lines, their audio parts) and a
+    # worker taking over its partitions restores in seconds even after hours of traffic.
+    "segment.ms": "60000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": "60000",
+}
 
 
 def build_worker(
@@ -63,6 +73,7 @@ def run_worker(
     or SIGINT. It raises :class:`SystemExit` with 0 after a clean stop and non-zero when
     the app crashed.
     """
+    settings = session_timeout(settings)
     app, _ = build_worker(settings, stages=stages, instance=instance, from_earliest=from_earliest)
     ensure_changelog_topics(app, settings)
     prepare_app(app)
@@ -90,11 +101,19 @@ def ensure_changelog_topics(app: faust.App, settings: Settings) -> None:
     from streamscribe.schemas.topics import TopicSpec
 
     specs = [
-        TopicSpec(
-            f"{settings.group_id}-{name}-changelog",
-            settings.partitions,
-            {"cleanup.policy": "compact", "max.message.bytes": "2097152"},
-        )
+        TopicSpec(f"{settings.group_id}-{name}-changelog", settings.partitions, CHANGELOG_CONFIGS)
         for name in app.tables
     ]
     create_topics(settings.bootstrap, specs)
+
+
+def session_timeout(settings: Settings) -> Settings:
+    """``settings`` with ``session_timeout_s`` as the cluster allows it
+    (:func:`streamscribe.core.kafka.session_timeout_ms`: 3 s on the local broker)."""
+    from streamscribe.core.kafka import session_timeout_ms
+
+    allowed = session_timeout_ms(settings) / 1000
+    if allowed != settings.session_timeout_s:
+        log.info("session timeout raised to the cluster's minimum, %.1f s", allowed)
+        return settings.with_overrides(session_timeout_s=allowed)
+    return settings

@@ -97,9 +97,44 @@ def consumer_config(
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "isolation.level": "read_committed",
-        "session.timeout.ms": int(settings.session_timeout_s * 1000),
+        "session.timeout.ms": session_timeout_ms(settings),
         "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
     }
+
+
+_MIN_SESSION_MS: dict[str, int | None] = {}
+
+
+def session_timeout_ms(settings: Settings) -> int:
+    """``session_timeout_s`` in ms, raised to the cluster's ``group.min.session.timeout.ms``.
+
+    The local broker allows 1 s (``streamscribe broker start``), so a SIGKILLed member's
+    partitions move after 3 s (the default); a cluster with the stock minimum (6 s) would
+    refuse a group member asking for less, so its minimum is used there. Looked up once
+    per cluster; a refused look-up (no ACL for it) keeps the setting.
+    """
+    wanted = int(settings.session_timeout_s * 1000)
+    bootstrap = settings.bootstrap
+    if bootstrap not in _MIN_SESSION_MS:
+        _MIN_SESSION_MS[bootstrap] = _broker_min_session_ms(bootstrap)
+    least = _MIN_SESSION_MS[bootstrap]
+    return wanted if least is None else max(wanted, least)
+
+
+def _broker_min_session_ms(bootstrap: str) -> int | None:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        brokers = admin.list_topics(timeout=10).brokers
+        if not brokers:
+            return None
+        resource = ConfigResource(ConfigResource.Type.BROKER, str(next(iter(brokers))))
+        entries = admin.describe_configs([resource], request_timeout=10)[resource].result(10)
+        entry = entries.get("group.min.session.timeout.ms")
+        return None if entry is None or entry.value is None else int(entry.value)
+    except (KafkaException, ValueError, KeyError):
+        return None
 
 
 def reader_config(bootstrap: str, *, client: str, from_beginning: bool = True) -> dict[str, Any]:

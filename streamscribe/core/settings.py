@@ -65,7 +65,7 @@ class Settings(BaseModel):
     group_id: str = "streamscribe-processors"
     worker_data_dir: Path = _project_root() / ".cache" / "worker"
     worker_web_port: int = 6066
-    session_timeout_s: float = 6.0  # the broker's group.min.session.timeout.ms
+    session_timeout_s: float = 3.0  # raised to the cluster's group.min.session.timeout.ms
     # Static group membership (group.instance.id), unique per worker process: a worker
     # restarted with the same id takes its partitions back at once; without one, a
     # restart waits for the old member's session to time out (session_timeout_s).
@@ -88,13 +88,19 @@ class Settings(BaseModel):
     idle_timeout_s: float = 30.0
     energy_gate_dbfs: float = -70.0
     ort_intra_threads: int = 1
-    asr_workers: int = 2
+    asr_workers: int = 2  # decode slots: one for finals then partials, the others finals only
     max_error_rate: float = 0.2
     partial_growth: float = 0.0  # optional: partial also waits for growth * decoded new audio
     # A partial decodes the line's tail window; past this length the window is cut at its
     # quietest frame and the words before are committed (processors/recognizer_line.py).
     partial_window_s: float = 2.5
     partial_batch_max: int = 16  # partial decodes batched into one decoder run
+    # An update captured longer ago than this (overload, or a replay faster than real time)
+    # gets no partial and no speculative final: the worker spends its CPU catching up.
+    partial_max_lag_s: float = 1.0
+    # Niceness added to the partial-decode thread (Linux: that thread only). Off: measured,
+    # it made finals later (a low-priority thread preempted while holding the GIL).
+    partial_nice: int = 0
     partial_stale_s: float = 1.5  # shed a partial whose update is older than this
     asr_fail_lines: str = ""  # fault injection: comma list of line-id patterns that fail
     # Speculative finals: the segmenter flags the update that ends where the utterance will

@@ -33,7 +33,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 
 
 def _modules(package: str) -> list[Path]:
-    return sorted(FOLDERS[package].glob("*.py"))
+    return sorted(FOLDERS[package].rglob("*.py"))
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -45,7 +45,12 @@ GROUP = "g"
 PART = SAMPLE_RATE // 4  # 0.25 s of audio per part
 START = 3 * SAMPLE_RATE  # the line starts 3 s into the stream
 NOW_US = 1_700_000_000_000_000
-STAMPS = {"captured_at_us": 10, "broker_at_us": 11, "received_at_us": 12, "decided_at_us": 13}
+STAMPS = {  # a line decided 10 µs before the core's clock: live, not behind
+    "captured_at_us": NOW_US - 40,
+    "broker_at_us": NOW_US - 30,
+    "received_at_us": NOW_US - 20,
+    "decided_at_us": NOW_US - 10,
+}
 
 
 def _config(interval_s: float = 0.5, growth: float = 0.3) -> RecognizerConfig:
@@ -570,3 +575,24 @@ def test_tail_window_partials_of_a_long_line_with_the_real_model(
     heard = normalized_words(last.text)
     assert wer(" ".join(reference[: len(heard)]), " ".join(heard)) <= 0.3, last.text
     assert wer(" ".join(reference), final.text) <= 0.15, final.text
+
+
+def test_updates_captured_too_long_ago_get_no_partial_and_no_speculation() -> None:
+    """Behind (overload, or a replay faster than real time): the update's audio is kept but
+    nothing is decoded for it; once updates are fresh again partials resume at once, and
+    the final is decoded as always."""
+    import dataclasses
+
+    h = Harness()
+    msgs = line_messages(noise(3.0))
+    late = NOW_US - h.config.max_lag_us - 1
+    behind = [dataclasses.replace(m, captured_at_us=late) for m in msgs[:6]]
+    behind[-1] = dataclasses.replace(behind[-1], end_candidate=True)
+    assert [h.accept(m) for m in behind] == [None] * 6
+    assert h.core.stats.behind == 6 and h.core.stats.speculations == 0
+    fresh = h.accept(msgs[6])  # 1.75 s of audio, live again: a partial of all of it
+    assert fresh is not None and not fresh.final
+    assert sum(len(s) for s in fresh.job.segments) == 7 * PART
+    results = h.run(msgs[7:])
+    assert results[-1].event.text == fake_asr(np.concatenate([noise(3.0)])).text
+    assert h.core.stats.behind == 6
