@@ -134,7 +134,10 @@ class ChannelSegmenter:
         if feed.gap is not None:
             start, end = feed.gap
             self._gaps.append([start, end])
-            events.append(GapInserted(start, end - start, item.n_samples))
+            declared = getattr(item, "declared_samples", None) or item.n_samples
+            events.append(
+                GapInserted(start, end - start, item.n_samples, declared - item.n_samples)
+            )
         return feed
 
     def feed(self, feed: Feed) -> bool:

@@ -40,7 +40,7 @@ from faust.streams import _current_event  # the context variable behind current_
 from streamscribe.core.errors import StreamscribeError
 from streamscribe.core.settings import Settings
 from streamscribe.processors.faust_fixes import install_faust_fixes
-from streamscribe.schemas.events import DeadLetter
+from streamscribe.schemas.events import DEAD_LETTER_MAX_RAW_BYTES, DeadLetter
 from streamscribe.schemas.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,11 @@ RAW: dict[str, Any] = {
 
 
 EXIT_STAGE_FAILURE = 4
+# A dead letter's Kafka key is the source key, cut to this many bytes (a longer key is
+# hostile; cutting it keeps the dead letter sendable).
+DEAD_LETTER_MAX_KEY = 4096
+# Dead letters that could not be sent, by stage (logged; the worker goes on).
+DEAD_LETTER_FAILURES: dict[str, int] = {}
 
 
 async def guarded(
@@ -153,24 +158,55 @@ async def send_dead_letter(
     reason: str,
     error_type: str,
     session_id: str | None = None,
-) -> None:
-    """Publish a dead letter for ``event`` (its topic/partition/offset, raw value)."""
+) -> bool:
+    """Publish a dead letter for ``event`` (its topic/partition/offset, raw value).
+
+    It never raises: a dead letter is cut to a sendable size (:meth:`DeadLetter.from_raw`:
+    raw bytes over ``DEAD_LETTER_MAX_RAW_BYTES`` stay only in the source topic, referenced by
+    offset), and if sending still fails it is retried once without the raw bytes, then logged
+    and counted in :data:`DEAD_LETTER_FAILURES` -- the dead-letter path must never stop the
+    worker (which would crash-loop on the same message). False if it was not sent.
+    """
     msg = event.message
-    dl = DeadLetter.from_raw(
-        msg.value if isinstance(msg.value, bytes | bytearray) else None,
-        reason=reason,
-        stage=stage,
-        source_topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        key=msg.key if isinstance(msg.key, bytes | bytearray) else None,
-        error_type=error_type,
-        session_id=session_id,
-    )
+    raw = msg.value if isinstance(msg.value, bytes | bytearray) else None
+    key = msg.key if isinstance(msg.key, bytes | bytearray) else None
     log.warning(
-        "dead letter from %s[%s]@%s (%s): %s", msg.topic, msg.partition, msg.offset, stage, reason
+        "dead letter from %s[%s]@%s (%s): %.500s",
+        msg.topic,
+        msg.partition,
+        msg.offset,
+        stage,
+        reason,
     )
-    await topics.deadletter.send(key=msg.key or b"", value=dl.encode())
+    for limit in (DEAD_LETTER_MAX_RAW_BYTES, 0):
+        try:
+            dl = DeadLetter.from_raw(
+                raw,
+                reason=reason,
+                stage=stage,
+                source_topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                key=key,
+                error_type=error_type,
+                session_id=session_id,
+                max_raw_bytes=limit,
+            )
+            await topics.deadletter.send(
+                key=bytes(key or b"")[:DEAD_LETTER_MAX_KEY], value=dl.encode()
+            )
+            return True
+        except Exception:  # the dead-letter path must never kill the worker
+            log.error(
+                "dead letter for %s[%s]@%s not sent (raw kept: %d bytes)",
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                limit,
+                exc_info=True,
+            )
+    DEAD_LETTER_FAILURES[stage] = DEAD_LETTER_FAILURES.get(stage, 0) + 1
+    return False
 
 
 async def dead_letter_for(
@@ -180,8 +216,8 @@ async def dead_letter_for(
     *,
     stage: str,
     session_id: str | None = None,
-) -> None:
-    await send_dead_letter(
+) -> bool:
+    return await send_dead_letter(
         topics,
         event,
         stage=stage,

@@ -12,7 +12,14 @@ order and
   The :class:`Gap` carries the missing position and the number of silent samples to insert,
   computed from positions, so timing after a gap stays exact. Every rule depends only on
   the order of arrivals, never on wall-clock time, so a replay gives the same result;
-- drops chunks that arrive after their gap was declared (**late**).
+- drops chunks that arrive after their gap was declared (**late**);
+- **bounds every gap**: the silence a gap inserts is at most ``max_gap_ms`` whatever the
+  positions say (the rest of the jump is counted in ``gap_samples_skipped``, not filled
+  sample by sample), so one forged position costs O(1) worker time;
+- **rejects positions that contradict the seq order**
+  (:class:`~streamscribe.core.errors.ValidationError`, raised before any state change): a
+  chunk ahead in ``seq`` that starts before the stream position already reached, or
+  further ahead than its missing chunks could fill (``max_chunk_samples`` each).
 
 The end-of-stream chunk has a ``seq`` too (it may carry samples or none); once everything
 up to it is emitted the channel is :attr:`~JitterBuffer.finished`.
@@ -45,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from streamscribe.core.errors import SegmenterError
+from streamscribe.core.errors import SegmenterError, ValidationError
 from streamscribe.schemas.pcm import PCM_S16LE, Float32Array
 
 if TYPE_CHECKING:
@@ -53,6 +60,11 @@ if TYPE_CHECKING:
 
 DEFAULT_WINDOW_CHUNKS: Final = 8
 DEFAULT_GAP_TIMEOUT_MS: Final = 1000
+# The most silence one gap inserts; a longer jump ends the utterance and is reported.
+DEFAULT_MAX_GAP_MS: Final = 10_000
+# The most samples one chunk can hold (the payload limit at one byte per sample, µ-law):
+# a missing chunk cannot account for more of a position jump than this.
+DEFAULT_MAX_CHUNK_SAMPLES: Final = 1 << 20
 # How many declared gaps are remembered to tell a late chunk from a duplicate.
 RECENT_GAP_RANGES: Final = 16
 
@@ -157,6 +169,7 @@ class Gap:
     first_missing_seq: int
     missing_count: int
     degraded: bool = True
+    declared_samples: int | None = None  # the position jump, when over the bound (capped)
 
 
 Item = Chunk | Gap
@@ -175,28 +188,42 @@ class ReassemblyCounters:
     late: int = 0  # arrived after their gap was declared, or after the end of stream
     overruns: int = 0  # gaps forced because the window was full
     misaligned: int = 0  # emitted chunks whose position was not where the stream stood
+    gaps_capped: int = 0  # gaps whose position jump was over max_gap_ms
+    gap_samples_skipped: int = 0  # source samples of those jumps not filled with silence
+    contradicting: int = 0  # chunks rejected: their position contradicts the seq order
 
     def to_dict(self) -> dict[str, int]:
-        """The counters as a plain dict (for metrics and session events)."""
-        return dict(vars(self))
+        """The counters as a plain dict (for metrics and session events); the counters of
+        hostile input (:data:`_RARE_COUNTERS`) only when they are not zero."""
+        return {k: v for k, v in vars(self).items() if v or k not in _RARE_COUNTERS}
+
+
+_RARE_COUNTERS: Final = frozenset({"gaps_capped", "gap_samples_skipped", "contradicting"})
 
 
 @dataclass(frozen=True)
 class JitterConfig:
-    """Knobs of the jitter buffer (settings ``jitter_window_chunks``, ``gap_timeout_ms``)."""
+    """Knobs of the jitter buffer (settings ``jitter_window_chunks``, ``gap_timeout_ms``;
+    ``max_chunk_samples`` follows ``max_payload_bytes``)."""
 
     window_chunks: int = DEFAULT_WINDOW_CHUNKS
     gap_timeout_ms: int = DEFAULT_GAP_TIMEOUT_MS
+    max_gap_ms: int = DEFAULT_MAX_GAP_MS
+    max_chunk_samples: int = DEFAULT_MAX_CHUNK_SAMPLES
 
     def __post_init__(self) -> None:
         if self.window_chunks < 1 or self.gap_timeout_ms < 0:
             raise ValueError("window_chunks must be >= 1 and gap_timeout_ms >= 0")
+        if self.max_gap_ms < 0 or self.max_chunk_samples < 1:
+            raise ValueError("max_gap_ms must be >= 0 and max_chunk_samples >= 1")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JitterConfig:
         """Build from a :class:`streamscribe.core.settings.Settings`."""
         return cls(
-            window_chunks=settings.jitter_window_chunks, gap_timeout_ms=settings.gap_timeout_ms
+            window_chunks=settings.jitter_window_chunks,
+            gap_timeout_ms=settings.gap_timeout_ms,
+            max_chunk_samples=max(1, settings.max_payload_bytes),
         )
 
 
@@ -228,7 +255,13 @@ class JitterBuffer:
         return len(self._held)
 
     def push(self, chunk: Chunk) -> list[Item]:
-        """Accept one arrival; return the items now ready, in stream order."""
+        """Accept one arrival; return the items now ready, in stream order.
+
+        :class:`ValidationError` (state untouched but the counter) if its position
+        contradicts the seq order.
+        """
+        if not self.finished and chunk.seq > self.next_seq and chunk.seq not in self._held:
+            self._check_position(chunk)
         self.counters.chunks_in += 1
         out: list[Item] = []
         if chunk.seq < self.next_seq or self.finished:
@@ -266,6 +299,26 @@ class JitterBuffer:
 
     # ---------------------------------------------------------------- internals
 
+    def _check_position(self, chunk: Chunk) -> None:
+        """Reject a chunk ahead in seq whose position its missing chunks cannot explain."""
+        missing = chunk.seq - self.next_seq
+        jump = chunk.position - self.next_position
+        bound = missing * self.config.max_chunk_samples
+        if 0 <= jump <= bound:
+            return
+        self.counters.contradicting += 1
+        if jump < 0:
+            why = f"starts {-jump} samples before the stream position {self.next_position}"
+        else:
+            why = (
+                f"is {jump} samples past the stream position {self.next_position}, more than"
+                f" its {missing} missing chunk(s) can hold ({bound})"
+            )
+        raise ValidationError(
+            f"position {chunk.position} of seq {chunk.seq} contradicts the seq order: it {why}",
+            raw=chunk.payload,
+        )
+
     def _in_gap(self, seq: int) -> bool:
         return any(r.first <= seq < r.end for r in self._gap_ranges)
 
@@ -296,7 +349,8 @@ class JitterBuffer:
     def _declare_gap(self, out: list[Item]) -> None:
         first_held = min(self._held)
         chunk = self._held[first_held]
-        n = max(0, chunk.position - self.next_position)
+        jump = max(0, chunk.position - self.next_position)
+        n = min(jump, self.config.max_gap_ms * chunk.sample_rate // 1000)
         out.append(
             Gap(
                 position=self.next_position,
@@ -304,10 +358,14 @@ class JitterBuffer:
                 sample_rate=chunk.sample_rate,
                 first_missing_seq=self.next_seq,
                 missing_count=first_held - self.next_seq,
+                declared_samples=jump if jump > n else None,
             )
         )
         self.counters.gaps += 1
         self.counters.gap_samples += n
+        if jump > n:
+            self.counters.gaps_capped += 1
+            self.counters.gap_samples_skipped += jump - n
         self._gap_ranges.append(_GapRange(self.next_seq, first_held))
         del self._gap_ranges[:-RECENT_GAP_RANGES]
         self.next_seq = first_held

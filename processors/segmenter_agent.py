@@ -7,10 +7,16 @@ becomes a dead letter and the session goes on. Arrivals are grouped by channel a
 with each channel's in-memory state (:class:`~streamscribe.processors.segmenter_sessions.
 ChannelStates`; rebuilt from the ``segmenter-channels`` table on a miss), to the core in
 the executor (admission, resampling and VAD are CPU work). Back on the loop: chunks the core
-rejected become dead letters, utterance messages and session events are sent, the state's
-changelog copy is written to the table (the full state after each batch), finished channels
-are deleted. Ticks finalise sessions idle for longer than ``idle_timeout_s``. A partition
-revoke drops that partition's in-memory states.
+rejected become dead letters (one per chunk), utterance messages and session events are
+sent, and only once the producer has delivered all of them is each state's changelog copy
+written to the table (the full state after each batch; a finished channel's copy is
+deleted and a small end marker kept in the ``segmenter-ended`` table for
+:data:`~streamscribe.processors.segmenter_sessions.ENDED_KEPT_S`, which refuses later
+chunks and a reused session id). That order is what makes a
+crash inside a batch safe: a changelog copy never gets ahead of the outputs it implies, so
+a replay either regenerates the same outputs (deduped downstream by ``part``) or finds
+them delivered. Ticks finalise sessions idle for longer than ``idle_timeout_s``. A
+partition revoke drops that partition's in-memory states.
 
 See :mod:`streamscribe.processors.faust_app` for the delivery guarantee.
 """
@@ -18,6 +24,7 @@ See :mod:`streamscribe.processors.faust_app` for the delivery guarantee.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -37,8 +44,10 @@ from streamscribe.processors.faust_app import (
 )
 from streamscribe.processors.reassembly import JitterConfig
 from streamscribe.processors.segmenter_sessions import (
+    ENDED_KEPT_S,
     ChannelStates,
     end_channel,
+    expired_markers,
     idle_sessions,
     parse_arrival,
     touch_session,
@@ -49,6 +58,7 @@ from streamscribe.processors.stream_segmenter import (
     ChannelBatch,
     ChannelKey,
     ChannelResult,
+    EndedChannel,
     StreamSegmenter,
 )
 from streamscribe.processors.vad import SileroVad
@@ -64,6 +74,7 @@ class SegmenterStage:
     def __init__(
         self, app: faust.App, settings: Settings, topics: StageTopics, executor: Executor
     ) -> None:
+        self.app = app
         self.settings = settings
         self.topics = topics
         self.executor = executor
@@ -80,6 +91,11 @@ class SegmenterStage:
         )
         self.sessions = app.Table(
             "segmenter-sessions",
+            partitions=p,
+            default=None,
+        )
+        self.ended = app.Table(  # channel key -> EndedChannel document
+            "segmenter-ended",
             partitions=p,
             default=None,
         )
@@ -140,7 +156,9 @@ class SegmenterStage:
                     if is_tick(msg.value):
                         ticks.append(ev)
                         continue
-                    arrival = parse_arrival(msg.value, msg.key, msg.timestamp, received, ev)
+                    arrival = parse_arrival(
+                        msg.value, msg.key, msg.timestamp, received, ev, msg.offset
+                    )
                     key = ChannelKey(arrival.chunk.session_id, arrival.chunk.channel)
                     by_channel.setdefault(key, []).append(arrival)
                 except StreamscribeError as err:
@@ -153,19 +171,39 @@ class SegmenterStage:
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(self.executor, core.process, batches)
             for batch, res in zip(batches, results, strict=True):
-                self.stats["chunks"] += len(batch.arrivals) - len(res.rejected)
-                await self._apply(res, batch.arrivals[-1].ref)
-            self._touch_sessions(by_channel)
+                self.stats["chunks"] += len(batch.arrivals) - len(res.rejected) - res.replayed
+                await self._send_outputs(res, batch.arrivals[-1].ref)
+            await self._flush()
+            for batch, res in zip(batches, results, strict=True):
+                self._store_state(res, batch.arrivals[-1].ref)
+            self._touch_sessions(by_channel, results)
         for tick in ticks:
             with event_scope(tick):
                 await self._idle_scan(tick)
         self.stats["batches"] += 1
 
     def _state(self, key: ChannelKey) -> Any:
-        """The channel's state: in memory, else its changelog copy, else None (a new one)."""
-        return self.states.get(key) or self.channels.get(str(key))
+        """The channel's state: in memory, else its changelog copy, else its end marker (it
+        ended), else None (a new channel)."""
+        state = self.states.get(key) or self.channels.get(str(key))
+        if state is None:
+            doc = self.ended.get(str(key))
+            state = EndedChannel.from_doc(doc) if doc is not None else None
+        return state
+
+    async def _flush(self) -> None:
+        """Wait until every message sent so far is delivered (before any state is written)."""
+        producer = getattr(self.app, "producer", None)
+        if producer is not None:
+            await producer.flush()
 
     async def _apply(self, res: ChannelResult, last_ref: Any) -> None:
+        """Send one channel's outputs, then (delivered) write its state."""
+        await self._send_outputs(res, last_ref)
+        await self._flush()
+        self._store_state(res, last_ref)
+
+    async def _send_outputs(self, res: ChannelResult, last_ref: Any) -> None:
         for ref, err in res.rejected:
             with event_scope(ref):
                 self.stats["dead_letters"] += 1
@@ -176,6 +214,7 @@ class SegmenterStage:
             self.states.drop(res.key)  # maybe half-changed: rebuild from the table next time
             log.error("channel %s failed: %s", res.key, res.failed.reason)
             with event_scope(last_ref):
+                self.stats["dead_letters"] += 1
                 await send_dead_letter(
                     self.topics,
                     last_ref,
@@ -192,18 +231,29 @@ class SegmenterStage:
         for sev, ref in res.events:
             with event_scope(ref or last_ref):
                 await self.topics.events.send(key=key, value=sev.encode())
+
+    def _store_state(self, res: ChannelResult, last_ref: Any) -> None:
+        if res.failed is not None:
+            return
         with event_scope(last_ref):
             if res.ended:
                 self.states.drop(res.key)
                 self.channels.pop(str(res.key), None)
+                if res.end_marker is not None:
+                    marker = dataclasses.replace(
+                        res.end_marker, partition=last_ref.message.partition
+                    )
+                    self.ended[str(res.key)] = marker.to_doc()
                 self._end_channel(res.key)
             elif res.state is not None:
                 self.states.put(res.key, last_ref.message.partition, res.state)
                 self.channels[str(res.key)] = res.state.to_bytes()
 
     # --------------------------------------------------------------- sessions
-    def _touch_sessions(self, by_channel: OrderedDict[ChannelKey, list[Arrival]]) -> None:
-        for key, arrivals in by_channel.items():
+    def _touch_sessions(
+        self, by_channel: OrderedDict[ChannelKey, list[Arrival]], results: list[ChannelResult]
+    ) -> None:
+        for (key, arrivals), res in zip(by_channel.items(), results, strict=True):
             ref = arrivals[-1].ref
             with event_scope(ref):
                 doc = touch_session(
@@ -211,7 +261,7 @@ class SegmenterStage:
                     key.channel,
                     ref.message.partition,
                     time.time(),
-                    live=str(key) in self.channels,
+                    live=res.state is not None,
                 )
                 if doc is not None:
                     self.sessions[key.session_id] = doc
@@ -235,10 +285,14 @@ class SegmenterStage:
                 state = self._state(key)
                 if state is None:
                     continue
-                res = await loop.run_in_executor(self.executor, core.finish_idle, key, state, tick)
+                res = await loop.run_in_executor(
+                    self.executor, core.finish_idle, key, state, tick, tick.message.offset
+                )
                 await self._apply(res, tick)
             self.sessions.pop(sid, None)
             log.info("session %s idle for %.0f s: finalised", sid, self.settings.idle_timeout_s)
+        for key in expired_markers(list(self.ended.items()), partition, time.time() - ENDED_KEPT_S):
+            self.ended.pop(key, None)
 
 
 def _key_text(ev: Any) -> str | None:

@@ -12,7 +12,12 @@
   :func:`touch_session` (a live channel was seen; written at most every
   :data:`SESSION_TOUCH_EVERY_S` unless its channels changed), :func:`end_channel` (a
   channel's done marker; the session is deleted with its last channel) and
-  :func:`idle_sessions` (which sessions of a partition a tick finalises).
+  :func:`idle_sessions` (which sessions of a partition a tick finalises);
+- the ``segmenter-ended`` table's end markers (:class:`~streamscribe.processors.
+  stream_segmenter.EndedChannel` documents): kept :data:`ENDED_KEPT_S` after a channel
+  ended, so that its late chunks and a reuse of its session id are refused rather than
+  starting a second run over the first one's utterance numbers; :func:`expired_markers`
+  says which a tick deletes.
 
 Example::
 
@@ -39,25 +44,37 @@ from streamscribe.schemas.audio import AudioChunk
 
 SESSION_TOUCH_EVERY_S: Final = 1.0  # how often a live session's "last seen" is written
 US_PER_S: Final = 1_000_000
+# How long an ended channel's marker is kept (late chunks and a reused id are refused
+# meanwhile); after it, a chunk under that id starts a new stream.
+ENDED_KEPT_S: Final = 7 * 24 * 3600.0
 
 SessionDoc = dict[str, Any]
 
 
 def parse_arrival(
-    value: bytes, key: bytes | None, timestamp_s: float | None, received_us: int, ref: Any = None
+    value: bytes,
+    key: bytes | None,
+    timestamp_s: float | None,
+    received_us: int,
+    ref: Any = None,
+    offset: int = -1,
 ) -> Arrival:
-    """Decode one audio record; :class:`ContractError` if it is not an ``AudioChunk`` of its key.
+    """Decode one audio record; :class:`ContractError` if it is not an ``AudioChunk`` of its key
+    (or its session id is empty: no sink could store it).
 
-    ``timestamp_s`` is the broker's timestamp (``received_us`` stands in when there is none).
+    ``timestamp_s`` is the broker's timestamp (``received_us`` stands in when there is none);
+    ``offset`` is the record's offset in its partition (what tells a replay from a late chunk).
     """
     chunk = AudioChunk.decode(value)
+    if not chunk.session_id:
+        raise ContractError("empty session id", raw=value)
     text = key.decode("utf-8", "replace") if key is not None else None
     if text != chunk.session_id:
         raise ContractError(
             f"message key {text!r} is not the chunk's session id {chunk.session_id!r}", raw=value
         )
     broker_us = int(timestamp_s * US_PER_S) if timestamp_s else received_us
-    return Arrival(chunk, Stamps(chunk.captured_at_us, broker_us, received_us), ref)
+    return Arrival(chunk, Stamps(chunk.captured_at_us, broker_us, received_us), ref, offset)
 
 
 @dataclass
@@ -141,4 +158,19 @@ def idle_sessions(
         (sid, [int(c) for c in doc.get("channels", [])])
         for sid, doc in items
         if doc and doc.get("p") == partition and doc.get("last", 0) < deadline
+    ]
+
+
+def expired_markers(
+    items: Iterable[tuple[str, Mapping[str, Any] | None]], partition: int, deadline: float
+) -> list[str]:
+    """Keys of ``partition``'s end markers written before ``deadline`` (to delete).
+
+    >>> expired_markers([("a#0", {"p": 1, "at": 5.0}), ("b#0", {"p": 1, "at": 50.0})], 1, 10.0)
+    ['a#0']
+    """
+    return [
+        key
+        for key, doc in items
+        if doc and doc.get("p") == partition and float(doc.get("at", 0)) < deadline
     ]

@@ -210,6 +210,7 @@ class GapInserted:
     start_sample: int
     n_samples: int
     source_samples: int
+    skipped_source_samples: int = 0  # of a jump over the gap bound: not filled, reported
 
 
 Event = SpeechStarted | UtteranceUpdate | UtteranceFinal | SpeechEnded | GapInserted

@@ -11,6 +11,16 @@ Segmenters.step`), and maps the core events onto the contract: :class:`Utterance
 update that may end the utterance carries ``end_candidate``, and its final then has an
 empty tail) and :class:`SessionEvent`.
 
+Hostile input is rejected per chunk, one reason each, and never costs the chunks around it:
+a chunk whose sample rate is not the channel's (the rate of its first admitted chunk), or
+whose position contradicts the seq order (:class:`~streamscribe.processors.reassembly.
+JitterBuffer`), is rejected before it changes anything. Once a channel has ended (end of
+stream or idle timeout) its state is replaced by an :class:`EndedChannel` marker holding the
+offset of the message that ended it: a replayed arrival at or before that offset is dropped
+silently (it was handled), every later arrival (a late chunk, or a new stream under the old
+session id) is refused with a dead letter -- never a second run that would overwrite the
+first one's utterances downstream.
+
 The whole per-channel state is one :class:`ChannelState` object, kept in memory by the
 caller between batches and changed in place by :meth:`StreamSegmenter.process`; its one
 codec (:meth:`ChannelState.to_bytes`, a single :func:`~streamscribe.processors.reassembly.
@@ -42,9 +52,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from streamscribe.core.errors import SegmenterError, StreamscribeError
+from streamscribe.core.errors import SegmenterError, StreamscribeError, ValidationError
 from streamscribe.processors.channel_segmenter import ChannelSegmenter, Segmenters
 from streamscribe.processors.reassembly import (
+    Chunk,
     Gap,
     Item,
     JitterBuffer,
@@ -107,6 +118,7 @@ class Arrival:
     chunk: AudioChunk
     stamps: Stamps
     ref: Any = None
+    offset: int = -1  # its offset in the source partition (-1: unknown, e.g. offline)
 
 
 @dataclass
@@ -115,7 +127,7 @@ class ChannelBatch:
     changelog copy to rebuild it from (``bytes``), or ``None`` for a channel not seen yet."""
 
     key: ChannelKey
-    state: ChannelState | bytes | None
+    state: ChannelState | EndedChannel | bytes | None
     arrivals: list[Arrival]
 
 
@@ -131,8 +143,44 @@ class ChannelResult:
     events: list[tuple[SessionEvent, Any]] = field(default_factory=list)
     rejected: list[tuple[Any, StreamscribeError]] = field(default_factory=list)
     state: ChannelState | None = None
-    ended: bool = False  # the channel finished in this batch: delete its table entry
+    ended: bool = False  # the channel finished here: delete its state, keep ``end_marker``
+    end_marker: EndedChannel | None = None
     failed: StreamscribeError | None = None
+    replayed: int = 0  # arrivals dropped because the channel had already handled them
+
+
+@dataclass(frozen=True)
+class EndedChannel:
+    """What is kept of a channel after it ended: the offset of the message that ended it.
+
+    >>> EndedChannel.from_doc(EndedChannel(41, "session_end", 100.0, 3).to_doc())
+    EndedChannel(end_offset=41, reason='session_end', ended_at=100.0, partition=3)
+    """
+
+    end_offset: int
+    reason: str
+    ended_at: float  # epoch seconds
+    partition: int = -1
+
+    def to_doc(self) -> dict[str, Any]:
+        """The ``segmenter-ended`` table's document (small JSON)."""
+        return {"o": self.end_offset, "r": self.reason, "at": self.ended_at, "p": self.partition}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> EndedChannel:
+        return cls(int(doc["o"]), str(doc["r"]), float(doc["at"]), int(doc.get("p", -1)))
+
+    def refuse(self, a: Arrival) -> ValidationError | None:
+        """None for a replay of what the channel handled; else why ``a`` is refused."""
+        if 0 <= a.offset <= self.end_offset:
+            return None
+        c = a.chunk
+        return ValidationError(
+            f"chunk seq {c.seq} of session {c.session_id!r} channel {c.channel} arrived after"
+            f" the channel ended ({self.reason} at offset {self.end_offset}); a session id"
+            " cannot be reused",
+            raw=c.payload,
+        )
 
 
 @dataclass
@@ -144,6 +192,8 @@ class ChannelState:
     role: str
     parts: dict[int, int] = field(default_factory=dict)  # utterance -> next part index
     degraded: bool = False
+    rate: int | None = None  # the channel's sample rate: that of its first admitted chunk
+    end_offset: int = -1  # offset of the arrival that ended the stream (-1: not ended)
 
     def to_bytes(self) -> bytes:
         """The changelog copy: one header (jitter, segmenter, contract bookkeeping) + buffers."""
@@ -151,6 +201,8 @@ class ChannelState:
             "role": self.role,
             "parts": {str(k): v for k, v in self.parts.items()},
             "degraded": self.degraded,
+            "rate": self.rate,
+            "end_offset": self.end_offset,
             "jitter": self.jitter.state_meta(),
             "seg": self.seg.state_meta(),
         }
@@ -171,7 +223,31 @@ class ChannelState:
         jitter = JitterBuffer.from_state(m["jitter"], jitter_arrays, jitter_config)
         seg = ChannelSegmenter.from_state(m["seg"], a, vad, seg_config)
         parts = {int(k): int(v) for k, v in m["parts"].items()}
-        return cls(jitter, seg, m["role"], parts, bool(m.get("degraded", False)))
+        rate = m.get("rate")
+        return cls(
+            jitter,
+            seg,
+            m["role"],
+            parts,
+            bool(m.get("degraded", False)),
+            int(rate) if rate is not None else None,
+            int(m.get("end_offset", -1)),
+        )
+
+    def refuse(self, chunk: Chunk) -> ValidationError | None:
+        """Why the admitted ``chunk`` cannot go into this channel, or None."""
+        if self.rate is not None and chunk.sample_rate != self.rate:
+            return ValidationError(
+                f"sample rate changed from {self.rate} to {chunk.sample_rate} mid-stream",
+                raw=chunk.payload,
+            )
+        return None
+
+    def after_end(self, a: Arrival) -> ValidationError | None:
+        """Once the stream ended in this batch: None for a replay, else why ``a`` is refused."""
+        if a.offset < 0 and a.chunk.seq < self.jitter.next_seq:
+            return None  # offsets unknown (offline): an earlier seq is a duplicate
+        return EndedChannel(self.end_offset, EVENT_SESSION_END, 0).refuse(a)
 
 
 class StreamSegmenter:
@@ -201,8 +277,8 @@ class StreamSegmenter:
     def load(self, data: bytes) -> ChannelState:
         return ChannelState.from_bytes(data, self.vad, self.seg_config, self.jitter_config)
 
-    def _resolve(self, state: ChannelState | bytes) -> ChannelState:
-        return state if isinstance(state, ChannelState) else self.load(state)
+    def _resolve(self, state: ChannelState | EndedChannel | bytes) -> ChannelState | EndedChannel:
+        return state if not isinstance(state, bytes | bytearray) else self.load(state)
 
     # ---------------------------------------------------------------- batches
     def process(self, batches: list[ChannelBatch]) -> list[ChannelResult]:
@@ -218,18 +294,42 @@ class StreamSegmenter:
             res = ChannelResult(b.key)
             results.append(res)
             try:
-                st = None if b.state is None else self._resolve(b.state)
+                resolved = None if b.state is None else self._resolve(b.state)
+                if isinstance(resolved, EndedChannel):
+                    self._refuse_all(resolved, b.arrivals, res)
+                    continue
+                st = resolved
                 queue: list[tuple[Item, Arrival]] = []
                 for a in b.arrivals:
+                    if st is not None and st.jitter.finished:
+                        late = st.after_end(a)
+                        if late is None:
+                            res.replayed += 1
+                        else:
+                            res.rejected.append((a.ref, late))
+                        continue
                     try:
                         chunk = admit(a.chunk, validation)
+                        if st is None:
+                            target = self.new_state(a.chunk.role)
+                            target.rate = chunk.sample_rate
+                        else:
+                            target = st
+                            refused = st.refuse(chunk)
+                            if refused is not None:
+                                raise refused
+                            if st.rate is None:  # a state saved before the rate was kept
+                                st.rate = chunk.sample_rate
+                        items = target.jitter.push(chunk)  # raises: position contradicts seq
                     except StreamscribeError as exc:
                         res.rejected.append((a.ref, exc))
                         continue
                     if st is None:
-                        st = self.new_state(a.chunk.role)
+                        st = target
                         res.events.append((self._session_start(b.key, st, a), a.ref))
-                    for item in st.jitter.push(chunk):
+                    if st.jitter.finished:
+                        st.end_offset = a.offset
+                    for item in items:
                         queue.append((item, a))
             except StreamscribeError as exc:
                 res.failed = exc
@@ -245,14 +345,26 @@ class StreamSegmenter:
                 self._close_if_finished(st, res)
         return results
 
-    def finish_idle(self, key: ChannelKey, state: ChannelState | bytes, ref: Any) -> ChannelResult:
-        """Idle timeout: declare what is missing, close the open utterance, end the channel."""
+    def finish_idle(
+        self,
+        key: ChannelKey,
+        state: ChannelState | EndedChannel | bytes,
+        ref: Any,
+        offset: int = -1,
+    ) -> ChannelResult:
+        """Idle timeout: declare what is missing, close the open utterance, end the channel.
+
+        ``offset``: that of the message that decided it (the tick); later chunks are refused.
+        """
         res = ChannelResult(key)
         try:
             st = self._resolve(state)
         except (StreamscribeError, ValueError, KeyError, TypeError, struct.error) as exc:
             res.failed = SegmenterError(f"channel state unreadable: {exc}")
             return res
+        if isinstance(st, EndedChannel):
+            return res  # already ended: nothing to finish
+        st.end_offset = offset
         fake = Arrival(_EMPTY_CHUNK, Stamps(0, 0, 0), ref)
         queue = [(item, fake) for item in st.jitter.flush()]
         self._run_rounds([(st, res, queue)])
@@ -290,6 +402,16 @@ class StreamSegmenter:
             if res.failed is None:
                 res.state = st
 
+    @staticmethod
+    def _refuse_all(marker: EndedChannel, arrivals: list[Arrival], res: ChannelResult) -> None:
+        """The channel has ended: replays are dropped, every other arrival refused."""
+        for a in arrivals:
+            err = marker.refuse(a)
+            if err is None:
+                res.replayed += 1
+            else:
+                res.rejected.append((a.ref, err))
+
     def _close_if_finished(self, st: ChannelState, res: ChannelResult) -> None:
         if st.jitter.finished and st.seg.ended:
             self._end_channel(st, res, EVENT_SESSION_END, None)
@@ -300,6 +422,7 @@ class StreamSegmenter:
         event = self._event(res.key, kind, at_ms, None, st.jitter.counters.to_dict())
         res.events.append((event, ref))
         res.ended = True
+        res.end_marker = EndedChannel(st.end_offset, kind, self.clock() / 1e6)
         res.state = None
 
     def _session_start(self, key: ChannelKey, st: ChannelState, a: Arrival) -> SessionEvent:
@@ -367,7 +490,7 @@ class StreamSegmenter:
                             EVENT_GAP,
                             ev.start_sample / RATE * 1000,
                             None,
-                            {"samples_16k": ev.n_samples, "source_samples": ev.source_samples},
+                            _gap_details(ev),
                         ),
                         ref,
                     )
@@ -417,6 +540,14 @@ class StreamSegmenter:
             summary_json=json.dumps(ev.summary.to_dict()),
             **common,
         )
+
+
+def _gap_details(ev: GapInserted) -> dict[str, Any]:
+    """A gap event's details; a jump over the gap bound also says how much was not filled."""
+    details: dict[str, Any] = {"samples_16k": ev.n_samples, "source_samples": ev.source_samples}
+    if ev.skipped_source_samples:
+        details["skipped_source_samples"] = ev.skipped_source_samples
+    return details
 
 
 _EMPTY_CHUNK = AudioChunk(

@@ -4,7 +4,8 @@ A chunk is rejected (:class:`~streamscribe.core.errors.ValidationError`, carryin
 payload) when its encoding is unknown, its sample rate is not supported, its payload is over
 the size limit, its payload length is not ``n_samples`` (the declared duration) times the
 bytes per sample, a declared ``duration_ms`` disagrees with ``n_samples / sample_rate``, or
-a float payload holds NaN or infinity. Checks run before any state changes, so a rejected
+a float payload holds NaN or infinity, or its channel is not one of those its session
+metadata declares. Checks run before any state changes, so a rejected
 chunk leaves the channel exactly as it was.
 
 :func:`admit` is the one place a contract :class:`~streamscribe.schemas.audio.AudioChunk`
@@ -133,6 +134,12 @@ def admit(audio: AudioChunk, config: ValidationConfig | None = None) -> Chunk:
     >>> item.seq, item.position, item.duration_ms, item.samples.tolist()
     (3, 4800, 0.125, [0.5, -0.5])
     """
+    meta = audio.session_meta
+    if audio.channel < 0 or (meta is not None and audio.channel >= meta.channels):
+        declared = f"its session declares {meta.channels}" if meta is not None else "none"
+        raise ValidationError(
+            f"channel {audio.channel} does not exist: {declared} channel(s)", raw=audio.payload
+        )
     samples = decode_checked(
         audio.payload,
         encoding=audio.encoding,

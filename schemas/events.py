@@ -6,11 +6,22 @@ Example::
     ...                         source_topic="streamscribe.audio", partition=0, offset=7)
     >>> DeadLetter.decode(d.encode()).raw
     b'\\xff'
+
+A dead letter is always small enough to send: raw bytes over :data:`DEAD_LETTER_MAX_RAW_BYTES`
+are cut to that many (``raw_truncated``; ``raw_size`` and ``raw_sha256`` describe the whole
+value, which stays in its source topic at ``source_offset``), and an over-long key or reason
+is cut too (schema version 2)::
+
+    >>> big = DeadLetter.from_raw(bytes(2_000_000), reason="too big", stage="segmenter",
+    ...                           source_topic="streamscribe.audio", partition=0, offset=8)
+    >>> big.raw_truncated, big.raw_size, len(big.raw), len(big.encode()) < 400_000
+    (True, 2000000, 262144, True)
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -32,6 +43,19 @@ SESSION_EVENT_KINDS: Final = (
     EVENT_SESSION_END,
     EVENT_IDLE_TIMEOUT,
 )
+
+
+# Raw bytes kept in a dead letter; the rest stays in the source topic (see its offset). With
+# base64 this keeps every dead letter far under any producer's request limit (1 MB default).
+DEAD_LETTER_MAX_RAW_BYTES: Final = 256 * 1024
+DEAD_LETTER_MAX_TEXT: Final = 1024  # characters kept of a key, a session id or a reason
+DEAD_LETTER_VERSION: Final = 2
+
+
+def _cut(text: str | None) -> str | None:
+    if text is None or len(text) <= DEAD_LETTER_MAX_TEXT:
+        return text
+    return f"{text[:DEAD_LETTER_MAX_TEXT]}... ({len(text)} characters)"
 
 
 def now_us() -> int:
@@ -75,7 +99,10 @@ class DeadLetter(JsonRecord):
     key: str | None = None
     session_id: str | None = None
     at_us: int = field(default_factory=now_us)
-    schema_version: int = 1
+    raw_size: int | None = None  # length of the whole raw value (v2)
+    raw_sha256: str | None = None  # of the whole raw value (v2)
+    raw_truncated: bool = False  # raw_base64 holds only its first DEAD_LETTER_MAX_RAW_BYTES
+    schema_version: int = DEAD_LETTER_VERSION
 
     @property
     def raw(self) -> bytes:
@@ -94,17 +121,24 @@ class DeadLetter(JsonRecord):
         key: bytes | None = None,
         error_type: str = "ContractError",
         session_id: str | None = None,
+        max_raw_bytes: int = DEAD_LETTER_MAX_RAW_BYTES,
     ) -> DeadLetter:
+        """A dead letter for ``raw``, cut to a sendable size (see the module docstring)."""
+        whole = bytes(raw or b"")
+        kept = whole[: max(0, max_raw_bytes)]
         return cls(
             source_topic=source_topic,
             source_partition=partition,
             source_offset=offset,
-            reason=reason,
+            reason=_cut(reason) or "",
             stage=stage,
             error_type=error_type,
-            raw_base64=base64.b64encode(raw or b"").decode(),
-            key=key.decode("utf-8", "replace") if key is not None else None,
-            session_id=session_id,
+            raw_base64=base64.b64encode(kept).decode(),
+            key=_cut(bytes(key).decode("utf-8", "replace")) if key is not None else None,
+            session_id=_cut(session_id),
+            raw_size=len(whole),
+            raw_sha256=hashlib.sha256(whole).hexdigest(),
+            raw_truncated=len(kept) < len(whole),
         )
 
     @classmethod
