@@ -492,3 +492,95 @@ def test_a_channel_its_session_metadata_does_not_declare_is_rejected() -> None:
     with pytest.raises(ValidationError) as err:
         admit(dataclasses.replace(c, channel=1000, session_meta=meta))
     assert err.value.reason == "channel 1000 does not exist: its session declares 1 channel(s)"
+
+
+class _Crash(Exception):
+    """Stands for the process dying (os._exit) in the middle of a batch."""
+
+
+class _Kafka:
+    """A producer where a send is delivered only by a flush, and a changelog write (a table
+    set) is delivered at once: the worst order a crash can leave behind."""
+
+    def __init__(self, crash_at: int | None) -> None:
+        self.pending: list[tuple[str, bytes]] = []
+        self.delivered: list[tuple[str, bytes]] = []
+        self.crash_at = crash_at
+        self.sends = 0
+
+    async def flush(self) -> None:
+        self.delivered += self.pending
+        self.pending = []
+
+
+class _KafkaTopic:
+    def __init__(self, kafka: _Kafka, name: str) -> None:
+        self.kafka, self.name = kafka, name
+
+    async def send(self, key: bytes, value: bytes, partition: int | None = None) -> None:
+        self.kafka.sends += 1
+        if self.kafka.crash_at is not None and self.kafka.sends == self.kafka.crash_at:
+            self.kafka.pending = []  # the process dies: what was not delivered is gone
+            raise _Crash
+        self.kafka.pending.append((self.name, value))
+
+
+class _KafkaApp(_App):
+    def __init__(self, kafka: _Kafka) -> None:
+        super().__init__(_Log())
+        self.producer = kafka  # type: ignore[assignment]
+
+    def Table(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        return {}
+
+
+def _kafka_stage(vad: SileroVad, kafka: _Kafka) -> SegmenterStage:
+    names = ("a", "u", "t", "e", "d")
+    topics = StageTopics(Topics("t."), *(_KafkaTopic(kafka, n) for n in names))  # type: ignore[arg-type]
+    stage = SegmenterStage(_KafkaApp(kafka), Settings(), topics, ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    stage.core = StreamSegmenter(vad, stage.seg_config, stage.jitter_config, clock=lambda: 0)
+    return stage
+
+
+async def _commit(stage: SegmenterStage, events: list[_Event], kafka: _Kafka) -> None:
+    """Handle a batch, then flush as faust does before it commits the batch's offsets."""
+    await stage.handle(events)
+    await kafka.flush()
+
+
+def _finals_delivered(kafka: _Kafka) -> dict[tuple[str, int], tuple[int, int]]:
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    for name, value in kafka.delivered:
+        if name == "u":
+            m = UtteranceMessage.decode(value)
+            if m.kind == "final":
+                span = (m.start_sample, m.end_sample)
+                assert out.setdefault((m.session_id, m.utterance), span) == span
+    return out
+
+
+def test_a_crash_in_the_middle_of_a_batch_loses_no_final_and_duplicates_none(
+    vad: SileroVad,
+) -> None:
+    """Two sessions end in one batch; the worker dies while sending the second one's
+    messages. Replayed from what reached Kafka, every final is there once, as without the
+    crash. Before: the first session's state (its end) was written while its finals were
+    still unsent, and the replay dropped them as already handled."""
+    chunks = [a.chunk for a in beckett_arrivals("c1")] + [a.chunk for a in beckett_arrivals("c2")]
+    events = [_Event(_Message(c.encode(), c.key, 1, offset=i)) for i, c in enumerate(chunks)]
+    clean = _Kafka(crash_at=None)
+    asyncio.run(_commit(_kafka_stage(vad, clean), events, clean))
+    reference = _finals_delivered(clean)
+    assert len(reference) == 2 * BECKETT_UTTERANCES
+    sends_per_session = clean.sends // 2
+    kafka = _Kafka(crash_at=sends_per_session + 3)  # inside the second session's sends
+    first = _kafka_stage(vad, kafka)
+    with pytest.raises(_Crash):
+        asyncio.run(first.handle(events))
+    kafka.crash_at = None
+    second = _kafka_stage(vad, kafka)  # a new process: only the tables survive
+    second.channels.update(first.channels)
+    second.sessions.update(first.sessions)
+    second.ended.update(first.ended)
+    asyncio.run(_commit(second, events, kafka))  # the batch was not acked: replayed
+    assert _finals_delivered(kafka) == reference
