@@ -16,9 +16,10 @@ a chunk whose sample rate is not the channel's (the rate of its first admitted c
 whose position contradicts the seq order (:class:`~streamscribe.processors.reassembly.
 JitterBuffer`), is rejected before it changes anything. Once a channel has ended (end of
 stream or idle timeout) its state is replaced by an :class:`EndedChannel` marker holding the
-offset of the message that ended it: a replayed arrival at or before that offset is dropped
-silently (it was handled), every later arrival (a late chunk, or a new stream under the old
-session id) is refused with a dead letter -- never a second run that would overwrite the
+offset of the message that ended it: a replayed arrival at or before that offset, or a
+producer's duplicate of a chunk it had, is dropped silently (it was handled); every other
+later arrival (a late chunk, or a new stream under the old session id) is refused with a
+dead letter -- never a second run that would overwrite the
 first one's utterances downstream.
 
 The whole per-channel state is one :class:`ChannelState` object, kept in memory by the
@@ -151,30 +152,56 @@ class ChannelResult:
 
 @dataclass(frozen=True)
 class EndedChannel:
-    """What is kept of a channel after it ended: the offset of the message that ended it.
+    """What is kept of a channel after it ended: the offset of the message that ended it,
+    its last seq and the newest capture time it admitted.
 
-    >>> EndedChannel.from_doc(EndedChannel(41, "session_end", 100.0, 3).to_doc())
-    EndedChannel(end_offset=41, reason='session_end', ended_at=100.0, partition=3)
+    An arrival at or before ``end_offset`` is a replay (the batch was not acked before a
+    crash); one with an old seq and no newer capture time than the stream had is a
+    producer's duplicate: both are dropped silently. Anything else -- a chunk past the end
+    of stream, or a new stream under the old session id -- is refused.
+
+    >>> m = EndedChannel(41, "session_end", 100.0, 3, last_seq=40, last_captured_us=9)
+    >>> EndedChannel.from_doc(m.to_doc()) == m
+    True
     """
 
     end_offset: int
     reason: str
     ended_at: float  # epoch seconds
     partition: int = -1
+    last_seq: int = -1
+    last_captured_us: int = -1
 
     def to_doc(self) -> dict[str, Any]:
         """The ``segmenter-ended`` table's document (small JSON)."""
-        return {"o": self.end_offset, "r": self.reason, "at": self.ended_at, "p": self.partition}
+        return {
+            "o": self.end_offset,
+            "r": self.reason,
+            "at": self.ended_at,
+            "p": self.partition,
+            "s": self.last_seq,
+            "c": self.last_captured_us,
+        }
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> EndedChannel:
-        return cls(int(doc["o"]), str(doc["r"]), float(doc["at"]), int(doc.get("p", -1)))
+        return cls(
+            int(doc["o"]),
+            str(doc["r"]),
+            float(doc["at"]),
+            int(doc.get("p", -1)),
+            int(doc.get("s", -1)),
+            int(doc.get("c", -1)),
+        )
 
     def refuse(self, a: Arrival) -> ValidationError | None:
-        """None for a replay of what the channel handled; else why ``a`` is refused."""
+        """None for a replay or a duplicate of what the channel handled; else why ``a`` is
+        refused."""
+        c = a.chunk
         if 0 <= a.offset <= self.end_offset:
             return None
-        c = a.chunk
+        if c.seq <= self.last_seq and c.captured_at_us <= self.last_captured_us:
+            return None
         return ValidationError(
             f"chunk seq {c.seq} of session {c.session_id!r} channel {c.channel} arrived after"
             f" the channel ended ({self.reason} at offset {self.end_offset}); a session id"
@@ -194,6 +221,7 @@ class ChannelState:
     degraded: bool = False
     rate: int | None = None  # the channel's sample rate: that of its first admitted chunk
     end_offset: int = -1  # offset of the arrival that ended the stream (-1: not ended)
+    last_captured_us: int = -1  # the newest capture time of an admitted chunk
 
     def to_bytes(self) -> bytes:
         """The changelog copy: one header (jitter, segmenter, contract bookkeeping) + buffers."""
@@ -203,6 +231,7 @@ class ChannelState:
             "degraded": self.degraded,
             "rate": self.rate,
             "end_offset": self.end_offset,
+            "captured": self.last_captured_us,
             "jitter": self.jitter.state_meta(),
             "seg": self.seg.state_meta(),
         }
@@ -232,6 +261,7 @@ class ChannelState:
             bool(m.get("degraded", False)),
             int(rate) if rate is not None else None,
             int(m.get("end_offset", -1)),
+            int(m.get("captured", -1)),
         )
 
     def refuse(self, chunk: Chunk) -> ValidationError | None:
@@ -243,11 +273,20 @@ class ChannelState:
             )
         return None
 
+    def marker(self, reason: str, ended_at: float) -> EndedChannel:
+        """What is kept of this channel once it ended."""
+        return EndedChannel(
+            self.end_offset,
+            reason,
+            ended_at,
+            last_seq=self.jitter.next_seq - 1,
+            last_captured_us=self.last_captured_us,
+        )
+
     def after_end(self, a: Arrival) -> ValidationError | None:
-        """Once the stream ended in this batch: None for a replay, else why ``a`` is refused."""
-        if a.offset < 0 and a.chunk.seq < self.jitter.next_seq:
-            return None  # offsets unknown (offline): an earlier seq is a duplicate
-        return EndedChannel(self.end_offset, EVENT_SESSION_END, 0).refuse(a)
+        """Once the stream ended in this batch: None for a replay or a duplicate, else why
+        ``a`` is refused."""
+        return self.marker(EVENT_SESSION_END, 0.0).refuse(a)
 
 
 class StreamSegmenter:
@@ -327,6 +366,7 @@ class StreamSegmenter:
                     if st is None:
                         st = target
                         res.events.append((self._session_start(b.key, st, a), a.ref))
+                    st.last_captured_us = max(st.last_captured_us, a.chunk.captured_at_us)
                     if st.jitter.finished:
                         st.end_offset = a.offset
                     for item in items:
@@ -422,7 +462,7 @@ class StreamSegmenter:
         event = self._event(res.key, kind, at_ms, None, st.jitter.counters.to_dict())
         res.events.append((event, ref))
         res.ended = True
-        res.end_marker = EndedChannel(st.end_offset, kind, self.clock() / 1e6)
+        res.end_marker = st.marker(kind, self.clock() / 1e6)
         res.state = None
 
     def _session_start(self, key: ChannelKey, st: ChannelState, a: Arrival) -> SessionEvent:

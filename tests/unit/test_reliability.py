@@ -261,8 +261,8 @@ def _run_to_end(core: StreamSegmenter, session: str) -> tuple[ChannelResult, lis
 
 def test_the_end_marker_holds_the_offset_of_the_end_of_stream(vad: SileroVad) -> None:
     core = StreamSegmenter(vad, clock=lambda: 5_000_000)
-    res, arrivals = _run_to_end(core, "e")
-    assert res.end_marker == EndedChannel(len(arrivals) - 1, "session_end", 5.0)
+    res, _ = _run_to_end(core, "e")
+    assert res.end_marker == EndedChannel(99, "session_end", 5.0, last_seq=99, last_captured_us=0)
     assert len(_finals(res)) == BECKETT_UTTERANCES
 
 
@@ -272,7 +272,10 @@ def test_a_reused_session_id_is_refused_and_a_replay_dropped_silently(vad: Siler
     res, arrivals = _run_to_end(core, "r")
     marker = EndedChannel.from_doc(res.end_marker.to_doc())  # type: ignore[union-attr]
     replay = arrivals[-20:]  # a crash replays the end of the stream
-    again = _with_offsets(beckett_arrivals("r"), first=len(arrivals) + 10)
+    again = [  # a new recording under the same id: captured later
+        dataclasses.replace(a, chunk=dataclasses.replace(a.chunk, captured_at_us=10**15 + i))
+        for i, a in enumerate(_with_offsets(beckett_arrivals("r"), first=len(arrivals) + 10))
+    ]
     (res2,) = core.process([ChannelBatch(ChannelKey("r", 0), marker, replay + again)])
     assert res2.replayed == 20 and res2.utterances == [] and res2.events == []
     assert len(res2.rejected) == len(again) == 100
@@ -298,9 +301,10 @@ def test_chunks_after_end_of_stream_in_the_same_batch_are_refused(vad: SileroVad
         )
         for k in (1, 2, 3)
     ]
-    dup = dataclasses.replace(arrivals[10], ref=2000, offset=eos.offset + 4)  # a late copy
+    dup = dataclasses.replace(arrivals[10], ref=2000, offset=eos.offset + 4)  # a producer's copy
     (res,) = core.process([ChannelBatch(ChannelKey("l", 0), None, arrivals + late + [dup])])
-    assert [ref for ref, _ in res.rejected] == [1001, 1002, 1003, 2000]
+    assert [ref for ref, _ in res.rejected] == [1001, 1002, 1003]
+    assert res.replayed == 1  # the duplicate: dropped silently, as before the end
     assert all("after the channel ended" in e.reason for _, e in res.rejected)
     assert res.ended and len(_finals(res)) == BECKETT_UTTERANCES
 
@@ -311,7 +315,9 @@ def test_after_an_idle_timeout_late_chunks_are_refused(vad: SileroVad) -> None:
     key = ChannelKey("i", 0)
     (res,) = core.process([ChannelBatch(key, None, arrivals)])
     idle = core.finish_idle(key, res.state, "tick", offset=60)  # type: ignore[arg-type]
-    assert idle.ended and idle.end_marker == EndedChannel(60, "idle_timeout", 0.0)
+    assert idle.ended and idle.end_marker == EndedChannel(
+        60, "idle_timeout", 0.0, last_seq=49, last_captured_us=0
+    )
     rest = _with_offsets(beckett_arrivals("i"), first=61)[50:]
     (res2,) = core.process([ChannelBatch(key, idle.end_marker, rest)])
     assert len(res2.rejected) == len(rest) == 50 and res2.replayed == 0
@@ -471,7 +477,8 @@ def test_agent_refuses_a_reused_session_id_with_one_dead_letter_per_chunk(vad: S
     assert len(finals_before) == BECKETT_UTTERANCES and stage.channels == {}
     assert stage.ended["reuse#0"]["o"] == 99 and stage.ended["reuse#0"]["p"] == 1
     n = len(utt_topic.sent)
-    second = [_Event(_Message(c.encode(), c.key, 1, offset=200 + i)) for i, c in enumerate(first)]
+    again = [dataclasses.replace(c, captured_at_us=10**15 + c.seq) for c in first]
+    second = [_Event(_Message(c.encode(), c.key, 1, offset=200 + i)) for i, c in enumerate(again)]
     replay = events[-5:]
     for k in range(0, len(second), 30):  # in several batches
         asyncio.run(stage.handle(second[k : k + 30] + (replay if k == 0 else [])))
