@@ -582,8 +582,12 @@ def _feed_back(feed: dict[str, Any], names: list[str], outputs: list[Any]) -> No
 
 
 def _argmax_logprob(logits: npt.NDArray[np.float32]) -> tuple[int, float]:
-    """Greedy token and its log-softmax probability (computed in float64)."""
+    """Greedy token and its log-softmax probability.
+
+    In float32 (numpy's pairwise sum: relative error ~1e-7 over the 32768 logits), which
+    is ten times faster than float64 here (21 vs 212 µs a token, a tenth of a decoder
+    step); the chosen token is the same either way.
+    """
     token = int(np.argmax(logits))
-    top = float(logits[token])
-    log_norm = top + math.log(float(np.exp(logits.astype(np.float64) - top).sum()))
-    return token, top - log_norm
+    top = logits[token]
+    return token, -math.log(float(np.exp(logits - top).sum()))

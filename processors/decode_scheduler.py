@@ -238,7 +238,7 @@ class DecodeScheduler:
 
     def _more_partials(self, limit: int) -> list[_Job]:
         """Up to ``limit`` more waiting partials that are not stale (oldest first)."""
-        now, jobs = time.monotonic(), []
+        now, jobs = time.monotonic(), list[_Job]()
         while self._partials and len(jobs) < limit:
             _, job = self._partials.popitem(last=False)
             if now - job.queued_at <= self.stale_after_s:
