@@ -18,8 +18,9 @@ order and
   sample by sample), so one forged position costs O(1) worker time;
 - **rejects positions that contradict the seq order**
   (:class:`~streamscribe.core.errors.ValidationError`, raised before any state change): a
-  chunk ahead in ``seq`` that starts before the stream position already reached, or
-  further ahead than its missing chunks could fill (``max_chunk_samples`` each).
+  chunk that starts before the stream position already reached, elsewhere than that
+  position although no seq is missing before it, or further ahead than its missing chunks
+  could fill (``max_chunk_samples`` each).
 
 The end-of-stream chunk has a ``seq`` too (it may carry samples or none); once everything
 up to it is emitted the channel is :attr:`~JitterBuffer.finished`.
@@ -260,7 +261,7 @@ class JitterBuffer:
         :class:`ValidationError` (state untouched but the counter) if its position
         contradicts the seq order.
         """
-        if not self.finished and chunk.seq > self.next_seq and chunk.seq not in self._held:
+        if not self.finished and chunk.seq >= self.next_seq and chunk.seq not in self._held:
             self._check_position(chunk)
         self.counters.chunks_in += 1
         out: list[Item] = []
@@ -307,7 +308,11 @@ class JitterBuffer:
         if 0 <= jump <= bound:
             return
         self.counters.contradicting += 1
-        if jump < 0:
+        if missing == 0:
+            why = (
+                f"is not where the stream stands ({self.next_position}) although no seq is missing"
+            )
+        elif jump < 0:
             why = f"starts {-jump} samples before the stream position {self.next_position}"
         else:
             why = (

@@ -591,3 +591,15 @@ def test_a_crash_in_the_middle_of_a_batch_loses_no_final_and_duplicates_none(
     second.ended.update(first.ended)
     asyncio.run(_commit(second, events, kafka))  # the batch was not acked: replayed
     assert _finals_delivered(kafka) == reference
+
+
+def test_the_next_seq_at_a_forged_position_is_rejected_and_the_true_one_taken() -> None:
+    jb = JitterBuffer()
+    jb.push(_chunk(0, 0))
+    with pytest.raises(ValidationError) as err:
+        jb.push(_chunk(1, CHUNK + HOUR_16K))
+    assert err.value.reason == (
+        "position 57601600 of seq 1 contradicts the seq order: it is not where the stream"
+        " stands (1600) although no seq is missing"
+    )
+    assert [i.position for i in jb.push(_chunk(1, CHUNK)) if isinstance(i, Chunk)] == [CHUNK]
