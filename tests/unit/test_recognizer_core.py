@@ -462,7 +462,9 @@ def test_a_line_written_elsewhere_meanwhile_is_rebuilt_from_the_tables() -> None
 
 
 def test_docstring_examples_run() -> None:
-    for module, minimum in ((recognizer_core, 8), (recognizer_line, 8)):
+    from streamscribe.processors import speculation
+
+    for module, minimum in ((recognizer_core, 8), (recognizer_line, 8), (speculation, 1)):
         failures, tried = doctest.testmod(module)
         assert tried >= minimum and failures == 0
 
