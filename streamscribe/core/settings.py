@@ -131,6 +131,18 @@ class Settings(BaseModel):
     sla_ms: float = 450.0
     sla_violation_rate: float = 0.05
 
+    # Post-processing (processors/postprocess.py): redaction off by default; a comma list
+    # of digits, cards, emails. A run of at least redact_min_digits digits is "digits".
+    redact: str = ""
+    redact_min_digits: int = 6
+
+    # Voice-command assistant (consumers/assistant.py, docs/assistant.md)
+    assistant_wake: str = "hey scribe"
+    assistant_intents: str = ""  # a YAML file; empty = the one shipped in the package
+    assistant_timeout_s: float = 5.0  # command capture after the wake phrase (stream time)
+    assistant_wake_threshold: float = 75.0  # rapidfuzz ratio (0-100) of the heard wake words
+    assistant_intent_threshold: float = 0.7  # intent match confidence (0-1) to publish
+
     @property
     def bootstrap(self) -> str:
         """The bootstrap address to use: the given cluster, else the local broker."""
