@@ -28,6 +28,7 @@ TRANSCRIPTS: Final = "transcripts"
 EVENTS: Final = "events"
 DEADLETTER: Final = "deadletter"
 ALERTS: Final = "alerts"
+COMMANDS: Final = "commands"
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class Topics:
     def alerts(self) -> str:
         return self._n(ALERTS)
 
+    @property
+    def commands(self) -> str:
+        return self._n(COMMANDS)
+
     def specs(self, partitions: int = 4) -> list[TopicSpec]:
         """All pipeline topics with their configs. Audio is kept 7 days for replay."""
         keep_week = {"retention.ms": str(7 * DAY_MS)}
@@ -104,6 +109,7 @@ class Topics:
             TopicSpec(self.events, partitions, keep_week, "SessionEvent JSON"),
             TopicSpec(self.deadletter, partitions, keep_month, "DeadLetter JSON"),
             TopicSpec(self.alerts, partitions, keep_month, "Alert JSON"),
+            TopicSpec(self.commands, partitions, keep_month, "CommandEvent JSON"),
         ]
 
     def all_names(self) -> list[str]:
@@ -111,7 +117,7 @@ class Topics:
 
     def kind_of(self, topic: str) -> str | None:
         """The base name (``audio``, ``transcripts``, ...) of a full topic name, if ours."""
-        for base in (AUDIO, UTTERANCES, TRANSCRIPTS, EVENTS, DEADLETTER, ALERTS):
+        for base in (AUDIO, UTTERANCES, TRANSCRIPTS, EVENTS, DEADLETTER, ALERTS, COMMANDS):
             if topic == self._n(base) or topic.endswith("." + base) or topic == base:
                 return base
         return None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs from Debian when it is missing: Java (the local Kafka
 # broker), Maven (fetches the Kafka jars), PostgreSQL (the sink's integration tests),
-# Chromium (the gateway's live page, tested in a real headless browser by playwright).
+# Chromium (the gateway's live page, tested in a real headless browser by playwright),
+# espeak-ng (synthetic speech for the voice-assistant's integration test).
 # Needs root (or sudo) only when something is missing.
 set -euo pipefail
 need=()
@@ -9,6 +10,7 @@ command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn  >/dev/null 2>&1 || need+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

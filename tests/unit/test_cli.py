@@ -20,6 +20,7 @@ from streamscribe.core.settings import Settings
 COMMANDS = {
     "broker", "topics", "produce", "mic", "tail", "worker", "segment", "transcribe",
     "sink", "sessions", "transcript", "metrics", "latency-report", "alerts", "gateway", "stream",
+    "assistant",
 }  # fmt: skip
 
 

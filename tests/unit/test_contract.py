@@ -209,6 +209,7 @@ def test_topics_names_and_partitions() -> None:
         "streamscribe.events",
         "streamscribe.deadletter",
         "streamscribe.alerts",
+        "streamscribe.commands",
     ]
     assert {s.partitions for s in t.specs(6)} == {6}  # co-partitioned
     assert Topics("p.").kind_of("p.audio") == "audio"

@@ -1,0 +1,175 @@
+"""``streamscribe assistant``: voice commands from transcripts → ``streamscribe.commands``.
+
+A consumer group of its own (default ``streamscribe-assistant``) reads partials and finals
+from ``<prefix>transcripts``; :class:`~streamscribe.consumers.assistant_core.AssistantCore`
+finds the wake phrase, captures the command and matches it against the intents file; each
+command is a :class:`~streamscribe.schemas.commands.CommandEvent` JSON on
+``<prefix>commands``, keyed by session id.
+
+Commit order (the delivery guarantee is made here)::
+
+    1. consume a batch — the one consume loop, :func:`streamscribe.core.kafka.consume_batches`
+    2. decode each value (an undecodable one is counted and logged; the sink dead-letters it)
+       and hand it to the core, in partition order
+    3. produce the batch's commands (the kernel's idempotent DeliveryProducer)
+    4. wait for and check every delivery report (``deliver_all``; SinkError if one failed)
+    5. the loop commits the batch's offsets synchronously
+
+Commands are therefore at least once: a crash before step 5 replays the batch and the
+command is published again with the same ``command_id`` (``session/channel/utterance``),
+on which a reader dedupes; within one run the core emits a line's command once. The
+core's in-memory state (a line armed by a partial, a channel waiting after a wake-only
+line) is rebuilt by the replay from the last committed offset, and a final alone decides a
+command, so a restart mid-command loses it only if the wake words were in a line whose
+offsets were committed before the command's line arrived (a wake-only line, then a crash,
+then the command line: that command is missed, not duplicated).
+
+Example::
+
+    streamscribe assistant --wake "hey scribe" --intents intents.yaml
+
+    >>> from streamscribe.core.settings import Settings
+    >>> stats = run_assistant(Settings.from_env(), from_earliest=True,
+    ...                       max_idle_s=5.0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from confluent_kafka import Message
+
+from streamscribe.consumers.assistant_core import AssistantConfig, AssistantCore
+from streamscribe.consumers.assistant_intents import IntentMatcher, load_intents
+from streamscribe.core.errors import ContractError, SinkError
+from streamscribe.core.kafka import (
+    DeliveryProducer,
+    LoopStats,
+    Publisher,
+    Subscription,
+    consume_batches,
+)
+from streamscribe.core.settings import Settings
+from streamscribe.schemas.events import now_us
+from streamscribe.schemas.topics import Topics
+from streamscribe.schemas.transcripts import decode_transcript
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP_ID: Final = "streamscribe-assistant"
+CLIENT_ID: Final = "streamscribe-assistant"
+BATCH_SIZE: Final = 500
+
+
+@dataclass
+class AssistantStats(LoopStats):
+    """Counters of one :func:`run_assistant` (the loop's, and these)."""
+
+    transcripts: int = 0
+    undecodable: int = 0
+    commands: int = 0
+
+
+def config_from_settings(
+    settings: Settings, *, wake: str | None = None, timeout_s: float | None = None
+) -> AssistantConfig:
+    """The core's config from ``STREAMSCRIBE_ASSISTANT_*`` (``wake``/``timeout_s`` override)."""
+    return AssistantConfig(
+        wake=wake or settings.assistant_wake,
+        wake_threshold=settings.assistant_wake_threshold,
+        intent_threshold=settings.assistant_intent_threshold,
+        timeout_ms=1000.0 * (settings.assistant_timeout_s if timeout_s is None else timeout_s),
+    )
+
+
+class AssistantHandler:
+    """Steps 2 to 4 of the commit order for one batch (the consume loop's ``handle``)."""
+
+    def __init__(
+        self, core: AssistantCore, out: Publisher, topic: str, stats: AssistantStats
+    ) -> None:
+        self.core, self.out, self.topic, self.stats = core, out, topic, stats
+
+    def handle_values(self, values: Iterable[bytes | None]) -> None:
+        sent = 0
+        for raw in values:
+            try:
+                event = decode_transcript(raw if raw is not None else b"")
+            except ContractError as exc:
+                self.stats.undecodable += 1
+                log.warning("undecodable transcript (the sink dead-letters it): %s", exc.reason)
+                continue
+            self.stats.transcripts += 1
+            for command in self.core.accept(event, now_us=now_us()):
+                log.info(
+                    "command %s: %s %s (%.2f)",
+                    command.command_id,
+                    command.intent,
+                    command.slots,
+                    command.confidence,
+                )
+                self.out.send(self.topic, command.key, command.encode())
+                sent += 1
+        if sent:
+            self.out.deliver_all("commands", error=SinkError)
+        self.stats.commands += sent
+
+    def __call__(self, messages: Sequence[Message]) -> None:
+        self.handle_values([m.value() for m in messages])
+
+
+def run_assistant(
+    settings: Settings,
+    *,
+    wake: str | None = None,
+    intents_file: str | Path | None = None,
+    timeout_s: float | None = None,
+    group_id: str = DEFAULT_GROUP_ID,
+    from_earliest: bool = False,
+    max_idle_s: float | None = None,
+    stop_event: threading.Event | None = None,
+) -> AssistantStats:
+    """Publish voice commands until stopped (signal, ``stop_event`` or ``max_idle_s``)."""
+    matcher = IntentMatcher(load_intents(intents_file or settings.assistant_intents or None))
+    core = AssistantCore(matcher, config_from_settings(settings, wake=wake, timeout_s=timeout_s))
+    topics = Topics(settings.topic_prefix)
+    stats = AssistantStats()
+    producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
+    handler = AssistantHandler(core, producer, topics.commands, stats)
+    log.info(
+        "assistant: wake %r, intents %s: %s -> %s (group %s)",
+        core.wake.phrase,
+        ", ".join(matcher.intents),
+        topics.transcripts,
+        topics.commands,
+        group_id,
+    )
+    sub = Subscription([topics.transcripts], group_id, CLIENT_ID, from_earliest)
+    try:
+        consume_batches(
+            settings,
+            sub,
+            handler,
+            batch_size=BATCH_SIZE,
+            max_idle_s=max_idle_s,
+            stop_event=stop_event,
+            stats=stats,
+        )
+    finally:
+        producer.close()
+    log.info("assistant: stopped: %s", stats)
+    return stats
+
+
+__all__ = [
+    "DEFAULT_GROUP_ID",
+    "AssistantHandler",
+    "AssistantStats",
+    "config_from_settings",
+    "run_assistant",
+]

@@ -1,0 +1,83 @@
+"""``streamscribe assistant``: the voice-command consumer (docs/assistant.md).
+
+::
+
+    assistant [--wake PHRASE] [--intents FILE] [--timeout S] [--group-id G]
+              [--from-earliest] [--max-idle S]
+
+``--wake`` is the wake phrase, optionally with other ways the model hears it after ``|``
+(default ``STREAMSCRIBE_ASSISTANT_WAKE``); ``--intents`` a YAML file of intents and their
+example phrases (default ``STREAMSCRIBE_ASSISTANT_INTENTS``, else the file shipped in the
+package). Each command goes to ``<prefix>commands`` as a ``CommandEvent`` JSON.
+
+Example::
+
+    streamscribe assistant --wake "hey scribe" --intents my_intents.yaml
+
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_arguments(p)
+    >>> p.parse_args(["--wake", "ok computer", "--timeout", "3"]).timeout
+    3.0
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from streamscribe.cli.common import EXIT_OK, SubParsers
+from streamscribe.core.settings import Settings
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from streamscribe.consumers.assistant import DEFAULT_GROUP_ID
+
+    p.add_argument(
+        "--wake",
+        metavar="PHRASE",
+        help='wake phrase, "|" before other hearings of it (default STREAMSCRIBE_ASSISTANT_WAKE)',
+    )
+    p.add_argument(
+        "--intents",
+        metavar="FILE",
+        help="YAML: intent -> example phrases with {slot}s (default: the one shipped)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="seconds of speech after the wake phrase to wait for the command's end "
+        "(default STREAMSCRIBE_ASSISTANT_TIMEOUT_S)",
+    )
+    p.add_argument("--group-id", default=DEFAULT_GROUP_ID, help=f"(default {DEFAULT_GROUP_ID})")
+    p.add_argument(
+        "--from-earliest",
+        action="store_true",
+        help="a new group starts at the oldest transcript (default: only new ones)",
+    )
+    p.add_argument(
+        "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"
+    )
+
+
+def cmd_assistant(settings: Settings, args: argparse.Namespace) -> int:
+    from streamscribe.consumers.assistant import run_assistant
+
+    stats = run_assistant(
+        settings,
+        wake=args.wake,
+        intents_file=args.intents,
+        timeout_s=args.timeout,
+        group_id=args.group_id,
+        from_earliest=args.from_earliest,
+        max_idle_s=args.max_idle,
+    )
+    print(f"{stats.commands} commands from {stats.transcripts} transcripts", flush=True)
+    return EXIT_OK
+
+
+def register(sub: SubParsers) -> None:
+    """Add ``assistant`` (``handler`` set)."""
+    p = sub.add_parser("assistant", help="voice commands (wake phrase + intents) from transcripts")
+    add_arguments(p)
+    p.set_defaults(handler=cmd_assistant)
