@@ -355,3 +355,22 @@ def test_config_from_settings() -> None:
     assert config_from_settings(s) == AssistantConfig("ok computer", 75.0, 0.8, 2500.0)
     assert config_from_settings(s, wake="hey you", timeout_s=1).timeout_ms == 1000.0
     assert config_from_settings(Settings.from_env({})).wake == DEFAULT_WAKE == "hey scribe"
+
+
+def test_a_near_wake_phrase_without_a_command_gives_nothing(matcher: IntentMatcher) -> None:
+    core = AssistantCore(matcher)
+    # "they describe" is within the wake threshold of "hey scribe"; no intent follows
+    assert core.accept(final("They describe the problem in detail."), now_us=1) == []
+    assert (core.counts.wakes, core.counts.unmatched, core.counts.commands) == (1, 1, 0)
+
+
+def test_cli_bad_intents_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamscribe import cli
+    from streamscribe.cli.common import EXIT_USAGE
+
+    assert cli.main(["assistant", "--intents", "/nonexistent-xyz.yaml"]) == EXIT_USAGE
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "streamscribe assistant: error: cannot read intents file /nonexistent-xyz.yaml: "
+        "No such file or directory"
+    ]
