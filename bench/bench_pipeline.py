@@ -291,8 +291,26 @@ def outside_figures(
         cap = clock.captured_us(f.session_id, f.channel, f.start_ms + 1500)
         if cap is not None:
             first_wait.append((times[0] - cap) / 1000)
+    # how close a line's last partial came to its final (the final's words over the same
+    # stretch: its first as many words as the partial has), word error rate in per cent
+    from tests.wer import normalized_words, word_errors
+
+    last_partial: dict[tuple[str, int, int], Any] = {}
+    for p, _arrival in sorted(partials, key=lambda pa: pa[1]):
+        last_partial[(p.session_id, p.channel, p.utterance)] = p
+    errors = words = 0
+    for f, _ in finals:
+        p = last_partial.get((f.session_id, f.channel, f.utterance))
+        if p is None:
+            continue
+        heard = normalized_words(p.text)
+        final_words = normalized_words(f.text)[: len(heard)]
+        if final_words:
+            errors += word_errors(" ".join(final_words), " ".join(heard))
+            words += len(final_words)
     return {
         "speech_end_to_final_arrival_ms": summary(lat),
+        "last_partial_vs_final_wer_pct": round(100 * errors / words, 1) if words else None,
         "by_utterance_length_ms": {k: summary(v) for k, v in sorted(by_len.items())},
         "partial_interval_ms": summary(intervals),
         "first_partial_after_1_5s_ms": summary(first_wait),

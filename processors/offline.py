@@ -51,6 +51,7 @@ import numpy.typing as npt
 from streamscribe.core.errors import ContractError
 from streamscribe.processors.channel_segmenter import ChannelSegmenter, Segmenters
 from streamscribe.processors.features import UtteranceSummary
+from streamscribe.processors.postprocess import PostProcessor
 from streamscribe.processors.reassembly import Chunk
 from streamscribe.processors.segmenter_types import (
     EndReason,
@@ -214,15 +215,19 @@ def transcribe_file(
     config: SegmenterConfig | None = None,
     chunk_ms: int = DEFAULT_CHUNK_MS,
     vad: SileroVad | None = None,
+    post: PostProcessor | None = None,
 ) -> list[UtteranceText]:
     """Transcribe every utterance of every channel of ``path``; see the module docstring.
 
+    The text is post-processed as the worker's finals are (``post``, default
+    :class:`~streamscribe.processors.postprocess.PostProcessor` without redaction).
     ``config`` is the segmenter's (defaults as in the worker); a source rate outside its
     ``validation.sample_rates`` is admitted for this file, as
     :func:`segment_file` does. ``vad`` may be shared
     between calls (one is built otherwise).
     """
     cfg = config or SegmenterConfig()
+    post = post or PostProcessor()
     model = vad or SileroVad()
     segmenters = Segmenters(model)
     segs: list[ChannelSegmenter] = []
@@ -245,7 +250,7 @@ def transcribe_file(
                         channel=channel,
                         start_ms=final.start_ms,
                         end_ms=final.end_ms,
-                        text=decoded.text,
+                        text=post.apply(decoded.text),
                         confidence=decoded.confidence,
                     )
                 )

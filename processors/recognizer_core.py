@@ -27,6 +27,10 @@ agent, :mod:`recognizer_agent`, only decodes, sends and writes)::
 - **Behind**: an update captured more than ``max_lag`` ago (the worker is overloaded, or
   a recording is replayed faster than real time) gets neither a partial nor a
   speculation — the CPU goes to the segmenter and to finals until the worker catches up.
+- **Post-processing** (:class:`~streamscribe.processors.postprocess.PostProcessor`, the
+  same as the offline ``transcribe``): partials and finals are published cleaned,
+  sentence-cased and (if configured) redacted; the model's own text is kept in
+  ``raw_text``. The stabiliser works on the model's text.
 - A failed final (the scheduler has retried it once) is published with ``error`` set and
   the stable prefix as its text, and asks for a dead letter; :attr:`RecognizerCore.budget`
   says when failures pass ``max_error_rate`` (the worker then exits before the ack).
@@ -44,8 +48,8 @@ Example::
     ('accept', ['s/0/0#0'], True)
     >>> decoded = Decoded("hi there", [], 0.0, 0.9, False, 0.0, 0.0, 0.5)
     >>> done = core.finish(step.decode, DecodeOutcome(decoded))
-    >>> done.event.text, done.event.end_ms, done.dead_letter, len(core)
-    ('hi there', 500.0, None, 0)
+    >>> done.event.text, done.event.raw_text, done.event.end_ms, done.dead_letter, len(core)
+    ('Hi there', 'hi there', 500.0, None, 0)
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from typing import Any, Final, Protocol
 from streamscribe.core.errors import AsrError, ContractError
 from streamscribe.core.settings import Settings
 from streamscribe.processors.decode_scheduler import DecodeOutcome
+from streamscribe.processors.postprocess import PostProcessor
 from streamscribe.processors.recognizer_line import (
     DEFAULT_GROWTH,
     RATE,
@@ -152,6 +157,7 @@ class RecognizerConfig:
     fail_patterns: tuple[str, ...] = ()
     speculative_finals: bool = True
     max_lag_us: int = 1_000_000  # an update older than this gets no partial / speculation
+    post: PostProcessor = field(default_factory=PostProcessor)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecognizerConfig:
@@ -168,6 +174,7 @@ class RecognizerConfig:
             fail_patterns=tuple(p for p in settings.asr_fail_lines.split(",") if p),
             speculative_finals=settings.speculative_finals,
             max_lag_us=int(settings.partial_max_lag_s * 1e6),
+            post=PostProcessor.from_settings(settings),
         )
 
 
@@ -409,7 +416,8 @@ class RecognizerCore:
         applied = decode.job.line.apply_partial(decode.job, [d.text for d in decoded])
         if applied is None:
             return None
-        text, stable, revision = applied
+        raw, raw_stable, revision = applied
+        stable, text = self.config.post.apply_partial(raw_stable, raw)
         msg, line = decode.msg, decode.job.line
         self.stats.partials += 1
         return PartialTranscript(
@@ -420,6 +428,7 @@ class RecognizerCore:
             revision=revision,
             text=text,
             stable_text=stable,
+            raw_text=raw,
             start_ms=line.start_sample * 1000 / RATE,
             end_ms=(line.start_sample + decode.job.samples) * 1000 / RATE,
             confidence=min(d.confidence for d in decoded),
@@ -433,14 +442,15 @@ class RecognizerCore:
         self.budget.record(out.error is None)
         self.stats.speculative_finals += out.speculative and out.error is None
         error = None if out.error is None else f"{type(out.error).__name__}: {out.error}"
-        text, revision = line.finish(None if error else out.result.text)
+        raw, revision = line.finish(None if error else out.result.text)
         event = FinalTranscript(
             session_id=msg.session_id,
             channel=msg.channel,
             role=line.role,
             utterance=msg.utterance,
             revision=revision,
-            text=text,
+            text=self.config.post.apply(raw),
+            raw_text=raw,
             start_ms=msg.start_sample * 1000 / RATE,
             end_ms=msg.end_sample * 1000 / RATE,
             confidence=None if error else out.result.confidence,

@@ -56,6 +56,7 @@ class _TranscriptBase(JsonRecord):
     timestamps: dict[str, int] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     degraded: bool = False
+    raw_text: str | None = None  # the model's own text, before post-processing (audit)
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
 
     kind: str = field(init=False, default="")

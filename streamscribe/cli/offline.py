@@ -42,15 +42,17 @@ def cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.processors.asr import MoonshineAsr
     from streamscribe.processors.offline import format_json_lines, format_text, transcribe_file
+    from streamscribe.processors.postprocess import PostProcessor
     from streamscribe.processors.segmenter import SegmenterConfig
     from streamscribe.processors.vad import SileroVad
 
     _check_audio_paths(args.files)
+    post = PostProcessor.from_settings(settings)
     asr = MoonshineAsr.load(intra_threads=settings.ort_intra_threads)
     vad = SileroVad(intra_op_threads=settings.ort_intra_threads)
     config = SegmenterConfig.from_settings(settings)
     for path in args.files:
-        results = transcribe_file(path, asr=asr, config=config, vad=vad)
+        results = transcribe_file(path, asr=asr, config=config, vad=vad, post=post)
         out = format_json_lines(results) if args.format == "json" else format_text(results)
         if out:
             print(out)

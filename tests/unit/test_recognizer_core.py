@@ -3,6 +3,7 @@ table writes out (a fake ASR where the model is not the point, the real one on a
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import itertools
 from collections.abc import Callable, Iterable
@@ -291,7 +292,8 @@ def test_final_fields() -> None:
         "agent",
     )
     assert final.start_ms == 3000.0 and final.end_ms == 5000.0
-    assert final.text == fake_asr(audio).text and final.confidence == 0.9
+    assert final.raw_text == fake_asr(audio).text and final.confidence == 0.9
+    assert final.text == "W" + final.raw_text[1:]  # post-processed: sentence case
     assert final.error is None and final.reason == "silence" and final.summary == {"words": 3}
     assert final.revision == len(results)  # after every partial of the line
     assert final.timestamps == {
@@ -596,5 +598,38 @@ def test_updates_captured_too_long_ago_get_no_partial_and_no_speculation() -> No
     assert fresh is not None and not fresh.final
     assert sum(len(s) for s in fresh.job.segments) == 7 * PART
     results = h.run(msgs[7:])
-    assert results[-1].event.text == fake_asr(np.concatenate([noise(3.0)])).text
+    assert results[-1].event.raw_text == fake_asr(np.concatenate([noise(3.0)])).text
     assert h.core.stats.behind == 6
+
+
+def test_partials_and_finals_are_post_processed_and_keep_the_model_text() -> None:
+    """The published text is cleaned and sentence-cased (redacted when configured, here
+    cards); the model's own words stay in raw_text; stable_text stays a prefix."""
+    from streamscribe.processors.postprocess import PostProcessor
+
+    def asr(audio: np.ndarray) -> Decoded:
+        words = [
+            "in",
+            "short,,",
+            "the",
+            "period",
+            ".",
+            "we",
+            "had",
+            "card",
+            "4111",
+            "1111",
+            "1111",
+            "1111",
+            "ok",
+        ]
+        n = min(len(words), max(1, audio.shape[0] // PART))
+        return Decoded(" ".join(words[:n]), [], -0.1, 0.9, False, 0.0, 0.0, 0.5)
+
+    config = dataclasses.replace(_config(growth=0.0), post=PostProcessor(redact="cards"))
+    results = Harness(config=config, asr=asr).run(line_messages(noise(3.5)))
+    partials, final = _events(results[:-1]), results[-1].event
+    assert partials and all(p.text.startswith(p.stable_text) for p in partials)
+    assert partials[0].raw_text == "in short,," and partials[0].text == "In short,"
+    assert final.raw_text == "in short,, the period . we had card 4111 1111 1111 1111 ok"
+    assert final.text == "In short, the period. We had card [REDACTED:card] ok"

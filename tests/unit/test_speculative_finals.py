@@ -223,7 +223,7 @@ def test_the_final_takes_the_speculative_decode() -> None:
     audio = np.full(2 * RATE, 0.1, np.float32)
     (done,) = asyncio.run(drive(core, messages(audio, resume=False), asr))
     assert asr.calls == [RATE]  # one decode for the final, not two
-    assert done.event.text == f"heard {RATE}" and done.event.end_ms == 1000.0
+    assert done.event.raw_text == f"heard {RATE}" and done.event.end_ms == 1000.0
     assert core.stats.speculative_finals == 1
     ts = done.event.timestamps
     assert ts["decode_start_us"] <= ts["decode_end_us"] <= ts["published_at_us"]
@@ -235,7 +235,7 @@ def test_new_audio_after_the_candidate_is_decoded_afresh() -> None:
     audio = np.full(2 * RATE, 0.1, np.float32)
     (done,) = asyncio.run(drive(core, messages(audio, resume=True), asr))
     assert asr.calls[-1] == 2 * RATE and RATE not in asr.calls[-1:]
-    assert done.event.text == f"heard {2 * RATE}"
+    assert done.event.raw_text == f"heard {2 * RATE}"
     assert core.stats.speculative_finals == 0
 
 
@@ -252,7 +252,7 @@ def test_a_failed_speculation_falls_back_to_a_fresh_decode() -> None:
     audio = np.full(2 * RATE, 0.1, np.float32)
     (done,) = asyncio.run(drive(core, messages(audio, resume=False), flaky))
     assert asr.calls == [RATE] and done.event.error is None
-    assert done.event.text == f"heard {RATE}" and core.stats.speculative_finals == 0
+    assert done.event.raw_text == f"heard {RATE}" and core.stats.speculative_finals == 0
 
 
 def test_speculation_off_decodes_the_final_as_before() -> None:
@@ -261,7 +261,7 @@ def test_speculation_off_decodes_the_final_as_before() -> None:
     audio = np.full(2 * RATE, 0.1, np.float32)
     (done,) = asyncio.run(drive(core, messages(audio, resume=False), asr))
     assert asr.calls == [RATE] and core.stats.speculative_finals == 0
-    assert done.event.text == f"heard {RATE}"
+    assert done.event.raw_text == f"heard {RATE}"
 
 
 def test_final_text_with_speculation_equals_without_on_a_real_recording(
