@@ -25,7 +25,8 @@ Model signature (read from the sessions at load time and checked)::
 Decoding: step 0 feeds ``<s>`` with empty (length-0) caches and ``use_cache_branch=False``;
 every later step feeds the last token, ``use_cache_branch=True``, the growing
 ``present.*.decoder.*`` of the previous step and the ``present.*.encoder.*`` of step 0.
-The number of generated tokens is capped in proportion to the audio length
+The number of generated tokens is capped in proportion to the audio length, and a
+decoder repeating one phrase three times in a row stops with one copy kept
 (:class:`DecodeConfig`), so a decoder stuck in a loop on noise or silence stops.
 
 Errors (all under the project root ``streamscribe.core.errors``)::
@@ -121,6 +122,11 @@ class DecodeConfig:
     max_tokens: int = 448
     min_audio_s: float = 0.1
     max_audio_s: float = 64.0
+    # Runaway repetition: when the last tokens are one block of repeat_min..repeat_max
+    # tokens said repeat_copies times in a row, decoding stops and one copy is kept.
+    repeat_min_tokens: int = 4
+    repeat_max_tokens: int = 16
+    repeat_copies: int = 3
 
     def __post_init__(self) -> None:
         if self.tokens_per_second <= 0 or self.extra_tokens < 0 or self.max_tokens < 1:
@@ -136,6 +142,25 @@ class DecodeConfig:
         """
         seconds = n_samples / SAMPLE_RATE
         return min(self.max_tokens, math.ceil(self.tokens_per_second * seconds) + self.extra_tokens)
+
+    def repeated_block(self, tokens: Sequence[int]) -> int:
+        """Length of the block the end of ``tokens`` repeats ``repeat_copies`` times (0: none).
+
+        A decoder caught in a loop says the same phrase again and again ("it was the best
+        of times. it was the best of times. it was ..."); real speech rarely repeats a
+        phrase of four or more tokens three times in a row.
+
+        >>> DecodeConfig().repeated_block([9, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4])
+        4
+        >>> DecodeConfig().repeated_block([1, 2, 3, 4, 1, 2, 3, 4, 5])
+        0
+        """
+        n, copies = len(tokens), self.repeat_copies
+        for k in range(self.repeat_min_tokens, min(self.repeat_max_tokens, n // copies) + 1):
+            tail = list(tokens[n - k :])
+            if all(list(tokens[n - (c + 1) * k : n - c * k]) == tail for c in range(1, copies)):
+                return k
+        return 0
 
 
 @dataclass(frozen=True)
@@ -510,6 +535,11 @@ class MoonshineAsr:
                 if len(tokens[item]) >= budgets[item]:
                     truncated[item] = True
                     continue
+                if k := self.config.repeated_block(tokens[item]):
+                    drop = (self.config.repeat_copies - 1) * k  # keep one copy of the block
+                    del tokens[item][-drop:], logprobs[item][-drop:]
+                    truncated[item] = True
+                    continue
                 keep.append(r)
                 last.append(token)
             if not keep:
@@ -569,6 +599,9 @@ class MoonshineAsr:
             token_ids.append(token)
             if len(token_ids) >= budget:
                 return token_ids, logprobs, True
+            if k := self.config.repeated_block(token_ids):
+                drop = (self.config.repeat_copies - 1) * k  # keep one copy of the block
+                return token_ids[:-drop], logprobs[:-drop], True
             _feed_back(feed, names, outputs)
             feed["input_ids"] = np.array([[token]], dtype=np.int64)
             names = self._step_outputs
