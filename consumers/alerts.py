@@ -30,16 +30,30 @@ import logging
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from confluent_kafka import Message
+from prometheus_client import CollectorRegistry
 
 from streamscribe.consumers.decode import ReadCounts, finals_of
+from streamscribe.consumers.metrics import (
+    StatsCollector,
+    loop_counters,
+    new_registry,
+    serve_metrics,
+    stop_server,
+)
 from streamscribe.core.errors import SinkError
-from streamscribe.core.kafka import DeliveryProducer, Publisher, Subscription, consume_batches
+from streamscribe.core.kafka import (
+    DeliveryProducer,
+    LoopStats,
+    Publisher,
+    Subscription,
+    consume_batches,
+)
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import Alert
 from streamscribe.schemas.topics import Topics
@@ -123,23 +137,46 @@ class AlertStats(ReadCounts):
     alerts: int = 0
 
 
+#: :class:`AlertStats` fields exported as ``streamscribe_alerts_<name>_total`` (docs/metrics.md).
+ALERT_COUNTERS: Final = {
+    "finals": ("streamscribe_alerts_finals", "Finals read by the alerts consumer"),
+    "undecodable": ("streamscribe_alerts_undecodable", "Transcript values that did not decode"),
+    "alerts": ("streamscribe_alerts_published", "Alerts published (delivered) to the topic"),
+}
+
+
+def alert_registry(stats: AlertStats, loop_stats: LoopStats) -> CollectorRegistry:
+    """The alerts consumer's metrics, read from its counters at scrape time."""
+    registry = new_registry()
+    registry.register(StatsCollector(lambda: stats, ALERT_COUNTERS))
+    registry.register(StatsCollector(lambda: loop_stats, loop_counters("alerts")))
+    return registry
+
+
 def publish_alerts(
     values: Iterable[bytes | None],
     matcher: PhraseMatcher,
     out: Publisher,
     topic: str,
     stats: AlertStats,
+    on_alert: Callable[[Alert], None] | None = None,
 ) -> None:
     """One batch: send an alert per phrase found in each final, then wait for delivery.
 
     Returns only when every alert of the batch is delivered (:class:`SinkError` if not),
-    so the loop may then commit the batch's offsets.
+    so the loop may then commit the batch's offsets; ``on_alert`` (the CLI prints) sees
+    each alert of the batch after its delivery.
     """
+    sent: list[Alert] = []
     for final in finals_of(values, stats):
         for alert in alerts_for(final, matcher):
             out.send(topic, alert.key, alert.encode())
-            stats.alerts += 1
+            sent.append(alert)
     out.deliver_all("alerts", error=SinkError)
+    stats.alerts += len(sent)
+    if on_alert is not None:
+        for alert in sent:
+            on_alert(alert)
 
 
 def run_alerts(
@@ -150,15 +187,26 @@ def run_alerts(
     from_earliest: bool = False,
     max_idle_s: float | None = None,
     stop_event: threading.Event | None = None,
+    on_alert: Callable[[Alert], None] | None = None,
 ) -> AlertStats:
-    """Match phrases in finals and publish alerts until stopped (signal, event or idle)."""
+    """Match phrases in finals and publish alerts until stopped (signal, event or idle).
+
+    With ``settings.process_metrics_port`` set, serves :data:`ALERT_COUNTERS` and the
+    loop's counters at ``/metrics``.
+    """
     matcher = PhraseMatcher(phrases)
     topics = Topics(settings.topic_prefix)
     stats = AlertStats()
+    loop_stats = LoopStats()
+    server: Any = None
+    if settings.process_metrics_port is not None:
+        registry = alert_registry(stats, loop_stats)
+        server = serve_metrics(registry, settings.metrics_host, settings.process_metrics_port)
     producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
 
     def handle(messages: Sequence[Message]) -> None:
-        publish_alerts([m.value() for m in messages], matcher, producer, topics.alerts, stats)
+        values = [m.value() for m in messages]
+        publish_alerts(values, matcher, producer, topics.alerts, stats, on_alert)
 
     log.info("alerts: %d phrases -> %s", len(matcher.phrases), topics.alerts)
     sub = Subscription([topics.transcripts], group_id, CLIENT_ID, from_earliest)
@@ -170,8 +218,11 @@ def run_alerts(
             batch_size=BATCH_SIZE,
             max_idle_s=max_idle_s,
             stop_event=stop_event,
+            stats=loop_stats,
         )
     finally:
         producer.close()
+        if server is not None:
+            stop_server(server)
     log.info("alerts: stopped: %s", stats)
     return stats

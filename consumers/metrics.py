@@ -1,22 +1,27 @@
-"""``streamscribe metrics``: per-stage latency of finals as Prometheus metrics.
+"""``streamscribe metrics``: per-stage latency of finals as Prometheus metrics, and the
+small exporter kit every long-running consumer (sink, alerts) shares.
 
 A consumer group of its own (default ``streamscribe-metrics``) reads
 ``streamscribe.transcripts``; for every final it computes a
 :class:`~streamscribe.schemas.events.LatencyRecord` with its own receive time as the sink
 time (``publish_to_sink``; the sink stores its own ``stored_at_us``, which
-``latency-report`` uses). Exposed at ``http://127.0.0.1:PORT/metrics``:
+``latency-report`` uses). Exposed at ``http://HOST:PORT/metrics`` (``--metrics-host``,
+default ``127.0.0.1``; ``0.0.0.0`` in containers). The names follow Prometheus'
+conventions (base units, ``_total`` counters, no ``_created`` series, histograms rather
+than quantile gauges); ``docs/metrics.md`` lists every metric of every process:
 
-=============================================  ==========================================
-``streamscribe_stage_latency_ms{stage}``       histogram per stage / span, ms buckets
-``streamscribe_latency_clamped_total{stage}``  negative (clock-skew) steps clamped to 0
-``streamscribe_stage_latency_window_ms``       ``{stage, quantile}`` p50/p95/p99, window
-``streamscribe_sla_violation_rate{series}``    share over the SLA threshold, window
-``streamscribe_sla_ok{series}``                1 if that share is within the allowed rate
-``streamscribe_sla_threshold_ms``              the threshold (``Settings.sla_ms``)
-``streamscribe_finals_total``                  finals seen
-``streamscribe_undecodable_total``             values that did not decode (the sink
-                                               dead-letters them; this one only counts)
-=============================================  ==========================================
+==================================================  ======================================
+``streamscribe_stage_latency_seconds{stage}``       histogram per stage / span, 10 ms..10 s
+``streamscribe_latency_clamped_total{stage}``       negative (clock-skew) steps clamped to 0
+``streamscribe_sla_violation_ratio{series}``        share over the SLA threshold, window
+``streamscribe_sla_ok{series}``                     1 if that share is within the allowed rate
+``streamscribe_sla_threshold_seconds``              the threshold (``Settings.sla_ms``)
+``streamscribe_latency_window_records``             finals in the sliding window
+``streamscribe_latency_finals_total``               finals seen
+``streamscribe_latency_undecodable_total``          values that did not decode (the sink
+                                                    dead-letters them; this one only counts)
+``process_*``                                       CPU seconds, memory, fds of the process
+==================================================  ======================================
 
 Offsets are committed by the one consume loop (:func:`streamscribe.core.kafka.consume_batches`)
 after each batch is observed: the figures live in memory, so a restart starts new
@@ -25,26 +30,34 @@ twice in figures that a restart would have reset.
 
 Example::
 
-    streamscribe metrics --port 9108 --window 5m
-    curl -s http://127.0.0.1:9108/metrics | grep streamscribe_stage_latency_ms_count
+    streamscribe metrics --metrics-port 9108 --window 5m
+    curl -s http://127.0.0.1:9108/metrics | grep streamscribe_stage_latency_seconds_count
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
 from streamscribe.consumers.decode import ReadCounts, finals_of
 from streamscribe.consumers.latency import (
     ALL_SERIES,
-    QUANTILES,
     STAGES,
     LatencyWindow,
     SlaSpec,
@@ -52,7 +65,6 @@ from streamscribe.consumers.latency import (
     parse_window,
     series_values,
     stage_latencies,
-    summarize,
 )
 from streamscribe.core.errors import SinkError
 from streamscribe.core.kafka import LoopStats, Subscription, consume_batches
@@ -67,11 +79,85 @@ DEFAULT_GROUP_ID: Final = "streamscribe-metrics"
 DEFAULT_WINDOW: Final = "1000"
 CLIENT_ID: Final = "streamscribe-metrics"
 BATCH_SIZE: Final = 500
-#: Histogram buckets (ms): fine below the 450 ms SLA, coarse up to a minute.
-BUCKETS_MS: Final = (
-    1, 2.5, 5, 10, 25, 50, 75, 100, 150, 200, 300, 450, 600, 800, 1000, 1500, 2000, 3000,
-    5000, 10000, 30000, 60000, math.inf,
+#: Histogram buckets (seconds) for speech latency: fine around the 450 ms SLA, 10 ms..10 s.
+LATENCY_BUCKETS_S: Final = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0,
+    10.0, float("inf"),
 )  # fmt: skip
+MS: Final = 1000.0
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry of our own with the process collector (``process_cpu_seconds_total``...).
+
+    ``_created`` series are switched off (:func:`prometheus_client.disable_created_metrics`:
+    a process-wide switch of the client, so it is made here, where every exporter starts).
+    """
+    disable_created_metrics()
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Any:
+    """Serve ``registry`` at ``http://host:port/metrics`` (``port`` 0: a free one) in a
+    daemon thread; returns the server (``server.server_port``; ``shutdown()`` stops it)."""
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise SinkError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+    log.info("metrics: http://%s:%d/metrics", host, server.server_port)
+    return server
+
+
+def stop_server(server: Any) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+class StatsCollector(Collector):
+    """Counters read at scrape time from a stats dataclass a loop already keeps.
+
+    ``counters`` maps a field of ``stats`` to ``(metric name without _total, help)``;
+    nothing is counted twice and the loop needs no Prometheus code.
+
+    >>> @dataclass
+    ... class S:
+    ...     rows: int = 0
+    >>> s = S(); r = CollectorRegistry()
+    >>> r.register(StatsCollector(lambda: s, {"rows": ("demo_rows", "Rows written")}))
+    >>> s.rows = 3
+    >>> r.get_sample_value("demo_rows_total")
+    3.0
+    """
+
+    def __init__(self, stats: Callable[[], object], counters: Mapping[str, tuple[str, str]]):
+        self._stats = stats
+        self._counters = dict(counters)
+
+    def describe(self) -> Iterator[Metric]:
+        for name, help_text in self._counters.values():
+            yield CounterMetricFamily(name, help_text)
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for field, (name, help_text) in self._counters.items():
+            yield CounterMetricFamily(name, help_text, value=float(getattr(stats, field)))
+
+
+#: The consume loop's own counters (:class:`~streamscribe.core.kafka.LoopStats`).
+LOOP_HELP: Final = {
+    "batches": "Batches handled and committed",
+    "messages": "Messages consumed",
+    "kafka_errors": "Kafka error events seen by the consumer",
+    "offset_commits": "Offset commits that succeeded",
+    "offset_commit_failures": "Offset commits that failed (the batch is replayed)",
+}
+
+
+def loop_counters(prefix: str) -> dict[str, tuple[str, str]]:
+    """:data:`LOOP_HELP` as :class:`StatsCollector` counters named for one process."""
+    return {k: (f"streamscribe_{prefix}_{k}", h) for k, h in LOOP_HELP.items()}
 
 
 class LatencyMetrics:
@@ -84,7 +170,7 @@ class LatencyMetrics:
     ...                     timestamps={"captured_at_us": 0, "published_at_us": 100_000})
     >>> m.observe(f, received_at_us=120_000).end_to_end_ms
     120.0
-    >>> b"streamscribe_finals_total 1.0" in m.exposition()
+    >>> b"streamscribe_latency_finals_total 1.0" in m.exposition()
     True
     """
 
@@ -93,13 +179,13 @@ class LatencyMetrics:
     ) -> None:
         self.window = window
         self.sla = sla
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry = registry or new_registry()
         r = self.registry
         self.latency = Histogram(
-            "streamscribe_stage_latency_ms",
-            "Latency of a final per pipeline stage or span, ms",
+            "streamscribe_stage_latency_seconds",
+            "Latency of a final per pipeline stage or span",
             ["stage"],
-            buckets=BUCKETS_MS,
+            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.clamped = Counter(
@@ -108,39 +194,37 @@ class LatencyMetrics:
             ["stage"],
             registry=r,
         )
-        self.window_q = Gauge(
-            "streamscribe_stage_latency_window_ms",
-            "Stage latency quantiles over the sliding window, ms",
-            ["stage", "quantile"],
-            registry=r,
-        )
-        self.violation_rate = Gauge(
-            "streamscribe_sla_violation_rate",
-            "Share of finals over the SLA threshold in the sliding window",
+        self.violation_ratio = Gauge(
+            "streamscribe_sla_violation_ratio",
+            "Share of finals over the SLA threshold in the sliding window (0-1)",
             ["series"],
             registry=r,
         )
         self.sla_ok = Gauge(
             "streamscribe_sla_ok",
-            "1 if the violation rate is within the allowed rate",
+            "1 if the violation ratio is within the allowed rate",
             ["series"],
             registry=r,
         )
-        self.threshold = Gauge("streamscribe_sla_threshold_ms", "The SLA threshold, ms", registry=r)
+        self.threshold = Gauge(
+            "streamscribe_sla_threshold_seconds", "The SLA threshold", registry=r
+        )
         self.window_size = Gauge(
-            "streamscribe_window_records", "Records in the sliding window", registry=r
+            "streamscribe_latency_window_records", "Finals in the sliding window", registry=r
         )
-        self.finals = Counter("streamscribe_finals", "Finals observed", registry=r)
+        self.finals = Counter("streamscribe_latency_finals", "Finals observed", registry=r)
         self.undecodable = Counter(
-            "streamscribe_undecodable", "Transcript values that did not decode", registry=r
+            "streamscribe_latency_undecodable",
+            "Transcript values that did not decode",
+            registry=r,
         )
-        self.threshold.set(sla.threshold_ms)
+        self.threshold.set(sla.threshold_ms / MS)
         for stage in ALL_SERIES:  # every series exported from the start, at 0
             self.latency.labels(stage=stage)
         for stage in STAGES:
             self.clamped.labels(stage=stage)
         for series in sla.series:
-            self.violation_rate.labels(series=series).set(0.0)
+            self.violation_ratio.labels(series=series).set(0.0)
             self.sla_ok.labels(series=series).set(1.0)
 
     def observe(self, final: FinalTranscript, received_at_us: int) -> LatencyRecord | None:
@@ -155,8 +239,8 @@ class LatencyMetrics:
         )
         if rec is None:
             return None
-        for stage, value in series_values(rec).items():
-            self.latency.labels(stage=stage).observe(value)
+        for stage, value_ms in series_values(rec).items():
+            self.latency.labels(stage=stage).observe(value_ms / MS)
         for stage in rec.clamped:
             self.clamped.labels(stage=stage).inc()
         self.window.add(rec)
@@ -166,13 +250,8 @@ class LatencyMetrics:
         """Recompute the window gauges (after each batch, not per final)."""
         records = self.window.records()
         self.window_size.set(len(records))
-        for name, summary in summarize(records).items():
-            if summary.count == 0 or name not in ALL_SERIES:
-                continue
-            for q, v in zip(QUANTILES, (summary.p50, summary.p95, summary.p99), strict=True):
-                self.window_q.labels(stage=name, quantile=f"{q:g}").set(v)
         for res in check_sla(records, self.sla):
-            self.violation_rate.labels(series=res.series).set(res.rate)
+            self.violation_ratio.labels(series=res.series).set(res.rate)
             self.sla_ok.labels(series=res.series).set(1.0 if res.ok else 0.0)
 
     def exposition(self) -> bytes:
@@ -192,7 +271,7 @@ class MetricsService:
     Example::
 
         svc = MetricsService(settings, port=0)
-        port = svc.start_http()          # serving /metrics on 127.0.0.1:port
+        port = svc.start_http()          # serving /metrics on settings.metrics_host:port
         svc.run(stop_event=stop)         # until stop is set
         svc.close()
     """
@@ -206,10 +285,10 @@ class MetricsService:
         from_earliest: bool = False,
         window: str = DEFAULT_WINDOW,
         sla: SlaSpec | None = None,
-        addr: str = "127.0.0.1",
+        addr: str | None = None,
     ) -> None:
         self.settings = settings
-        self.addr = addr
+        self.addr = settings.metrics_host if addr is None else addr
         self.requested_port = settings.metrics_port if port is None else port
         self.port = 0
         self.group_id = group_id
@@ -220,19 +299,14 @@ class MetricsService:
         )
         self.stats = MetricsStats()
         self.loop_stats = LoopStats()
+        self.metrics.registry.register(
+            StatsCollector(lambda: self.loop_stats, loop_counters("latency_loop"))
+        )
         self._server: Any = None
 
     def start_http(self) -> int:
-        try:
-            server, _thread = start_http_server(
-                self.requested_port, addr=self.addr, registry=self.metrics.registry
-            )
-        except OSError as exc:
-            where = f"{self.addr}:{self.requested_port}"
-            raise SinkError(f"cannot serve metrics on {where}: {exc}") from None
-        self._server = server
-        self.port = int(server.server_port)
-        log.info("metrics: http://%s:%d/metrics", self.addr, self.port)
+        self._server = serve_metrics(self.metrics.registry, self.addr, self.requested_port)
+        self.port = int(self._server.server_port)
         return self.port
 
     def handle(self, values: Sequence[bytes | None], received_at_us: int) -> None:
@@ -263,8 +337,7 @@ class MetricsService:
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            stop_server(self._server)
             self._server = None
 
 

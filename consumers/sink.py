@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from confluent_kafka import KafkaError, TopicPartition
+from prometheus_client import CollectorRegistry, Histogram
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -45,6 +47,14 @@ from tenacity import (
     wait_exponential,
 )
 
+from streamscribe.consumers.metrics import (
+    LATENCY_BUCKETS_S,
+    StatsCollector,
+    loop_counters,
+    new_registry,
+    serve_metrics,
+    stop_server,
+)
 from streamscribe.consumers.store import TranscriptStore, WriteResult
 from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.core.kafka import (
@@ -224,6 +234,43 @@ class SinkHandler:
             self.after_db_commit(batch)
 
 
+#: :class:`SinkStats` fields exported as ``streamscribe_sink_<name>_total`` (docs/metrics.md).
+SINK_COUNTERS: Final = {
+    "finals": ("streamscribe_sink_finals", "Finals consumed"),
+    "finals_written": ("streamscribe_sink_finals_written", "Final rows inserted or updated"),
+    "finals_unchanged": (
+        "streamscribe_sink_finals_unchanged",
+        "Finals that changed nothing (replays of stored ones)",
+    ),
+    "partials": ("streamscribe_sink_partials", "Partials consumed (not stored as rows)"),
+    "dead_letters": ("streamscribe_sink_dead_letters", "Undecodable values dead-lettered"),
+    "db_retries": ("streamscribe_sink_db_retries", "Database transactions retried"),
+    **loop_counters("sink"),
+}
+
+
+def sink_metrics(
+    stats: SinkStats, handle: Callable[[Sequence[KafkaMessage]], None]
+) -> tuple[CollectorRegistry, Callable[[Sequence[KafkaMessage]], None]]:
+    """The sink's registry (its counters read from ``stats`` at scrape time) and ``handle``
+    timed into ``streamscribe_sink_write_seconds`` (a handled batch: rows + dead letters)."""
+    registry = new_registry()
+    registry.register(StatsCollector(lambda: stats, SINK_COUNTERS))
+    seconds = Histogram(
+        "streamscribe_sink_write_seconds",
+        "One batch made durable: database transaction and dead-letter delivery",
+        buckets=LATENCY_BUCKETS_S,
+        registry=registry,
+    )
+
+    def timed(messages: Sequence[KafkaMessage]) -> None:
+        start = time.perf_counter()
+        handle(messages)
+        seconds.observe(time.perf_counter() - start)
+
+    return registry, timed
+
+
 def run_sink(
     settings: Settings,
     *,
@@ -251,19 +298,26 @@ def run_sink(
     handler = SinkHandler(
         store, producer, topics.deadletter, stats, after_db_commit=after_db_commit
     )
+    handle: Callable[[Sequence[KafkaMessage]], None] = handler
+    server: Any = None
+    if settings.process_metrics_port is not None:
+        registry, handle = sink_metrics(stats, handler)
+        server = serve_metrics(registry, settings.metrics_host, settings.process_metrics_port)
     log.info("sink: %s -> %s (group %s)", topics.transcripts, store.safe_url, group_id)
     sub = Subscription([topics.transcripts], group_id, CLIENT_ID, from_earliest)
     try:
         consume_batches(
             settings,
             sub,
-            handler,
+            handle,
             batch_size=batch_size,
             max_idle_s=max_idle_s,
             stop_event=stop_event,
             stats=stats,
         )
     finally:
+        if server is not None:
+            stop_server(server)
         producer.close()
         store.close()
     log.info("sink: stopped: %s", stats)
@@ -277,4 +331,5 @@ __all__ = [
     "SinkStats",
     "decode_batch",
     "run_sink",
+    "sink_metrics",
 ]

@@ -71,10 +71,17 @@ def run_worker(
     What ``faust worker`` does, without its command line (``sys.argv`` is not touched):
     finalise the app, then :class:`faust.Worker` runs it and stops it cleanly on SIGTERM
     or SIGINT. It raises :class:`SystemExit` with 0 after a clean stop and non-zero when
-    the app crashed.
+    the app crashed. With ``settings.process_metrics_port`` set it also serves
+    ``/metrics`` (:mod:`~streamscribe.processors.worker_metrics`).
     """
     settings = session_timeout(settings)
-    app, _ = build_worker(settings, stages=stages, instance=instance, from_earliest=from_earliest)
+    app, built = build_worker(
+        settings, stages=stages, instance=instance, from_earliest=from_earliest
+    )
+    if settings.process_metrics_port is not None:
+        from streamscribe.processors.worker_metrics import start_worker_metrics
+
+        start_worker_metrics(app, built, settings)
     ensure_changelog_topics(app, settings)
     prepare_app(app)
     worker = faust.Worker(app, loglevel=log_level)

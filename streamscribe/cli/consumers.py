@@ -3,12 +3,18 @@
 :func:`register` adds the six consumer commands::
 
     sink            [--db URL] [--group-id G] [--from-earliest] [--max-idle S] [--batch-size N]
+                    [--metrics-host H] [--metrics-port P]
     sessions        [--db URL] [--limit N]
     transcript      SESSION [--db URL] [--format text|json|srt]
-    metrics         [--port P] [--group-id G] [--from-earliest] [--window 1000|5m] [--max-idle S]
+    metrics         [--metrics-host H] [--metrics-port P] [--group-id G] [--from-earliest]
+                    [--window 1000|5m] [--max-idle S]
     latency-report  [--db URL] [--since ISO|15m] [--png FILE] [--sla-ms MS] [--fail-on-violation]
-    alerts          (--phrases "a,b" | --phrases-file F) [--group-id G] [--from-earliest]
-                    [--max-idle S]
+    alerts          (--phrases "a,b" | --phrases-file F) [--format text|json] [--group-id G]
+                    [--from-earliest] [--max-idle S] [--metrics-host H] [--metrics-port P]
+
+The long-running ones serve ``/metrics`` on ``--metrics-host:--metrics-port`` (settings
+``metrics_host``, ``process_metrics_port``; off without a port; ``metrics`` always serves,
+on ``metrics_port``). ``docs/metrics.md`` lists the names.
 
 Bad input (unknown session, bad URL, unreadable file, bad duration) raises; the CLI's one
 error wrapper makes it one line on stderr and exit 2, never a traceback.
@@ -25,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +40,7 @@ from typing import Final
 from streamscribe.cli.common import EXIT_OK, EXIT_VERDICT, Handler, SubParsers
 from streamscribe.core.errors import UsageError
 from streamscribe.core.settings import Settings
+from streamscribe.schemas.events import Alert
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -55,6 +63,26 @@ def _consumer_args(p: argparse.ArgumentParser, default_group: str) -> None:
     )
 
 
+def _metrics_args(p: argparse.ArgumentParser, port_help: str) -> None:
+    p.add_argument(
+        "--metrics-host",
+        metavar="H",
+        help="address of /metrics (default STREAMSCRIBE_METRICS_HOST, 127.0.0.1; 0.0.0.0 in"
+        " a container)",
+    )
+    p.add_argument("--metrics-port", type=int, metavar="P", help=port_help)
+
+
+def _with_metrics(settings: Settings, args: argparse.Namespace) -> Settings:
+    """``settings`` with the ``--metrics-host/--metrics-port`` of a long-running consumer."""
+    return settings.with_overrides(
+        metrics_host=args.metrics_host, process_metrics_port=args.metrics_port
+    )
+
+
+_PROCESS_PORT_HELP = "serve /metrics on this port (default STREAMSCRIBE_PROCESS_METRICS_PORT; off)"
+
+
 def _iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds")
 
@@ -71,13 +99,14 @@ def add_arguments_sink(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_BATCH_SIZE,
         help=f"messages per DB transaction (default {DEFAULT_BATCH_SIZE})",
     )
+    _metrics_args(p, _PROCESS_PORT_HELP)
 
 
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.sink import run_sink
 
     stats = run_sink(
-        settings,
+        _with_metrics(settings, args),
         db_url=args.db,
         group_id=args.group_id,
         from_earliest=args.from_earliest,
@@ -137,7 +166,8 @@ def cmd_transcript(settings: Settings, args: argparse.Namespace) -> int:
 def add_arguments_metrics(p: argparse.ArgumentParser) -> None:
     from streamscribe.consumers.metrics import DEFAULT_GROUP_ID, DEFAULT_WINDOW
 
-    p.add_argument("--port", type=int, help="port of /metrics (default STREAMSCRIBE_METRICS_PORT)")
+    _metrics_args(p, "port of /metrics (default STREAMSCRIBE_METRICS_PORT, 9108)")
+    p.add_argument("--port", type=int, dest="metrics_port", help=argparse.SUPPRESS)  # old name
     _consumer_args(p, DEFAULT_GROUP_ID)
     p.add_argument(
         "--window",
@@ -152,8 +182,8 @@ def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
 
     parse_window(args.window)  # a bad window is bad input, before anything starts
     stats = run_metrics(
-        settings,
-        port=args.port,
+        settings.with_overrides(metrics_host=args.metrics_host),
+        port=args.metrics_port,
         group_id=args.group_id,
         from_earliest=args.from_earliest,
         window=args.window,
@@ -208,7 +238,24 @@ def add_arguments_alerts(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--phrases", help='comma-separated phrases, e.g. "cancel my account,manager"')
     p.add_argument("--phrases-file", metavar="FILE", help="one phrase a line (# comments)")
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="each alert as a line of text or as its JSON (default text)",
+    )
     _consumer_args(p, DEFAULT_GROUP_ID)
+    _metrics_args(p, _PROCESS_PORT_HELP)
+
+
+def alert_line(alert: Alert, fmt: str) -> str:
+    """One printed line per alert: its JSON, or ``session ch role u#  [phrase] text``."""
+    if fmt == "json":
+        return alert.encode().decode()
+    return (
+        f"{alert.session_id} ch{alert.channel} {alert.role} u{alert.utterance} "
+        f"@{alert.start_ms / 1000:.1f}s [{alert.phrase}] {alert.text}"
+    )
 
 
 def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
@@ -218,13 +265,14 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
     if not phrases:
         raise UsageError("no phrases: give --phrases or --phrases-file")
     stats = run_alerts(
-        settings,
+        _with_metrics(settings, args),
         phrases=phrases,
         group_id=args.group_id,
         from_earliest=args.from_earliest,
         max_idle_s=args.max_idle,
+        on_alert=lambda alert: print(alert_line(alert, args.format), flush=True),
     )
-    print(f"{stats.alerts} alerts from {stats.finals} finals")
+    print(f"{stats.alerts} alerts from {stats.finals} finals", file=sys.stderr)
     return EXIT_OK
 
 

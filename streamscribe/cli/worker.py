@@ -9,6 +9,7 @@ Example::
     streamscribe worker --group-id streamscribe-processors
     streamscribe worker --workers 3 --instance-id pod-a    # children pod-a-0 .. pod-a-2
     streamscribe worker --group-id retranscribe-2026-11 --from-earliest   # replay history
+    streamscribe worker --metrics-host 0.0.0.0 --metrics-port 9109        # /metrics
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     settings = settings.with_overrides(group_id=args.group_id, instance_id=args.instance_id)
+    port = settings.process_metrics_port if args.metrics_port is None else args.metrics_port
+    settings = settings.with_overrides(
+        metrics_host=args.metrics_host,  # child i of --workers N serves on PORT + i
+        process_metrics_port=None if port is None else port + (args.instance_index or 0),
+    )
     if args.workers > 1 and args.instance_index is None:
         return spawn_workers(args.workers, child_argv(args))
     instance = settings.instance_id
@@ -75,6 +81,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         ("--group-id", args.group_id),
         ("--stages", args.stages),
         ("--instance-id", args.instance_id),
+        ("--metrics-host", args.metrics_host),
+        ("--metrics-port", None if args.metrics_port is None else str(args.metrics_port)),
     ):
         if value is not None:
             argv += [flag, value]
@@ -143,4 +151,16 @@ def register(sub: SubParsers) -> None:
     )
     p.add_argument("--instance-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-log-level", default="info", help="faust log level (default info)")
+    p.add_argument(
+        "--metrics-host",
+        metavar="H",
+        help="address of /metrics (default STREAMSCRIBE_METRICS_HOST, 127.0.0.1)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve /metrics on P (default STREAMSCRIBE_PROCESS_METRICS_PORT; off);"
+        " with --workers N, worker i on P+i",
+    )
     p.set_defaults(handler=cmd_worker)

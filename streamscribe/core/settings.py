@@ -127,7 +127,9 @@ class Settings(BaseModel):
 
     # Consumers
     db_url: str = "sqlite:///" + str(_project_root() / ".cache" / "transcripts.db")
-    metrics_port: int = 9108
+    metrics_port: int = 9108  # `streamscribe metrics` (always serves)
+    metrics_host: str = "127.0.0.1"  # every /metrics endpoint; 0.0.0.0 in containers
+    process_metrics_port: int | None = None  # worker, sink, alerts: None = no /metrics
     sla_ms: float = 450.0
     sla_violation_rate: float = 0.05
 

@@ -416,7 +416,7 @@ def test_metrics_service_exposes_stage_histograms(kafka_bootstrap: str, topics: 
     try:
         deadline = time.monotonic() + 60
         s = metric_samples(port)
-        while s[("streamscribe_finals_total", ())] < 12 and time.monotonic() < deadline:
+        while s[("streamscribe_latency_finals_total", ())] < 12 and time.monotonic() < deadline:
             time.sleep(0.5)
             s = metric_samples(port)
     finally:
@@ -424,14 +424,14 @@ def test_metrics_service_exposes_stage_histograms(kafka_bootstrap: str, topics: 
         runner.join(timeout=30)
         svc.close()
     assert not runner.is_alive()
-    assert s[("streamscribe_finals_total", ())] == 12
-    assert s[("streamscribe_undecodable_total", ())] == 1
+    assert s[("streamscribe_latency_finals_total", ())] == 12
+    assert s[("streamscribe_latency_undecodable_total", ())] == 1
     decode = (("stage", "decode"),)
-    assert s[("streamscribe_stage_latency_ms_count", decode)] == 12
-    assert s[("streamscribe_stage_latency_ms_sum", decode)] == 9 * 100 + 3 * 800
-    assert s[("streamscribe_stage_latency_ms_count", (("stage", "publish_to_sink"),))] == 12
+    assert s[("streamscribe_stage_latency_seconds_count", decode)] == 12
+    assert s[("streamscribe_stage_latency_seconds_sum", decode)] == pytest.approx(9 * 0.1 + 3 * 0.8)
+    assert s[("streamscribe_stage_latency_seconds_count", (("stage", "publish_to_sink"),))] == 12
     # eos_to_final = 1 + decode + 0.5 ms: 3 of 12 over 450 ms
-    assert s[("streamscribe_sla_violation_rate", (("series", "eos_to_final"),))] == 0.25
+    assert s[("streamscribe_sla_violation_ratio", (("series", "eos_to_final"),))] == 0.25
 
 
 # ------------------------------------------------------------------------------- alerts

@@ -1,9 +1,11 @@
-"""Prometheus exposition of per-stage latency: parses, exact counts, sums and SLA gauges."""
+"""Prometheus exposition of per-stage latency (`streamscribe metrics`): exact counts, sums,
+SLA gauges, and the conventions (seconds, 10 ms..10 s buckets, no `_created`, no quantiles)."""
 
 from __future__ import annotations
 
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamscribe.consumers.latency import LatencyWindow, SlaSpec
@@ -47,30 +49,46 @@ def test_exposition_parses_with_exact_values() -> None:
     m = LatencyMetrics(LatencyWindow(max_records=100), SlaSpec(450.0, 0.05))
     s = observed(m)
     st = (("stage", "decode"),)
-    assert s[("streamscribe_stage_latency_ms_count", st)] == 10
-    assert s[("streamscribe_stage_latency_ms_sum", st)] == 8 * 100 + 2 * 600
-    assert s[("streamscribe_stage_latency_ms_bucket", (("le", "450.0"), *st))] == 8
-    assert s[("streamscribe_stage_latency_ms_bucket", (("le", "+Inf"), *st))] == 10
+    assert s[("streamscribe_stage_latency_seconds_count", st)] == 10
+    assert s[("streamscribe_stage_latency_seconds_sum", st)] == pytest.approx(8 * 0.1 + 2 * 0.6)
+    assert s[("streamscribe_stage_latency_seconds_bucket", (("le", "0.45"), *st))] == 8
+    assert s[("streamscribe_stage_latency_seconds_bucket", (("le", "+Inf"), *st))] == 10
     assert s[("streamscribe_latency_clamped_total", (("stage", "edge_to_broker"),))] == 1
     assert s[("streamscribe_latency_clamped_total", (("stage", "decode"),))] == 0
-    assert s[("streamscribe_finals_total", ())] == 10
+    assert s[("streamscribe_latency_finals_total", ())] == 10
     # eos_to_final = 1 + decode + 1 ms -> 2 of 10 over 450 ms
-    assert s[("streamscribe_sla_violation_rate", (("series", "eos_to_final"),))] == 0.2
+    assert s[("streamscribe_sla_violation_ratio", (("series", "eos_to_final"),))] == 0.2
     assert s[("streamscribe_sla_ok", (("series", "eos_to_final"),))] == 0.0
-    assert s[("streamscribe_sla_threshold_ms", ())] == 450.0
-    q = (("quantile", "0.5"), ("stage", "decode"))
-    assert s[("streamscribe_stage_latency_window_ms", q)] == 100.0
-    assert s[("streamscribe_window_records", ())] == 10
-    e2e_count = s[("streamscribe_stage_latency_ms_count", (("stage", "end_to_end"),))]
+    assert s[("streamscribe_sla_threshold_seconds", ())] == 0.45
+    assert s[("streamscribe_latency_window_records", ())] == 10
+    e2e_count = s[("streamscribe_stage_latency_seconds_count", (("stage", "end_to_end"),))]
     assert e2e_count == 10
+
+
+def test_conventions_base_units_buckets_no_created_no_quantiles() -> None:
+    m = LatencyMetrics(LatencyWindow(max_records=100), SlaSpec(450.0, 0.05))
+    text = m.exposition().decode()
+    observed(m)
+    families = {f.name: f for f in text_string_to_metric_families(m.exposition().decode())}
+    assert "_created" not in text
+    assert not any("quantile" in s.labels for f in families.values() for s in f.samples)
+    assert not any(name.endswith("_ms") for name in families)
+    bounds = [
+        s.labels["le"]
+        for s in families["streamscribe_stage_latency_seconds"].samples
+        if s.name.endswith("_bucket") and s.labels["stage"] == "decode"
+    ]
+    assert (bounds[0], bounds[-2], bounds[-1]) == ("0.01", "10.0", "+Inf")
+    assert [s.value for s in families["process_cpu_seconds"].samples] != []
+    assert families["streamscribe_latency_finals"].type == "counter"
 
 
 def test_window_bounds_the_gauges_not_the_histograms() -> None:
     m = LatencyMetrics(LatencyWindow(max_records=2), SlaSpec(450.0, 0.05))
     s = observed(m)
-    assert s[("streamscribe_window_records", ())] == 2
-    assert s[("streamscribe_sla_violation_rate", (("series", "eos_to_final"),))] == 1.0
-    assert s[("streamscribe_stage_latency_ms_count", (("stage", "decode"),))] == 10
+    assert s[("streamscribe_latency_window_records", ())] == 2
+    assert s[("streamscribe_sla_violation_ratio", (("series", "eos_to_final"),))] == 1.0
+    assert s[("streamscribe_stage_latency_seconds_count", (("stage", "decode"),))] == 10
 
 
 def test_http_endpoint_serves_the_registry_and_counts_undecodable() -> None:
@@ -84,7 +102,9 @@ def test_http_endpoint_serves_the_registry_and_counts_undecodable() -> None:
     finally:
         svc.close()
     s = samples(body)
-    assert s[("streamscribe_finals_total", ())] == 2
-    assert s[("streamscribe_undecodable_total", ())] == 2
-    assert s[("streamscribe_stage_latency_ms_sum", (("stage", "decode"),))] == 300.0
+    assert s[("streamscribe_latency_finals_total", ())] == 2
+    assert s[("streamscribe_latency_undecodable_total", ())] == 2
+    decode_sum = s[("streamscribe_stage_latency_seconds_sum", (("stage", "decode"),))]
+    assert decode_sum == pytest.approx(0.3)
+    assert s[("streamscribe_latency_loop_messages_total", ())] == 0  # handle() is not the loop
     assert (svc.stats.messages, svc.stats.finals, svc.stats.undecodable) == (4, 2, 2)
