@@ -13,6 +13,7 @@ Names (all documented in ``docs/metrics.md``)::
     streamscribe_segmenter_{chunks,batches,dead_letters}_total, streamscribe_segmenter_channels
     streamscribe_recognizer_<RecognizerStats field>_total, streamscribe_recognizer_open_lines
     streamscribe_decode_<SchedulerStats field>_total, streamscribe_decode_queue_depth
+    streamscribe_worker_messages_{received,sent}_total{topic}, streamscribe_worker_rebalances_total
     streamscribe_consumer_lag{topic,partition}, process_* (CPU seconds, memory)
 
 The HTTP server runs in a daemon thread and only reads ints the event loop writes.
@@ -82,6 +83,26 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, help_text, value=float(value))
 
 
+def _monitor(monitor: Any) -> Iterator[Metric]:
+    """The faust app's own sensor (:class:`faust.Monitor`): messages per topic, rebalances."""
+    for name, help_text, counts in (
+        ("received", "Messages the worker consumed, per topic", monitor.messages_received_by_topic),
+        ("sent", "Messages the worker produced, per topic", monitor.messages_sent_by_topic),
+    ):
+        family = CounterMetricFamily(
+            f"streamscribe_worker_messages_{name}", help_text, labels=["topic"]
+        )
+        for topic, value in sorted(dict.copy(counts).items()):  # one atomic copy
+            family.add_metric([str(topic)], float(value))
+        yield family
+    yield CounterMetricFamily(
+        "streamscribe_worker_send_errors", "Produce requests that failed", value=monitor.send_errors
+    )
+    yield CounterMetricFamily(
+        "streamscribe_worker_rebalances", "Consumer group rebalances seen", value=monitor.rebalances
+    )
+
+
 class LagProbe:
     """Consumer lag per assigned partition, refreshed from the faust app's consumer.
 
@@ -119,9 +140,10 @@ class WorkerCollector(Collector):
     recognizer), ``states`` and a ``stats`` dict (the segmenter).
     """
 
-    def __init__(self, stages: Iterable[Any], lag: LagProbe | None = None) -> None:
+    def __init__(self, stages: Iterable[Any], lag: LagProbe | None = None, app: Any = None) -> None:
         self.stages = list(stages)
         self.lag = lag
+        self.app = app
 
     def collect(self) -> Iterator[Metric]:
         for stage in self.stages:
@@ -134,6 +156,8 @@ class WorkerCollector(Collector):
                     "Channel states held in memory by the segmenter",
                     len(stage.states),
                 )
+        if self.app is not None and self.app.started:  # its monitor exists once started
+            yield from _monitor(self.app.monitor)
         if self.lag is not None:
             lag = GaugeMetricFamily(
                 "streamscribe_consumer_lag",
@@ -160,12 +184,14 @@ class WorkerCollector(Collector):
         )
 
 
-def worker_registry(stages: Iterable[Any], lag: LagProbe | None = None) -> CollectorRegistry:
+def worker_registry(
+    stages: Iterable[Any], lag: LagProbe | None = None, app: Any = None
+) -> CollectorRegistry:
     """A registry with :class:`WorkerCollector` and the process collector; no ``_created``."""
     disable_created_metrics()
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
-    registry.register(WorkerCollector(stages, lag))
+    registry.register(WorkerCollector(stages, lag, app))
     return registry
 
 
@@ -177,7 +203,7 @@ def start_worker_metrics(app: Any, stages: Iterable[Any], settings: Settings) ->
     port = settings.process_metrics_port or 0
     try:
         server, _thread = start_http_server(
-            port, addr=settings.metrics_host, registry=worker_registry(stages, lag)
+            port, addr=settings.metrics_host, registry=worker_registry(stages, lag, app)
         )
     except OSError as exc:
         where = f"{settings.metrics_host}:{port}"

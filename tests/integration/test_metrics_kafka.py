@@ -21,6 +21,7 @@ from streamscribe.consumers.sink import run_sink
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import FinalTranscript
+from tests.integration.kafka_read import read_topic
 from tests.integration.pipeline import produce, start_worker
 from tests.integration.test_consumers_kafka import produce_all
 
@@ -157,8 +158,18 @@ def test_worker_metrics_count_chunks_and_lag_per_partition(
             return counted and len(audio_lag(s)) == 4 and sum(audio_lag(s).values()) == 0
 
         s = scrape_until(port, done, timeout_s=180)
+        events = read_topic(kafka_bootstrap, topics.events)
+        utterances = read_topic(kafka_bootstrap, topics.utterances)
     finally:
         proc.stop()
+    sent = {
+        dict(labels)["topic"]: v
+        for (name, labels), v in s.items()
+        if name == "streamscribe_worker_messages_sent_total"
+    }
+    assert (sent[topics.events], sent[topics.utterances]) == (len(events), len(utterances))
+    received = s[("streamscribe_worker_messages_received_total", (("topic", topics.audio),))]
+    assert received >= chunks  # and the segmenter's own idle ticks
     assert s[("streamscribe_segmenter_chunks_total", ())] == chunks
     assert s[("streamscribe_segmenter_dead_letters_total", ())] == 0
     assert audio_lag(s) == {"0": 0, "1": 0, "2": 0, "3": 0}

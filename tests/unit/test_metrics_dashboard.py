@@ -21,7 +21,7 @@ from streamscribe.core.kafka import LoopStats
 from streamscribe.core.settings import Settings
 from streamscribe.processors.worker import build_worker
 from streamscribe.processors.worker_metrics import LagProbe, worker_registry
-from tests.unit.test_metrics_processes import FakeConsumer
+from tests.unit.test_metrics_processes import FakeApp, FakeConsumer
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "streamscribe.json"
@@ -42,7 +42,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     lag = LagProbe()
     asyncio.run(lag.refresh(FakeConsumer()))  # so the lag family has samples
     registries = [
-        worker_registry(stages, lag),
+        worker_registry(stages, lag, FakeApp()),
         sink_metrics(SinkStats(), lambda _msgs: None)[0],
         alert_registry(AlertStats(), LoopStats()),
         MetricsService(Settings(), port=0).metrics.registry,

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import pytest
@@ -106,6 +108,19 @@ class FakeConsumer:
         return {TP("t.audio", 0): 100, TP("t.audio", 1): 7}.get(tp)
 
 
+class FakeApp:
+    """A started faust app as the collector sees it: ``started`` and its ``monitor``."""
+
+    def __init__(self) -> None:
+        self.started = True
+        self.monitor = SimpleNamespace(
+            messages_received_by_topic=Counter({"t.audio": 41, "t.utterances": 6}),
+            messages_sent_by_topic=Counter({"t.utterances": 6, "t.transcripts": 9}),
+            send_errors=0,
+            rebalances=2,
+        )
+
+
 @pytest.fixture
 def worker_stages(tmp_path: Path) -> Iterator[list[Any]]:
     _app, stages = build_worker(Settings(worker_data_dir=tmp_path / "w"))
@@ -118,8 +133,12 @@ def test_worker_metrics_read_the_stages_own_counters(worker_stages: list[Any]) -
     segmenter, recognizer = worker_stages
     lag = LagProbe()
     asyncio.run(lag.refresh(FakeConsumer()))
-    registry = worker_registry(worker_stages, lag)
+    app = FakeApp()
+    app.started = False
+    registry = worker_registry(worker_stages, lag, app)
     s = samples(registry)
+    assert not any(name.startswith("streamscribe_worker_") for name, _ in s)  # not started
+    app.started = True
     assert s[("streamscribe_decode_shed_total", ())] == 0
     assert s[("streamscribe_decode_queue_depth", ())] == 0
 
@@ -147,6 +166,11 @@ def test_worker_metrics_read_the_stages_own_counters(worker_stages: list[Any]) -
         ("streamscribe_consumer_lag", (("partition", "0"), ("topic", "t.audio"))): 20,
         ("streamscribe_consumer_lag", (("partition", "1"), ("topic", "t.audio"))): 0,
     }
+    topic = "topic"
+    assert s[("streamscribe_worker_messages_received_total", ((topic, "t.audio"),))] == 41
+    assert s[("streamscribe_worker_messages_sent_total", ((topic, "t.transcripts"),))] == 9
+    assert s[("streamscribe_worker_rebalances_total", ())] == 2
+    assert s[("streamscribe_worker_send_errors_total", ())] == 0
     assert s[("process_cpu_seconds_total", ())] >= 0
 
 
