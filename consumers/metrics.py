@@ -18,6 +18,9 @@ than quantile gauges); ``docs/metrics.md`` lists every metric of every process:
 ``streamscribe_sla_threshold_seconds``              the threshold (``Settings.sla_ms``)
 ``streamscribe_latency_window_records``             finals in the sliding window
 ``streamscribe_latency_finals_total``               finals seen
+``streamscribe_latency_partials_total``             partials seen
+``streamscribe_partial_interval_seconds``           histogram: time between an utterance's
+                                                    consecutive partials
 ``streamscribe_latency_undecodable_total``          values that did not decode (the sink
                                                     dead-letters them; this one only counts)
 ``process_*``                                       CPU seconds, memory, fds of the process
@@ -55,7 +58,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from streamscribe.consumers.decode import ReadCounts, finals_of
+from streamscribe.consumers.decode import ReadCounts
 from streamscribe.consumers.latency import (
     ALL_SERIES,
     STAGES,
@@ -66,12 +69,12 @@ from streamscribe.consumers.latency import (
     series_values,
     stage_latencies,
 )
-from streamscribe.core.errors import SinkError
+from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.core.kafka import LoopStats, Subscription, consume_batches
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import LatencyRecord, now_us
 from streamscribe.schemas.topics import Topics
-from streamscribe.schemas.transcripts import FinalTranscript
+from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript, decode_transcript
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,9 @@ LATENCY_BUCKETS_S: Final = (
     10.0, float("inf"),
 )  # fmt: skip
 MS: Final = 1000.0
+US: Final = 1_000_000.0
+#: Lines whose last partial time is remembered (oldest forgotten first); far above live lines.
+MAX_OPEN_LINES: Final = 10_000
 
 
 def new_registry() -> CollectorRegistry:
@@ -160,6 +166,31 @@ def loop_counters(prefix: str) -> dict[str, tuple[str, str]]:
     return {k: (f"streamscribe_{prefix}_{k}", h) for k, h in LOOP_HELP.items()}
 
 
+class PartialIntervals:
+    """Wall time between consecutive partials of one utterance (``published_at_us``).
+
+    >>> p = PartialIntervals()
+    >>> [p.interval_s(("s", 0, 0), t) for t in (1_000_000, 1_500_000, 2_250_000)]
+    [None, 0.5, 0.75]
+    >>> p.end(("s", 0, 0)); p.interval_s(("s", 0, 0), 3_000_000) is None
+    True
+    """
+
+    def __init__(self, max_lines: int = MAX_OPEN_LINES) -> None:
+        self.max_lines = max_lines
+        self._last: dict[tuple[str, int, int], int] = {}
+
+    def interval_s(self, line: tuple[str, int, int], published_us: int) -> float | None:
+        last = self._last.pop(line, None)
+        self._last[line] = published_us  # re-inserted: the dict's order is last use
+        if len(self._last) > self.max_lines:
+            del self._last[next(iter(self._last))]
+        return None if last is None or published_us < last else (published_us - last) / US
+
+    def end(self, line: tuple[str, int, int]) -> None:
+        self._last.pop(line, None)
+
+
 class LatencyMetrics:
     """Prometheus collectors (in their own registry) fed with finals; no Kafka.
 
@@ -213,6 +244,14 @@ class LatencyMetrics:
             "streamscribe_latency_window_records", "Finals in the sliding window", registry=r
         )
         self.finals = Counter("streamscribe_latency_finals", "Finals observed", registry=r)
+        self.partials = Counter("streamscribe_latency_partials", "Partials observed", registry=r)
+        self.partial_interval = Histogram(
+            "streamscribe_partial_interval_seconds",
+            "Wall time between consecutive partials of one utterance (published_at_us)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self._intervals = PartialIntervals()
         self.undecodable = Counter(
             "streamscribe_latency_undecodable",
             "Transcript values that did not decode",
@@ -227,9 +266,21 @@ class LatencyMetrics:
             self.violation_ratio.labels(series=series).set(0.0)
             self.sla_ok.labels(series=series).set(1.0)
 
+    def observe_partial(self, partial: PartialTranscript) -> None:
+        """Count one partial and the time since the utterance's previous one."""
+        self.partials.inc()
+        published = partial.timestamps.get("published_at_us")
+        if published is None:
+            return
+        line = (partial.session_id, partial.channel, partial.utterance)
+        interval = self._intervals.interval_s(line, published)
+        if interval is not None:
+            self.partial_interval.observe(interval)
+
     def observe(self, final: FinalTranscript, received_at_us: int) -> LatencyRecord | None:
         """Record one final; ``received_at_us`` ends the ``publish_to_sink`` stage."""
         self.finals.inc()
+        self._intervals.end((final.session_id, final.channel, final.utterance))
         rec = stage_latencies(
             final.session_id,
             final.channel,
@@ -310,12 +361,25 @@ class MetricsService:
         return self.port
 
     def handle(self, values: Sequence[bytes | None], received_at_us: int) -> None:
-        """Observe one batch of raw transcript values (partials are ignored)."""
-        undecodable = self.stats.undecodable
-        for final in finals_of(values, self.stats):
-            if self.metrics.observe(final, received_at_us) is not None:
+        """Observe one batch of raw transcript values: finals' latency, partials' interval.
+
+        A value that does not decode is counted and logged (the sink dead-letters it).
+        """
+        for raw in values:
+            self.stats.messages += 1
+            try:
+                event = decode_transcript(raw if raw is not None else b"")
+            except ContractError as exc:
+                self.stats.undecodable += 1
+                self.metrics.undecodable.inc()
+                log.warning("undecodable transcript (the sink dead-letters it): %s", exc.reason)
+                continue
+            if isinstance(event, PartialTranscript):
+                self.metrics.observe_partial(event)
+                continue
+            self.stats.finals += 1
+            if self.metrics.observe(event, received_at_us) is not None:
                 self.stats.latency_records += 1
-        self.metrics.undecodable.inc(self.stats.undecodable - undecodable)
         self.metrics.refresh()
 
     def run(

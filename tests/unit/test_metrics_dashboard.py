@@ -76,6 +76,7 @@ def test_dashboard_covers_the_issue_panels() -> None:
     for needed in (
         "streamscribe_consumer_lag",
         'stage="eos_to_final"',
+        "streamscribe_partial_interval_seconds_bucket",
         "streamscribe_decode_queue_depth",
         "streamscribe_segmenter_dead_letters_total",
         "process_cpu_seconds_total",

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamscribe.consumers.latency import LatencyWindow, SlaSpec
 from streamscribe.consumers.metrics import LatencyMetrics, MetricsService
 from streamscribe.core.settings import Settings
-from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript
+from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript, PartialTranscript
 
 T0 = 1_700_000_000_000_000
 
@@ -108,3 +108,25 @@ def test_http_endpoint_serves_the_registry_and_counts_undecodable() -> None:
     assert decode_sum == pytest.approx(0.3)
     assert s[("streamscribe_latency_loop_messages_total", ())] == 0  # handle() is not the loop
     assert (svc.stats.messages, svc.stats.finals, svc.stats.undecodable) == (4, 2, 2)
+
+
+def partial(u: int, published_us: int) -> PartialTranscript:
+    return PartialTranscript(
+        session_id="s", channel=0, role="agent", utterance=u, revision=1, text="x",
+        start_ms=0.0, end_ms=1.0, timestamps={"published_at_us": published_us},
+    )  # fmt: skip
+
+
+def test_partial_interval_per_utterance_until_its_final() -> None:
+    svc = MetricsService(Settings(), port=0, window="50")
+    values = [partial(0, T0), partial(0, T0 + 500_000), partial(1, T0 + 600_000)]
+    values += [partial(0, T0 + 1_200_000), final(0, 100), partial(0, T0 + 2_000_000)]
+    svc.handle([v.encode() for v in values], T0 + 3 * 10**6)
+    s = samples(svc.metrics.exposition().decode())
+    # utterance 0: 0.5 s then 0.7 s; utterance 1 has one partial; after the final, none
+    assert s[("streamscribe_partial_interval_seconds_count", ())] == 2
+    assert s[("streamscribe_partial_interval_seconds_sum", ())] == pytest.approx(1.2)
+    assert s[("streamscribe_partial_interval_seconds_bucket", (("le", "0.6"),))] == 1
+    assert s[("streamscribe_latency_partials_total", ())] == 5
+    assert s[("streamscribe_latency_finals_total", ())] == 1
+    assert (svc.stats.messages, svc.stats.finals, svc.stats.undecodable) == (6, 1, 0)
