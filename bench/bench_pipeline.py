@@ -293,7 +293,8 @@ def outside_figures(
             first_wait.append((times[0] - cap) / 1000)
     # how close a line's last partial came to its final (the final's words over the same
     # stretch: its first as many words as the partial has), word error rate in per cent
-    from tests.wer import normalized_words, word_errors
+    from streamscribe.processors.text import normalized_words
+    from tests.wer import word_errors
 
     last_partial: dict[tuple[str, int, int], Any] = {}
     for p, _arrival in sorted(partials, key=lambda pa: pa[1]):
