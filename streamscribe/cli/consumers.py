@@ -137,6 +137,23 @@ def add_arguments_sessions(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=50, help="most recent N sessions (default 50)")
 
 
+SHOWN_ID_CHARS = 60
+
+
+def shown_id(text: str, limit: int = SHOWN_ID_CHARS) -> str:
+    r"""A session id as a terminal may show it: control, bidi and other unprintable
+    characters escaped, and elided in the middle past ``limit`` characters.
+
+    >>> shown_id("call\u202e7"), shown_id("a" * 100, 10)
+    ('call\\u202e7', 'aaaa…aaaaa')
+    """
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    if len(out) > limit:
+        half = (limit - 1) // 2
+        out = f"{out[:half]}…{out[-(limit - 1 - half) :]}"
+    return out
+
+
 def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.conversation import list_sessions
     from streamscribe.consumers.store import TranscriptStore
@@ -147,7 +164,8 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     for s in rows:
         roles = ",".join(s.roles[k] for k in sorted(s.roles, key=int))
         print(
-            f"{s.session_id:36s} {roles:24s} {s.finals:6d} {s.end_ms / 1000:7.1f}s  "
+            f"{shown_id(s.session_id):36s} {shown_id(roles):24s} {s.finals:6d} "
+            f"{s.end_ms / 1000:7.1f}s  "
             f"{_iso(s.last_seen_us)}"
         )
     return EXIT_OK
