@@ -168,7 +168,7 @@ class AssistantCore:
         if match is None or match.score < self.config.intent_threshold:
             self.counts.unmatched += 1
             self.counts.unmatched_texts = [*self.counts.unmatched_texts[-9:], text]
-            log.info(
+            log.debug(  # transcript words: never at the default levels (personal data)
                 "no intent for %r (best %s %.2f)",
                 text,
                 match.intent if match else None,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from streamscribe.core.admin import probe_broker
 from streamscribe.core.errors import ProducerError
 from streamscribe.core.kafka import DeliveryProducer, DeliveryStats
 from streamscribe.core.settings import Settings
@@ -43,6 +44,7 @@ from streamscribe.schemas.events import now_us
 from streamscribe.schemas.topics import Topics
 
 PROGRESS_EVERY_S = 5.0
+PROBE_TIMEOUT_S = 5.0  # no broker answering within this: one clear error
 CLIENT_ID = "streamscribe-produce"
 
 
@@ -183,7 +185,8 @@ def run_produce(
     """
     pace = parse_pace(job.pace)
     spec = parse_inject_spec(job.inject)
-    plans = plan_sessions(job)
+    plans = plan_sessions(job)  # bad files and arguments are reported first
+    probe_broker(settings.bootstrap, PROBE_TIMEOUT_S)  # one line, in seconds, if none answers
     injector = Injector(spec, job.seed)
     topic = Topics(settings.topic_prefix).audio
     producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)

@@ -95,6 +95,8 @@ def read_audio(path: str | Path, encoding: str | None = None) -> AudioSource:
     import soundfile as sf
 
     path = Path(path)
+    if path.is_dir():
+        raise ProducerError(f"{path}: is a directory; give the audio files in it")
     if not path.is_file():
         raise ProducerError(f"{path}: no such file")
     if encoding is not None and encoding not in ENCODINGS:

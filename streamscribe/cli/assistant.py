@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 
-from streamscribe.cli.common import EXIT_OK, SubParsers
+from streamscribe.cli.common import EXIT_OK, SubParsers, add_start_options, from_earliest
 from streamscribe.core.settings import Settings
 
 
@@ -50,11 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default STREAMSCRIBE_ASSISTANT_TIMEOUT_S)",
     )
     p.add_argument("--group-id", default=DEFAULT_GROUP_ID, help=f"(default {DEFAULT_GROUP_ID})")
-    p.add_argument(
-        "--from-earliest",
-        action="store_true",
-        help="a new group starts at the oldest transcript (default: only new ones)",
-    )
+    add_start_options(p, "transcripts")
     p.add_argument(
         "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"
     )
@@ -69,7 +65,7 @@ def cmd_assistant(settings: Settings, args: argparse.Namespace) -> int:
         intents_file=args.intents,
         timeout_s=args.timeout,
         group_id=args.group_id,
-        from_earliest=args.from_earliest,
+        from_earliest=from_earliest(args),
         max_idle_s=args.max_idle,
     )
     print(f"{stats.commands} commands from {stats.transcripts} transcripts", flush=True)

@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from streamscribe.cli.common import EXIT_OK, EXIT_VERDICT, SubParsers
+from streamscribe.cli.common import EXIT_OK, EXIT_VERDICT, SubParsers, require_broker
 from streamscribe.core.settings import Settings
 
 
@@ -47,6 +47,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.schemas.topics import Topics
 
     topics = Topics(settings.topic_prefix)
+    require_broker(settings)  # one line, in seconds, when nothing listens
     if args.action == "create":
         partitions = args.partitions or settings.partitions
         for name, outcome in create_topics(settings.bootstrap, topics.specs(partitions)).items():

@@ -2,15 +2,15 @@
 
 :func:`register` adds the six consumer commands::
 
-    sink            [--db URL] [--group-id G] [--from-earliest] [--max-idle S] [--batch-size N]
+    sink            [--db URL] [--group-id G] [--from-latest] [--max-idle S] [--batch-size N]
                     [--metrics-host H] [--metrics-port P]
     sessions        [--db URL] [--limit N]
     transcript      SESSION [--db URL] [--format text|json|srt]
-    metrics         [--metrics-host H] [--metrics-port P] [--group-id G] [--from-earliest]
+    metrics         [--metrics-host H] [--metrics-port P] [--group-id G] [--from-latest]
                     [--window 1000|5m] [--max-idle S]
     latency-report  [--db URL] [--since ISO|15m] [--png FILE] [--sla-ms MS] [--fail-on-violation]
     alerts          (--phrases "a,b" | --phrases-file F) [--format text|json] [--group-id G]
-                    [--from-earliest] [--max-idle S] [--metrics-host H] [--metrics-port P]
+                    [--from-latest] [--max-idle S] [--metrics-host H] [--metrics-port P]
 
 The long-running ones serve ``/metrics`` on ``--metrics-host:--metrics-port`` (settings
 ``metrics_host``, ``process_metrics_port``; off without a port; ``metrics`` always serves,
@@ -37,7 +37,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from streamscribe.cli.common import EXIT_OK, EXIT_VERDICT, Handler, SubParsers
+from streamscribe.cli.common import (
+    EXIT_OK,
+    EXIT_VERDICT,
+    Handler,
+    SubParsers,
+    add_start_options,
+    from_earliest,
+)
 from streamscribe.core.errors import UsageError
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import Alert
@@ -53,11 +60,7 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 def _consumer_args(p: argparse.ArgumentParser, default_group: str) -> None:
     p.add_argument("--group-id", default=default_group, help=f"(default {default_group})")
-    p.add_argument(
-        "--from-earliest",
-        action="store_true",
-        help="a new group starts at the oldest message (default: only new ones)",
-    )
+    add_start_options(p, "transcripts")
     p.add_argument(
         "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"
     )
@@ -105,11 +108,18 @@ def add_arguments_sink(p: argparse.ArgumentParser) -> None:
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.sink import run_sink
 
+    db = args.db or settings.db_url
+    if db.split("?")[0].rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in db:
+        raise UsageError(
+            f"--db {db}: an in-memory database loses its rows when the sink stops, while "
+            "the group's committed offsets say they are stored; give a file "
+            "(sqlite:///path.db) or a server"
+        )
     stats = run_sink(
         _with_metrics(settings, args),
         db_url=args.db,
         group_id=args.group_id,
-        from_earliest=args.from_earliest,
+        from_earliest=from_earliest(args),
         max_idle_s=args.max_idle,
         batch_size=args.batch_size,
     )
@@ -127,6 +137,23 @@ def add_arguments_sessions(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=50, help="most recent N sessions (default 50)")
 
 
+SHOWN_ID_CHARS = 60
+
+
+def shown_id(text: str, limit: int = SHOWN_ID_CHARS) -> str:
+    r"""A session id as a terminal may show it: control, bidi and other unprintable
+    characters escaped, and elided in the middle past ``limit`` characters.
+
+    >>> shown_id("call\u202e7"), shown_id("a" * 100, 10)
+    ('call\\u202e7', 'aaaa…aaaaa')
+    """
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    if len(out) > limit:
+        half = (limit - 1) // 2
+        out = f"{out[:half]}…{out[-(limit - 1 - half) :]}"
+    return out
+
+
 def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.conversation import list_sessions
     from streamscribe.consumers.store import TranscriptStore
@@ -137,7 +164,8 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     for s in rows:
         roles = ",".join(s.roles[k] for k in sorted(s.roles, key=int))
         print(
-            f"{s.session_id:36s} {roles:24s} {s.finals:6d} {s.end_ms / 1000:7.1f}s  "
+            f"{shown_id(s.session_id):36s} {shown_id(roles):24s} {s.finals:6d} "
+            f"{s.end_ms / 1000:7.1f}s  "
             f"{_iso(s.last_seen_us)}"
         )
     return EXIT_OK
@@ -185,7 +213,7 @@ def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
         settings.with_overrides(metrics_host=args.metrics_host),
         port=args.metrics_port,
         group_id=args.group_id,
-        from_earliest=args.from_earliest,
+        from_earliest=from_earliest(args),
         window=args.window,
         max_idle_s=args.max_idle,
     )
@@ -268,7 +296,7 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
         _with_metrics(settings, args),
         phrases=phrases,
         group_id=args.group_id,
-        from_earliest=args.from_earliest,
+        from_earliest=from_earliest(args),
         max_idle_s=args.max_idle,
         on_alert=lambda alert: print(alert_line(alert, args.format), flush=True),
     )

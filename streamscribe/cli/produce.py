@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from streamscribe.cli.common import EXIT_INCOMPLETE, EXIT_OK, SubParsers
+from streamscribe.core.errors import UsageError
 from streamscribe.core.settings import Settings
 
 SESSIONS_LISTED = 8
@@ -20,6 +21,10 @@ SESSIONS_LISTED = 8
 
 def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.producers.file_producer import ProduceJob, run_produce
+
+    _check_session_id(args.session_id)
+    if args.sessions is not None and args.sessions < 1:
+        raise UsageError(f"--sessions {args.sessions}: must be at least 1")
 
     job = ProduceJob(
         files=args.files,
@@ -47,9 +52,20 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_session_id(session_id: str | None) -> None:
+    """An explicit session id must be printable text (it keys everything downstream)."""
+    if session_id is None:
+        return
+    if not session_id.strip():
+        raise UsageError("--session-id: must not be empty (leave it out for a generated id)")
+    if not session_id.isprintable():
+        raise UsageError(f"--session-id {session_id!r}: control characters are not allowed")
+
+
 def cmd_mic(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.producers.mic import list_devices, run_mic
 
+    _check_session_id(args.session_id)
     if args.list_devices:
         print(list_devices())
         return EXIT_OK

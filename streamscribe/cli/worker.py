@@ -8,7 +8,8 @@ Example::
 
     streamscribe worker --group-id streamscribe-processors
     streamscribe worker --workers 3 --instance-id pod-a    # children pod-a-0 .. pod-a-2
-    streamscribe worker --group-id retranscribe-2026-11 --from-earliest   # replay history
+    streamscribe worker --group-id retranscribe-2026-11   # a new group reads all history
+    streamscribe worker --group-id live-only --from-latest  # a new group skips history
     streamscribe worker --metrics-host 0.0.0.0 --metrics-port 9109        # /metrics
 """
 
@@ -19,14 +20,22 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
-from streamscribe.cli.common import EXIT_OK, SubParsers
+from streamscribe.cli.common import (
+    EXIT_OK,
+    SubParsers,
+    add_start_options,
+    from_earliest,
+    require_broker,
+)
 from streamscribe.core.errors import UsageError
 from streamscribe.core.settings import Settings
 
 CLI_MODULE = "streamscribe.cli"
 STOP_TIMEOUT_S = 30.0
+CHILD_POLL_S = 0.5
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -44,6 +53,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,  # child i of --workers N serves on PORT + i
         process_metrics_port=None if port is None else port + (args.instance_index or 0),
     )
+    if args.instance_index is None:
+        require_broker(settings)  # one line, in seconds, when nothing listens
     if args.workers > 1 and args.instance_index is None:
         return spawn_workers(args.workers, child_argv(args))
     instance = settings.instance_id
@@ -53,7 +64,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         settings,
         stages=stages,
         instance=instance,
-        from_earliest=args.from_earliest,
+        from_earliest=from_earliest(args),
         log_level=args.worker_log_level,
     )
     return EXIT_OK
@@ -66,8 +77,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     adds ``--instance-index i``)::
 
         >>> from streamscribe.cli import build_parser
-        >>> child_argv(build_parser().parse_args(["worker", "--workers", "2", "--from-earliest"]))
-        ['--log-level', 'WARNING', 'worker', '--from-earliest', '--worker-log-level', 'info']
+        >>> child_argv(build_parser().parse_args(["worker", "--workers", "2", "--from-latest"]))
+        ['--log-level', 'WARNING', 'worker', '--from-latest', '--worker-log-level', 'info']
     """
     argv: list[str] = []
     for flag, value in (
@@ -86,16 +97,17 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     ):
         if value is not None:
             argv += [flag, value]
-    if args.from_earliest:
-        argv.append("--from-earliest")
+    if not from_earliest(args):
+        argv.append("--from-latest")
     return [*argv, "--worker-log-level", args.worker_log_level]
 
 
 def spawn_workers(n: int, argv: list[str]) -> int:
     """Run ``n`` worker processes (child ``i`` gets ``--instance-index i``); wait for them all.
 
-    SIGTERM or Ctrl-C stops every child (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``);
-    the exit code is the largest of the children's.
+    SIGTERM or Ctrl-C stops every child (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``),
+    and so does a child that dies with a non-zero code; the exit code is the largest of
+    the children's.
     """
     procs = [
         subprocess.Popen([sys.executable, "-m", CLI_MODULE, *argv, "--instance-index", str(i)])
@@ -104,8 +116,14 @@ def spawn_workers(n: int, argv: list[str]) -> int:
     code = EXIT_OK
     try:
         with _sigterm_as_interrupt():
-            for p in procs:
-                code = max(code, p.wait())
+            while procs:
+                done = [p for p in procs if p.poll() is not None]
+                for p in done:
+                    procs.remove(p)
+                    code = max(code, _exit_code(p.returncode))
+                if code != EXIT_OK:  # a child died: stop the others, exit non-zero
+                    raise KeyboardInterrupt
+                time.sleep(CHILD_POLL_S)
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()
@@ -116,6 +134,11 @@ def spawn_workers(n: int, argv: list[str]) -> int:
                 p.kill()
                 code = max(code, p.wait())
     return code
+
+
+def _exit_code(returncode: int) -> int:
+    """A child's exit status as a shell reports it (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 @contextlib.contextmanager
@@ -136,11 +159,7 @@ def register(sub: SubParsers) -> None:
     """Add ``worker``."""
     p = sub.add_parser("worker", help="run the faust stream processors")
     p.add_argument("--group-id", help="consumer group = faust app id (default from settings)")
-    p.add_argument(
-        "--from-earliest",
-        action="store_true",
-        help="a new group starts at the earliest offset (re-process history)",
-    )
+    add_start_options(p, "audio")
     p.add_argument("--workers", type=int, default=1, help="worker processes to run")
     p.add_argument("--stages", help="comma list of stages (default segmenter,recognizer)")
     p.add_argument(

@@ -94,6 +94,19 @@ def describe_topics(bootstrap: str, names: list[str] | None = None) -> list[Topi
         consumer.close()
 
 
+def probe_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
+    """Raise :class:`BrokerError` naming ``bootstrap`` if no broker answers within the time."""
+    try:
+        md = admin_client(bootstrap).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"no Kafka broker answers at {bootstrap} (waited {timeout_s:g} s; start one with "
+            "'streamscribe broker start' or set --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS)"
+        ) from exc
+    if not md.brokers:
+        raise BrokerError(f"no Kafka broker answers at {bootstrap}")
+
+
 def delete_topics(bootstrap: str, names: list[str]) -> None:
     admin = admin_client(bootstrap)
     for fut in admin.delete_topics(names, request_timeout=ADMIN_TIMEOUT_S).values():

@@ -4,6 +4,7 @@ wrapper turns a user's mistake into one line on stderr and a documented exit cod
 from __future__ import annotations
 
 import argparse
+import doctest
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,30 @@ def test_worker_children_are_started_from_the_cli_module(
     assert started[0][3:-2] == [
         "--log-level", "WARNING", "worker", "--stages", "segmenter", "--worker-log-level", "info"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["produce", "x.wav", "--session-id", ""], "--session-id: must not be empty"),
+        (["produce", "x.wav", "--session-id", "a\x1bb"], "control characters are not allowed"),
+        (["produce", "x.wav", "--sessions", "0"], "--sessions 0: must be at least 1"),
+        (["produce", "."], "is a directory"),
+    ],
+)
+def test_produce_refuses_what_it_would_silently_change(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13 item 13: an empty or unprintable session id, zero sessions and a directory
+    are refused in one line before any broker is contacted (127.0.0.1:1 never answers)."""
+    assert cli.main(["--bootstrap-servers", "127.0.0.1:1", *argv]) == EXIT_USAGE
+    assert message in _one_error_line(capsys, "produce")
+
+
+def test_session_ids_are_shown_escaped_and_elided() -> None:
+    from streamscribe.cli import consumers
+
+    failures, tried = doctest.testmod(consumers)
+    assert tried >= 1 and failures == 0
+    rtl = consumers.shown_id("a\u202eb\n" + "x" * 10_000)
+    assert "\u202e" not in rtl and "\n" not in rtl and len(rtl) == consumers.SHOWN_ID_CHARS
