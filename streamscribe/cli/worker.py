@@ -97,8 +97,9 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     ):
         if value is not None:
             argv += [flag, value]
-    if not from_earliest(args):
-        argv.append("--from-latest")
+    for flag in ("from_earliest", "from_latest"):
+        if getattr(args, flag, False):
+            argv.append("--" + flag.replace("_", "-"))
     return [*argv, "--worker-log-level", args.worker_log_level]
 
 

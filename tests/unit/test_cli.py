@@ -160,13 +160,23 @@ def test_worker_children_are_started_from_the_cli_module(
 
     class FakeChild:
         def __init__(self, cmd: list[str]) -> None:
-            self.code = len(started)  # child i exits with i: the largest code wins
+            self.code = self.returncode = len(started)  # child i exits with i
             started.append(cmd)
 
         def wait(self, timeout: float | None = None) -> int:
             return self.code
 
+        def poll(self) -> int:
+            return self.code
+
+        def terminate(self) -> None:
+            pass
+
+    from streamscribe.processors import worker as _imported_before_popen_is_faked  # noqa: F401
+
+    monkeypatch.setattr(worker, "require_broker", lambda settings: None)
     monkeypatch.setattr(worker.subprocess, "Popen", FakeChild)
+    # child 1 exits 1: the others are stopped and the parent exits 1
     assert cli.main(["worker", "--workers", "2", "--stages", "segmenter"]) == 1
     assert [c[:3] for c in started] == [[sys.executable, "-m", "streamscribe.cli"]] * 2
     assert [c[-2:] for c in started] == [["--instance-index", "0"], ["--instance-index", "1"]]
