@@ -198,16 +198,6 @@ class RecognizerStage:
                 step = self.core.accept(msg, ev.message.partition)
                 if await self._on_message(step, ev, msg.line_id):
                     ev.ack()
-        if self.core.budget.exceeded():
-            log.critical(
-                "ASR error rate over %.0f%% of the last %d decodes: stopping before the event "
-                "is acked",
-                100 * self.settings.max_error_rate,
-                len(self.core.budget.outcomes),
-            )
-            logging.shutdown()
-            sys.stderr.flush()
-            os._exit(EXIT_ERROR_BUDGET)
 
     async def _on_message(self, step: Accepted, ev: Any, lid: str) -> bool:
         """Apply one accepted step; False when a final task will ack the event later."""
@@ -267,7 +257,7 @@ class RecognizerStage:
             log.critical("final of %s failed; exiting before ack", decode.line_id, exc_info=True)
             logging.shutdown()
             os._exit(EXIT_STAGE_FAILURE)
-        if self.core.budget.exceeded():
+        if self.core.budget.exceeded():  # only a final's decode changes the budget
             log.critical(
                 "ASR error rate over %.0f%% of the last %d decodes: stopping before the next "
                 "event is acked",
