@@ -135,7 +135,6 @@ class DecodeScheduler:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._final_slots = 0
-        self._finals_running = 0
 
     async def start(self) -> None:
         if not self._tasks:
@@ -325,13 +324,10 @@ class DecodeScheduler:
             out = DecodeOutcome(waited_s=time.monotonic() - job.queued_at)
             out.speculative = job.speculative
             out.start_us = time.time_ns() // 1000
-            self._finals_running += 1
             try:
                 out.result = await self._decode_with_retries(job)
             except Exception as exc:  # the model failed after its retries: reported
                 out.error = exc
-            finally:
-                self._finals_running -= 1
             out.end_us = time.time_ns() // 1000
             if job.speculative:
                 self.stats.speculative += 1
