@@ -1,6 +1,6 @@
 """``streamscribe alerts``: an analytics example — phrase alerts on final transcripts.
 
-A consumer group of its own (default ``streamscribe-alerts``) reads finals; each configured
+A consumer group of its own (default ``<prefix stem>-alerts``) reads finals; each configured
 phrase found in a final's text (case- and punctuation-insensitive, on word boundaries)
 becomes an :class:`~streamscribe.schemas.events.Alert` JSON on ``<prefix>alerts``, keyed by
 session id.
@@ -61,7 +61,7 @@ from streamscribe.schemas.transcripts import FinalTranscript
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP_ID: Final = "streamscribe-alerts"
+GROUP_ROLE: Final = "alerts"  # group <prefix stem>-alerts (Settings.group_for)
 CLIENT_ID: Final = "streamscribe-alerts"
 BATCH_SIZE: Final = 500
 _NON_WORD: Final = re.compile(r"[\W_]+", re.UNICODE)
@@ -183,7 +183,7 @@ def run_alerts(
     settings: Settings,
     *,
     phrases: Sequence[str],
-    group_id: str = DEFAULT_GROUP_ID,
+    group_id: str | None = None,
     from_earliest: bool = False,
     max_idle_s: float | None = None,
     stop_event: threading.Event | None = None,
@@ -209,7 +209,8 @@ def run_alerts(
         publish_alerts(values, matcher, producer, topics.alerts, stats, on_alert)
 
     log.info("alerts: %d phrases -> %s", len(matcher.phrases), topics.alerts)
-    sub = Subscription([topics.transcripts], group_id, CLIENT_ID, from_earliest)
+    group = group_id or settings.group_for(GROUP_ROLE)
+    sub = Subscription([topics.transcripts], group, CLIENT_ID, from_earliest)
     try:
         consume_batches(
             settings,

@@ -1,6 +1,6 @@
 """``streamscribe assistant``: voice commands from transcripts → ``streamscribe.commands``.
 
-A consumer group of its own (default ``streamscribe-assistant``) reads partials and finals
+A consumer group of its own (default ``<prefix stem>-assistant``) reads partials and finals
 from ``<prefix>transcripts``; :class:`~streamscribe.consumers.assistant_core.AssistantCore`
 finds the wake phrase, captures the command and matches it against the intents file; each
 command is a :class:`~streamscribe.schemas.commands.CommandEvent` JSON on
@@ -61,7 +61,7 @@ from streamscribe.schemas.transcripts import decode_transcript
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP_ID: Final = "streamscribe-assistant"
+GROUP_ROLE: Final = "assistant"  # group <prefix stem>-assistant (Settings.group_for)
 CLIENT_ID: Final = "streamscribe-assistant"
 BATCH_SIZE: Final = 500
 
@@ -129,7 +129,7 @@ def run_assistant(
     wake: str | None = None,
     intents_file: str | Path | None = None,
     timeout_s: float | None = None,
-    group_id: str = DEFAULT_GROUP_ID,
+    group_id: str | None = None,
     from_earliest: bool = False,
     max_idle_s: float | None = None,
     stop_event: threading.Event | None = None,
@@ -138,6 +138,7 @@ def run_assistant(
     matcher = IntentMatcher(load_intents(intents_file or settings.assistant_intents or None))
     core = AssistantCore(matcher, config_from_settings(settings, wake=wake, timeout_s=timeout_s))
     topics = Topics(settings.topic_prefix)
+    group_id = group_id or settings.group_for(GROUP_ROLE)
     stats = AssistantStats()
     producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
     handler = AssistantHandler(core, producer, topics.commands, stats)
@@ -167,7 +168,7 @@ def run_assistant(
 
 
 __all__ = [
-    "DEFAULT_GROUP_ID",
+    "GROUP_ROLE",
     "AssistantHandler",
     "AssistantStats",
     "config_from_settings",

@@ -1,7 +1,7 @@
 """``streamscribe metrics``: per-stage latency of finals as Prometheus metrics, and the
 small exporter kit every long-running consumer (sink, alerts) shares.
 
-A consumer group of its own (default ``streamscribe-metrics``) reads
+A consumer group of its own (default ``<prefix stem>-metrics``) reads
 ``streamscribe.transcripts``; for every final it computes a
 :class:`~streamscribe.schemas.events.LatencyRecord` with its own receive time as the sink
 time (``publish_to_sink``; the sink stores its own ``stored_at_us``, which
@@ -78,7 +78,7 @@ from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript,
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP_ID: Final = "streamscribe-metrics"
+GROUP_ROLE: Final = "metrics"  # group <prefix stem>-metrics (Settings.group_for)
 DEFAULT_WINDOW: Final = "1000"
 CLIENT_ID: Final = "streamscribe-metrics"
 BATCH_SIZE: Final = 500
@@ -332,7 +332,7 @@ class MetricsService:
         settings: Settings,
         *,
         port: int | None = None,
-        group_id: str = DEFAULT_GROUP_ID,
+        group_id: str | None = None,
         from_earliest: bool = False,
         window: str = DEFAULT_WINDOW,
         sla: SlaSpec | None = None,
@@ -342,7 +342,7 @@ class MetricsService:
         self.addr = settings.metrics_host if addr is None else addr
         self.requested_port = settings.metrics_port if port is None else port
         self.port = 0
-        self.group_id = group_id
+        self.group_id = group_id or settings.group_for(GROUP_ROLE)
         self.from_earliest = from_earliest
         self.metrics = LatencyMetrics(
             parse_window(window),
@@ -409,7 +409,7 @@ def run_metrics(
     settings: Settings,
     *,
     port: int | None = None,
-    group_id: str = DEFAULT_GROUP_ID,
+    group_id: str | None = None,
     from_earliest: bool = False,
     window: str = DEFAULT_WINDOW,
     max_idle_s: float | None = None,

@@ -73,7 +73,7 @@ from streamscribe.schemas.transcripts import TranscriptEvent, decode_transcript
 log = logging.getLogger(__name__)
 
 STAGE: Final = "sink"
-DEFAULT_GROUP_ID: Final = "streamscribe-sink"
+GROUP_ROLE: Final = "sink"  # group <prefix stem>-sink (Settings.group_for)
 DEFAULT_BATCH_SIZE: Final = 500
 CLIENT_ID: Final = "streamscribe-sink"
 DEADLETTER_CLIENT_ID: Final = "streamscribe-sink-deadletter"
@@ -275,7 +275,7 @@ def run_sink(
     settings: Settings,
     *,
     db_url: str | None = None,
-    group_id: str = DEFAULT_GROUP_ID,
+    group_id: str | None = None,
     from_earliest: bool = False,
     max_idle_s: float | None = None,
     stop_event: threading.Event | None = None,
@@ -284,14 +284,17 @@ def run_sink(
 ) -> SinkStats:
     """Consume transcripts into the store until stopped (see the module doc for the order).
 
-    Stops on SIGTERM/SIGINT, when ``stop_event`` is set, or after ``max_idle_s`` seconds
-    without a message. ``after_db_commit`` runs after the batch is durable and before its
-    offsets are committed (tests kill the process there). Raises :class:`SinkError` when
-    the database keeps failing (offsets of the failed batch are not committed).
+    ``group_id`` defaults to ``settings.group_for("sink")`` (``streamscribe-sink`` with the
+    default prefix). Stops on SIGTERM/SIGINT, when ``stop_event`` is set, or after
+    ``max_idle_s`` seconds without a message. ``after_db_commit`` runs after the batch is
+    durable and before its offsets are committed (tests kill the process there). Raises
+    :class:`SinkError` when the database keeps failing (offsets of the failed batch are not
+    committed).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     topics = Topics(settings.topic_prefix)
+    group_id = group_id or settings.group_for(GROUP_ROLE)
     store = TranscriptStore(db_url or settings.db_url)
     stats = SinkStats()
     producer = DeliveryProducer.from_settings(settings, client_id=DEADLETTER_CLIENT_ID)
@@ -325,7 +328,7 @@ def run_sink(
 
 
 __all__ = [
-    "DEFAULT_GROUP_ID",
+    "GROUP_ROLE",
     "DecodedBatch",
     "SinkHandler",
     "SinkStats",

@@ -91,7 +91,7 @@ def tail_messages(settings: Settings, opts: TailOptions) -> Iterator[dict[str, A
     """
     bootstrap = settings.bootstrap
     decode = _decoder_for(Topics(settings.topic_prefix).kind_of(opts.topic))
-    consumer = Consumer(reader_config(bootstrap, client="streamscribe-tail"))
+    consumer = Consumer(reader_config(bootstrap, client=settings.group_for("tail")))
     try:
         try:
             md = consumer.list_topics(opts.topic, timeout=METADATA_TIMEOUT_S)

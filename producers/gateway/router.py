@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 POLL_S: Final = 0.05
 METADATA_TIMEOUT_S: Final = 15.0
-CLIENT_ID: Final = "streamscribe-gateway"
 
 #: deliver(session_id, "transcript" | "event", decoded) on the event loop
 Deliver = Callable[[str, str, Any], None]
@@ -65,7 +64,8 @@ class KafkaRouter:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Assign (blocking, so that nothing published after start is missed), then run."""
-        consumer = Consumer(reader_config(self.settings.bootstrap, client=CLIENT_ID))
+        client = self.settings.group_for("gateway")  # throwaway group <prefix stem>-gateway-…
+        consumer = Consumer(reader_config(self.settings.bootstrap, client=client))
         self._assign(consumer)
         self._thread = threading.Thread(
             target=self._run, args=(consumer, loop), name="gateway-router", daemon=True

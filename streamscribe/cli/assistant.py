@@ -26,11 +26,12 @@ from __future__ import annotations
 import argparse
 
 from streamscribe.cli.common import EXIT_OK, SubParsers, add_start_options, from_earliest
+from streamscribe.cli.consumers import group_id_arg
 from streamscribe.core.settings import Settings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from streamscribe.consumers.assistant import DEFAULT_GROUP_ID
+    from streamscribe.consumers.assistant import GROUP_ROLE
 
     p.add_argument(
         "--wake",
@@ -49,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds of speech after the wake phrase to wait for the command's end "
         "(default STREAMSCRIBE_ASSISTANT_TIMEOUT_S)",
     )
-    p.add_argument("--group-id", default=DEFAULT_GROUP_ID, help=f"(default {DEFAULT_GROUP_ID})")
+    group_id_arg(p, GROUP_ROLE)
     add_start_options(p, "transcripts")
     p.add_argument(
         "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"

@@ -58,8 +58,20 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _consumer_args(p: argparse.ArgumentParser, default_group: str) -> None:
-    p.add_argument("--group-id", default=default_group, help=f"(default {default_group})")
+def group_id_arg(p: argparse.ArgumentParser, role: str) -> None:
+    """``--group-id G``; without it the command's group is ``settings.group_for(role)``:
+    ``<prefix stem>-<role>``, so ``--topic-prefix`` scopes it (``streamscribe-<role>`` by
+    default). Also used by ``assistant``."""
+    p.add_argument(
+        "--group-id",
+        metavar="G",
+        help=f"consumer group (default <topic prefix>-{role}: streamscribe-{role} for the"
+        " default prefix)",
+    )
+
+
+def _consumer_args(p: argparse.ArgumentParser, role: str) -> None:
+    group_id_arg(p, role)
     add_start_options(p, "transcripts")
     p.add_argument(
         "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"
@@ -92,10 +104,10 @@ def _iso(us: int) -> str:
 
 # ------------------------------------------------------------------------------------ sink
 def add_arguments_sink(p: argparse.ArgumentParser) -> None:
-    from streamscribe.consumers.sink import DEFAULT_BATCH_SIZE, DEFAULT_GROUP_ID
+    from streamscribe.consumers.sink import DEFAULT_BATCH_SIZE, GROUP_ROLE
 
     _db_arg(p)
-    _consumer_args(p, DEFAULT_GROUP_ID)
+    _consumer_args(p, GROUP_ROLE)
     p.add_argument(
         "--batch-size",
         type=int,
@@ -192,11 +204,11 @@ def cmd_transcript(settings: Settings, args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------- metrics
 def add_arguments_metrics(p: argparse.ArgumentParser) -> None:
-    from streamscribe.consumers.metrics import DEFAULT_GROUP_ID, DEFAULT_WINDOW
+    from streamscribe.consumers.metrics import DEFAULT_WINDOW, GROUP_ROLE
 
     _metrics_args(p, "port of /metrics (default STREAMSCRIBE_METRICS_PORT, 9108)")
     p.add_argument("--port", type=int, dest="metrics_port", help=argparse.SUPPRESS)  # old name
-    _consumer_args(p, DEFAULT_GROUP_ID)
+    _consumer_args(p, GROUP_ROLE)
     p.add_argument(
         "--window",
         default=DEFAULT_WINDOW,
@@ -262,7 +274,7 @@ def cmd_latency_report(settings: Settings, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- alerts
 def add_arguments_alerts(p: argparse.ArgumentParser) -> None:
-    from streamscribe.consumers.alerts import DEFAULT_GROUP_ID
+    from streamscribe.consumers.alerts import GROUP_ROLE
 
     p.add_argument("--phrases", help='comma-separated phrases, e.g. "cancel my account,manager"')
     p.add_argument("--phrases-file", metavar="FILE", help="one phrase a line (# comments)")
@@ -272,7 +284,7 @@ def add_arguments_alerts(p: argparse.ArgumentParser) -> None:
         default="text",
         help="each alert as a line of text or as its JSON (default text)",
     )
-    _consumer_args(p, DEFAULT_GROUP_ID)
+    _consumer_args(p, GROUP_ROLE)
     _metrics_args(p, _PROCESS_PORT_HELP)
 
 

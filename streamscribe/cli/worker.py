@@ -159,7 +159,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def register(sub: SubParsers) -> None:
     """Add ``worker``."""
     p = sub.add_parser("worker", help="run the faust stream processors")
-    p.add_argument("--group-id", help="consumer group = faust app id (default from settings)")
+    p.add_argument(
+        "--group-id",
+        metavar="G",
+        help="consumer group = faust app id, which names the tables' changelog topics"
+        " (default STREAMSCRIBE_GROUP_ID, else <topic prefix>-processors:"
+        " streamscribe-processors for the default prefix)",
+    )
     add_start_options(p, "audio")
     p.add_argument("--workers", type=int, default=1, help="worker processes to run")
     p.add_argument("--stages", help="comma list of stages (default segmenter,recognizer)")

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from streamscribe.core.errors import UsageError
@@ -29,6 +29,8 @@ from streamscribe.core.errors import UsageError
 ENV_PREFIX = "STREAMSCRIBE_"
 DEFAULT_BROKER_PORT = 9092
 KAFKA_VERSION = "4.3.1"
+GROUP_STEM_STRIP = ".-_"  # stripped from the end of the topic prefix for group ids
+PROCESSORS_ROLE = "processors"
 
 
 def _project_root() -> Path:
@@ -42,7 +44,9 @@ def _project_root() -> Path:
 class Settings(BaseModel):
     """All configuration of streamscribe; frozen, built once by :meth:`from_env`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_alias=True, validate_by_name=True
+    )
 
     # Kafka
     bootstrap_servers: str | None = None  # None = the local broker on broker_port
@@ -62,7 +66,9 @@ class Settings(BaseModel):
     flush_timeout_s: float = 30.0
 
     # Processors (faust worker)
-    group_id: str = "streamscribe-processors"
+    # The processors' consumer group = faust app id (STREAMSCRIBE_GROUP_ID, `worker
+    # --group-id`); None = derived from the topic prefix. Read it as ``group_id``.
+    explicit_group_id: str | None = Field(default=None, alias="group_id")
     worker_data_dir: Path = _project_root() / ".cache" / "worker"
     worker_web_port: int = 6066
     session_timeout_s: float = 3.0  # raised to the cluster's group.min.session.timeout.ms
@@ -154,13 +160,49 @@ class Settings(BaseModel):
     def controller_port(self) -> int:
         return self.broker_controller_port or self.broker_port + 1
 
+    @property
+    def group_stem(self) -> str:
+        """The topic prefix without its trailing separators: what scopes group ids.
+
+        >>> Settings(topic_prefix="acme.prod.").group_stem
+        'acme.prod'
+        """
+        return self.topic_prefix.rstrip(GROUP_STEM_STRIP)
+
+    def group_for(self, role: str) -> str:
+        """The default consumer group of ``role``, scoped by the topic prefix.
+
+        Two pipelines with different prefixes on one cluster share no group, and so no
+        faust table changelog (``<group_id>-<table>-changelog``); with the default prefix
+        the names are ``streamscribe-processors``, ``streamscribe-sink`` and so on. An
+        explicit group id (``--group-id``) is the caller's to prefer.
+
+        >>> Settings(topic_prefix="t1.").group_for("sink")
+        't1-sink'
+        >>> Settings().group_for("processors")
+        'streamscribe-processors'
+        """
+        stem = self.group_stem
+        return f"{stem}-{role}" if stem else role
+
+    @property
+    def group_id(self) -> str:
+        """The processors' consumer group and faust app id: ``STREAMSCRIBE_GROUP_ID`` if set,
+        else :meth:`group_for` ``("processors")``.
+
+        >>> Settings(topic_prefix="t1.").group_id, Settings(group_id="g").group_id
+        ('t1-processors', 'g')
+        """
+        return self.explicit_group_id or self.group_for(PROCESSORS_ROLE)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
+        names = [field.alias or name for name, field in cls.model_fields.items()]
         values: dict[str, Any] = {
             name: env[ENV_PREFIX + name.upper()]
-            for name in cls.model_fields
+            for name in names
             if ENV_PREFIX + name.upper() in env
         }
         if "bootstrap_servers" not in values and env.get("KAFKA_BOOTSTRAP_SERVERS"):
@@ -172,7 +214,7 @@ class Settings(BaseModel):
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given fields replaced (and checked); ``None`` values are ignored."""
-        values = self.model_dump()
+        values = self.model_dump(by_alias=True)
         values.update({k: v for k, v in changes.items() if v is not None})
         try:
             return type(self).model_validate(values)
