@@ -13,6 +13,11 @@ before the offset commit re-sends that batch's alerts (consumers of alerts dedup
 ``(session_id, channel, utterance, phrase)``). Undecodable values are counted and logged;
 the sink is the one that dead-letters them.
 
+Alerts are for live traffic: a final re-transcribed from history by another processor
+group (its ``origin`` is not the live pipeline's ``Settings.group_id``; see
+:func:`~streamscribe.consumers.latency.origin_class`) raises none and is counted as
+skipped, unless asked (``include_history``, ``streamscribe alerts --include-history``).
+
 Example::
 
     streamscribe alerts --phrases "cancel my subscription,speak to a manager"
@@ -39,6 +44,7 @@ from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
 from streamscribe.consumers.decode import ReadCounts, finals_of
+from streamscribe.consumers.latency import HISTORY, origin_class
 from streamscribe.consumers.metrics import (
     StatsCollector,
     loop_counters,
@@ -135,6 +141,7 @@ class AlertStats(ReadCounts):
     """Counters of one :func:`run_alerts` (``messages``, ``finals``, ``undecodable``, ...)."""
 
     alerts: int = 0
+    history_skipped: int = 0
 
 
 #: :class:`AlertStats` fields exported as ``streamscribe_alerts_<name>_total`` (docs/metrics.md).
@@ -142,6 +149,10 @@ ALERT_COUNTERS: Final = {
     "finals": ("streamscribe_alerts_finals", "Finals read by the alerts consumer"),
     "undecodable": ("streamscribe_alerts_undecodable", "Transcript values that did not decode"),
     "alerts": ("streamscribe_alerts_published", "Alerts published (delivered) to the topic"),
+    "history_skipped": (
+        "streamscribe_alerts_history_skipped",
+        "Finals re-transcribed from history (another processor group) that raised no alert",
+    ),
 }
 
 
@@ -160,15 +171,21 @@ def publish_alerts(
     topic: str,
     stats: AlertStats,
     on_alert: Callable[[Alert], None] | None = None,
+    *,
+    live_group: str | None = None,
 ) -> None:
     """One batch: send an alert per phrase found in each final, then wait for delivery.
 
     Returns only when every alert of the batch is delivered (:class:`SinkError` if not),
     so the loop may then commit the batch's offsets; ``on_alert`` (the CLI prints) sees
-    each alert of the batch after its delivery.
+    each alert of the batch after its delivery. With ``live_group``, finals of any other
+    origin (re-transcribed history) raise no alert; None = alerts for every final.
     """
     sent: list[Alert] = []
     for final in finals_of(values, stats):
+        if live_group is not None and origin_class(final.origin, live_group) == HISTORY:
+            stats.history_skipped += 1
+            continue
         for alert in alerts_for(final, matcher):
             out.send(topic, alert.key, alert.encode())
             sent.append(alert)
@@ -188,8 +205,12 @@ def run_alerts(
     max_idle_s: float | None = None,
     stop_event: threading.Event | None = None,
     on_alert: Callable[[Alert], None] | None = None,
+    include_history: bool = False,
 ) -> AlertStats:
     """Match phrases in finals and publish alerts until stopped (signal, event or idle).
+
+    Only live traffic raises alerts (finals of ``settings.group_id``, the live processor
+    group); ``include_history`` also matches finals re-transcribed by other groups.
 
     With ``settings.process_metrics_port`` set, serves :data:`ALERT_COUNTERS` and the
     loop's counters at ``/metrics``.
@@ -203,12 +224,20 @@ def run_alerts(
         registry = alert_registry(stats, loop_stats)
         server = serve_metrics(registry, settings.metrics_host, settings.process_metrics_port)
     producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
+    live_group = None if include_history else settings.group_id
 
     def handle(messages: Sequence[Message]) -> None:
         values = [m.value() for m in messages]
-        publish_alerts(values, matcher, producer, topics.alerts, stats, on_alert)
+        publish_alerts(
+            values, matcher, producer, topics.alerts, stats, on_alert, live_group=live_group
+        )
 
-    log.info("alerts: %d phrases -> %s", len(matcher.phrases), topics.alerts)
+    log.info(
+        "alerts: %d phrases -> %s (%s)",
+        len(matcher.phrases),
+        topics.alerts,
+        "live and history" if include_history else f"live traffic of {settings.group_id} only",
+    )
     group = group_id or settings.group_for(GROUP_ROLE)
     sub = Subscription([topics.transcripts], group, CLIENT_ID, from_earliest)
     try:

@@ -46,6 +46,7 @@ from confluent_kafka import Message
 
 from streamscribe.consumers.assistant_core import AssistantConfig, AssistantCore
 from streamscribe.consumers.assistant_intents import IntentMatcher, load_intents
+from streamscribe.consumers.latency import HISTORY, origin_class
 from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.core.kafka import (
     DeliveryProducer,
@@ -73,6 +74,7 @@ class AssistantStats(LoopStats):
     transcripts: int = 0
     undecodable: int = 0
     commands: int = 0
+    history_skipped: int = 0  # transcripts re-transcribed by another processor group
 
 
 def config_from_settings(
@@ -91,9 +93,16 @@ class AssistantHandler:
     """Steps 2 to 4 of the commit order for one batch (the consume loop's ``handle``)."""
 
     def __init__(
-        self, core: AssistantCore, out: Publisher, topic: str, stats: AssistantStats
+        self,
+        core: AssistantCore,
+        out: Publisher,
+        topic: str,
+        stats: AssistantStats,
+        *,
+        live_group: str | None = None,
     ) -> None:
         self.core, self.out, self.topic, self.stats = core, out, topic, stats
+        self.live_group = live_group  # None: every transcript; else live traffic only
 
     def handle_values(self, values: Iterable[bytes | None]) -> None:
         sent = 0
@@ -105,6 +114,12 @@ class AssistantHandler:
                 log.warning("undecodable transcript (the sink dead-letters it): %s", exc.reason)
                 continue
             self.stats.transcripts += 1
+            if (
+                self.live_group is not None
+                and origin_class(event.origin, self.live_group) == HISTORY
+            ):
+                self.stats.history_skipped += 1  # an old call re-transcribed: no new command
+                continue
             for command in self.core.accept(event, now_us=now_us()):
                 log.info(
                     "command %s: %s %s (%.2f)",
@@ -133,15 +148,21 @@ def run_assistant(
     from_earliest: bool = False,
     max_idle_s: float | None = None,
     stop_event: threading.Event | None = None,
+    include_history: bool = False,
 ) -> AssistantStats:
-    """Publish voice commands until stopped (signal, ``stop_event`` or ``max_idle_s``)."""
+    """Publish voice commands until stopped (signal, ``stop_event`` or ``max_idle_s``).
+
+    Commands come from live traffic only (transcripts of ``settings.group_id``); a
+    re-transcription of old calls by another processor group publishes none unless
+    ``include_history``."""
     matcher = IntentMatcher(load_intents(intents_file or settings.assistant_intents or None))
     core = AssistantCore(matcher, config_from_settings(settings, wake=wake, timeout_s=timeout_s))
     topics = Topics(settings.topic_prefix)
     group_id = group_id or settings.group_for(GROUP_ROLE)
     stats = AssistantStats()
     producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
-    handler = AssistantHandler(core, producer, topics.commands, stats)
+    live_group = None if include_history else settings.group_id
+    handler = AssistantHandler(core, producer, topics.commands, stats, live_group=live_group)
     log.info(
         "assistant: wake %r, intents %s: %s -> %s (group %s)",
         core.wake.phrase,

@@ -87,6 +87,27 @@ QUANTILE_METHOD: Final = "linear"
 
 assert len(STAGES) == len(CHAIN) - 1
 
+#: Where a transcript comes from, as consumers tell it (the ``origin`` label of metrics).
+LIVE: Final = "live"  # the live pipeline's processors (``Settings.group_id``)
+HISTORY: Final = "history"  # a re-transcription group reading old audio
+ORIGINS: Final = (LIVE, HISTORY)
+
+
+def origin_class(origin: str | None, live_group: str) -> str:
+    """:data:`LIVE` or :data:`HISTORY` for a transcript's ``origin`` (its processor group).
+
+    The live pipeline's group is ``live_group`` (``Settings.group_id`` of the consumer: the
+    same ``STREAMSCRIBE_GROUP_ID`` / topic prefix as its worker); any other group is a
+    re-transcription of history (``streamscribe worker --group-id retranscribe-...``). An
+    event without an origin (published before the field existed) counts as live.
+
+    >>> origin_class("streamscribe-processors", "streamscribe-processors")
+    'live'
+    >>> origin_class("retranscribe-2026-11", "streamscribe-processors"), origin_class(None, "g")
+    ('history', 'live')
+    """
+    return LIVE if origin is None or origin == live_group else HISTORY
+
 
 def stage_latencies(
     session_id: str,

@@ -11,7 +11,7 @@ conventions (base units, ``_total`` counters, no ``_created`` series, histograms
 than quantile gauges); ``docs/metrics.md`` lists every metric of every process:
 
 ==================================================  ======================================
-``streamscribe_stage_latency_seconds{stage}``       histogram per stage / span, 10 ms..10 s
+``streamscribe_stage_latency_seconds{stage,origin}`` histogram per stage / span, 10 ms..10 s
 ``streamscribe_latency_clamped_total{stage}``       negative (clock-skew) steps clamped to 0
 ``streamscribe_sla_violation_ratio{series}``        share over the SLA threshold, window
 ``streamscribe_sla_ok{series}``                     1 if that share is within the allowed rate
@@ -19,12 +19,18 @@ than quantile gauges); ``docs/metrics.md`` lists every metric of every process:
 ``streamscribe_latency_window_records``             finals in the sliding window
 ``streamscribe_latency_finals_total``               finals seen
 ``streamscribe_latency_partials_total``             partials seen
-``streamscribe_partial_interval_seconds``           histogram: time between an utterance's
+``streamscribe_partial_interval_seconds{origin}``   histogram: time between an utterance's
                                                     consecutive partials
 ``streamscribe_latency_undecodable_total``          values that did not decode (the sink
                                                     dead-letters them; this one only counts)
 ``process_*``                                       CPU seconds, memory, fds of the process
 ==================================================  ======================================
+
+Live traffic and re-transcribed history are told apart by each transcript's ``origin``
+(:func:`~streamscribe.consumers.latency.origin_class`: the live pipeline is the service's
+``Settings.group_id``): the histograms carry ``origin="live"`` or ``origin="history"``, and
+the sliding window behind the SLA gauges holds live finals only, so a re-transcription run
+neither drops the SLA gauge nor turns end-to-end latency into minutes.
 
 Offsets are committed by the one consume loop (:func:`streamscribe.core.kafka.consume_batches`)
 after each batch is observed: the figures live in memory, so a restart starts new
@@ -61,10 +67,13 @@ from prometheus_client.registry import Collector
 from streamscribe.consumers.decode import ReadCounts
 from streamscribe.consumers.latency import (
     ALL_SERIES,
+    LIVE,
+    ORIGINS,
     STAGES,
     LatencyWindow,
     SlaSpec,
     check_sla,
+    origin_class,
     parse_window,
     series_values,
     stage_latencies,
@@ -203,19 +212,28 @@ class LatencyMetrics:
     120.0
     >>> b"streamscribe_latency_finals_total 1.0" in m.exposition()
     True
+
+    With ``live_group`` (the live processor group), a final of another origin is observed
+    under ``origin="history"`` and kept out of the SLA window; None = everything is live.
     """
 
     def __init__(
-        self, window: LatencyWindow, sla: SlaSpec, registry: CollectorRegistry | None = None
+        self,
+        window: LatencyWindow,
+        sla: SlaSpec,
+        registry: CollectorRegistry | None = None,
+        *,
+        live_group: str | None = None,
     ) -> None:
         self.window = window
         self.sla = sla
+        self.live_group = live_group
         self.registry = registry or new_registry()
         r = self.registry
         self.latency = Histogram(
             "streamscribe_stage_latency_seconds",
-            "Latency of a final per pipeline stage or span",
-            ["stage"],
+            "Latency of a final per pipeline stage or span, live or re-transcribed history",
+            ["stage", "origin"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
@@ -248,6 +266,7 @@ class LatencyMetrics:
         self.partial_interval = Histogram(
             "streamscribe_partial_interval_seconds",
             "Wall time between consecutive partials of one utterance (published_at_us)",
+            ["origin"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
@@ -258,8 +277,10 @@ class LatencyMetrics:
             registry=r,
         )
         self.threshold.set(sla.threshold_ms / MS)
-        for stage in ALL_SERIES:  # every series exported from the start, at 0
-            self.latency.labels(stage=stage)
+        for origin in ORIGINS:  # every series exported from the start, at 0
+            self.partial_interval.labels(origin=origin)
+            for stage in ALL_SERIES:
+                self.latency.labels(stage=stage, origin=origin)
         for stage in STAGES:
             self.clamped.labels(stage=stage)
         for series in sla.series:
@@ -275,10 +296,17 @@ class LatencyMetrics:
         line = (partial.session_id, partial.channel, partial.utterance)
         interval = self._intervals.interval_s(line, published)
         if interval is not None:
-            self.partial_interval.observe(interval)
+            self.partial_interval.labels(origin=self.origin_of(partial.origin)).observe(interval)
+
+    def origin_of(self, origin: str | None) -> str:
+        """``live`` or ``history`` for a transcript's ``origin``."""
+        return LIVE if self.live_group is None else origin_class(origin, self.live_group)
 
     def observe(self, final: FinalTranscript, received_at_us: int) -> LatencyRecord | None:
-        """Record one final; ``received_at_us`` ends the ``publish_to_sink`` stage."""
+        """Record one final; ``received_at_us`` ends the ``publish_to_sink`` stage.
+
+        Its stages go to the histograms under its origin; only a live final enters the
+        SLA window."""
         self.finals.inc()
         self._intervals.end((final.session_id, final.channel, final.utterance))
         rec = stage_latencies(
@@ -290,11 +318,13 @@ class LatencyMetrics:
         )
         if rec is None:
             return None
+        origin = self.origin_of(final.origin)
         for stage, value_ms in series_values(rec).items():
-            self.latency.labels(stage=stage).observe(value_ms / MS)
+            self.latency.labels(stage=stage, origin=origin).observe(value_ms / MS)
         for stage in rec.clamped:
             self.clamped.labels(stage=stage).inc()
-        self.window.add(rec)
+        if origin == LIVE:
+            self.window.add(rec)
         return rec
 
     def refresh(self) -> None:
@@ -347,6 +377,7 @@ class MetricsService:
         self.metrics = LatencyMetrics(
             parse_window(window),
             sla or SlaSpec(settings.sla_ms, settings.sla_violation_rate),
+            live_group=settings.group_id,
         )
         self.stats = MetricsStats()
         self.loop_stats = LoopStats()

@@ -3,7 +3,9 @@
 Reads the ``latency`` table the sink fills (stages computed from each final's timestamps
 and the sink's ``stored_at_us``, see :mod:`streamscribe.consumers.latency`), optionally
 only rows stored since an ISO time or a duration ago, and prints per stage / span: count,
-p50, p95, p99 and max (ms), then one SLA line per checked series.
+p50, p95, p99 and max (ms), then one SLA line per checked series. The report is of the live
+pipeline's finals; ``--origin history`` reports the finals re-transcribed by other processor
+groups instead (the ``latency_history`` table, kept apart so they never mix with live ones).
 
 Example::
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from streamscribe.consumers.latency import (
     ALL_SERIES,
+    LIVE,
     SlaResult,
     SlaSpec,
     StageSummary,
@@ -64,6 +67,7 @@ class LatencyReport:
     sla: list[SlaResult]
     clamped: dict[str, int]
     since_us: int | None = None
+    origin: str = LIVE
 
     @property
     def ok(self) -> bool:
@@ -71,14 +75,17 @@ class LatencyReport:
 
 
 def build_report(
-    store: TranscriptStore, sla: SlaSpec, *, since_us: int | None = None
+    store: TranscriptStore, sla: SlaSpec, *, since_us: int | None = None, origin: str = LIVE
 ) -> LatencyReport:
-    records = store.latency_records(since_us=since_us)
+    """The report of the stored finals of ``origin`` (``live`` or ``history``)."""
+    records = store.latency_records(since_us=since_us, origin=origin)
     clamped: dict[str, int] = {}
     for rec in records:
         for stage in rec.clamped:
             clamped[stage] = clamped.get(stage, 0) + 1
-    return LatencyReport(records, summarize(records), check_sla(records, sla), clamped, since_us)
+    return LatencyReport(
+        records, summarize(records), check_sla(records, sla), clamped, since_us, origin
+    )
 
 
 def _ms(v: float) -> str:
@@ -92,7 +99,8 @@ def format_report(report: LatencyReport) -> str:
         if report.since_us is None
         else " since " + datetime.fromtimestamp(report.since_us / 1e6, UTC).isoformat()
     )
-    lines = [f"latency of {len(report.records)} finals{since} (ms)"]
+    what = "finals" if report.origin == LIVE else "re-transcribed finals (history)"
+    lines = [f"latency of {len(report.records)} {what}{since} (ms)"]
     lines.append(
         f"{'stage':24s} {'count':>7s} {'p50':>9s} {'p95':>9s} {'p99':>9s} {'max':>9s} "
         f"{'clamped':>8s}"

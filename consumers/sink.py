@@ -295,7 +295,7 @@ def run_sink(
         raise ValueError("batch_size must be >= 1")
     topics = Topics(settings.topic_prefix)
     group_id = group_id or settings.group_for(GROUP_ROLE)
-    store = TranscriptStore(db_url or settings.db_url)
+    store = TranscriptStore(db_url or settings.db_url, live_group=settings.group_id)
     stats = SinkStats()
     producer = DeliveryProducer.from_settings(settings, client_id=DEADLETTER_CLIENT_ID)
     handler = SinkHandler(

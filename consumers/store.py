@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from streamscribe.consumers.latency import stage_latencies
+from streamscribe.consumers.latency import LIVE, origin_class, stage_latencies
 from streamscribe.consumers.store_rows import (
     LineKey,
     SessionInfo,
@@ -60,6 +60,7 @@ from streamscribe.consumers.store_rows import (
     supersedes,
 )
 from streamscribe.consumers.store_schema import (
+    HISTORY_KEY_COLUMNS,
     KEY_COLUMNS,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -67,6 +68,7 @@ from streamscribe.consumers.store_schema import (
     check_url,
     ensure_schema,
     latency,
+    latency_history,
     metadata,
     open_engine,
     partials,
@@ -88,11 +90,17 @@ class TranscriptStore:
     """Finals, partials, sessions and latency in one SQL database (see the module doc).
 
     ``create=False`` refuses a SQLite file that does not exist (for read-only commands).
+    ``live_group`` is the live pipeline's processor group (``Settings.group_id``): the
+    latency of a final of another origin (a re-transcription group) goes to
+    ``latency_history`` and leaves the live row alone; None = every final is live.
     """
 
-    def __init__(self, url: str, *, create: bool = True, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, create: bool = True, echo: bool = False, live_group: str | None = None
+    ) -> None:
         parsed = check_url(url, create=create)
         self.url = url
+        self.live_group = live_group
         self.dialect = parsed.get_backend_name()
         self.engine: Engine = open_engine(parsed, echo=echo)
         ensure_schema(self.engine, self.safe_url)
@@ -234,29 +242,41 @@ class TranscriptStore:
         )
 
     def _write_latency(self, conn: Connection, finals: list[FinalTranscript], at: int) -> None:
+        """The latency rows of the finals written: live ones in ``latency``, those of a
+        re-transcription group in ``latency_history`` under their origin (both kept)."""
+        live = [f for f in finals if self._is_live(f)]
+        history = [f for f in finals if not self._is_live(f)]
+        self._upsert_latency(conn, latency, KEY_COLUMNS, live, at)
+        self._upsert_latency(conn, latency_history, HISTORY_KEY_COLUMNS, history, at)
+
+    def _is_live(self, f: FinalTranscript) -> bool:
+        return self.live_group is None or origin_class(f.origin, self.live_group) == LIVE
+
+    def _upsert_latency(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        key: tuple[str, ...],
+        finals: list[FinalTranscript],
+        at: int,
+    ) -> None:
         rows, missing = [], []
         for f in finals:
             rec = stage_latencies(
                 f.session_id, f.channel, f.utterance, f.timestamps, stored_at_us=at
             )
+            extra = {"origin": f.origin or ""} if "origin" in key else {}
             if rec is None:
-                missing.append(line_key(f))
+                missing.append((*line_key(f), *extra.values()))
             else:
-                rows.append(latency_row(rec, f.revision, at))
+                rows.append(latency_row(rec, f.revision, at) | extra)
         if rows:
-            stmt = self._insert(latency)
-            update = {c.name: stmt.excluded[c.name] for c in latency.c if c.name not in KEY_COLUMNS}
-            conn.execute(
-                stmt.on_conflict_do_update(index_elements=list(KEY_COLUMNS), set_=update), rows
-            )
-        if missing:  # a re-transcription without timestamps: drop the stale figures
-            conn.execute(
-                latency.delete().where(
-                    sa.tuple_(latency.c.session_id, latency.c.channel, latency.c.utterance).in_(
-                        missing
-                    )
-                )
-            )
+            stmt = self._insert(table)
+            update = {c.name: stmt.excluded[c.name] for c in table.c if c.name not in key}
+            conn.execute(stmt.on_conflict_do_update(index_elements=list(key), set_=update), rows)
+        if missing:  # a final again, without timestamps: drop the stale figures of its origin
+            columns = [table.c[name] for name in key]
+            conn.execute(table.delete().where(sa.tuple_(*columns).in_(missing)))
 
     def _touch_sessions(
         self,
@@ -368,11 +388,15 @@ class TranscriptStore:
         found = self.sessions(limit=1, session_id=session_id)
         return found[0] if found else None
 
-    def latency_records(self, since_us: int | None = None) -> list[LatencyRecord]:
-        """Stored latency records (computed at write time), optionally stored since a time."""
-        q = sa.select(latency).order_by(latency.c.stored_at_us)
+    def latency_records(
+        self, since_us: int | None = None, *, origin: str = LIVE
+    ) -> list[LatencyRecord]:
+        """Stored latency records (computed at write time), optionally stored since a time:
+        the live pipeline's (``origin="live"``) or the re-transcriptions' (``"history"``)."""
+        table = latency if origin == LIVE else latency_history
+        q = sa.select(table).order_by(table.c.stored_at_us)
         if since_us is not None:
-            q = q.where(latency.c.stored_at_us >= since_us)
+            q = q.where(table.c.stored_at_us >= since_us)
         with self._reading() as conn:
             return [latency_record(row._mapping) for row in conn.execute(q)]
 

@@ -10,12 +10,17 @@ Tables::
                 published_at_us, stored_at_us)             PK (session_id, channel, utterance)
     partials   (same key; the latest partial of a line that has no final yet)
     latency    (same key; revision, one <stage>_ms column per stage, end_to_end_ms,
-                clamped, stored_at_us)
+                clamped, stored_at_us): finals of the live pipeline
+    latency_history (the same columns plus origin, PK (session_id, channel, utterance,
+                origin)): finals re-transcribed by another processor group, kept apart
+                so that they never overwrite the live figures
 
 Schema versions: v1 the tables above without ``utterances.published_at_us``; v2 adds it
 (backfilled from ``timestamps``). Opening an older database migrates it (:data:`MIGRATIONS`);
-a newer database than this code is refused. Several processes may open a new database at
-once; a lost creation race is retried (:func:`ensure_schema`).
+a newer database than this code is refused. A table added without other changes
+(``latency_history``) is created when an older database is opened (``create_all``).
+Several processes may open a new database at once; a lost creation race is retried
+(:func:`ensure_schema`).
 
 Example::
 
@@ -130,16 +135,35 @@ partials = sa.Table(
     sa.Column("updated_at_us", sa.BigInteger, nullable=False),
 )
 
+
+def _latency_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("revision", sa.Integer, nullable=False),
+        *[sa.Column(f"{stage}_ms", sa.Float) for stage in STAGES],
+        sa.Column("end_to_end_ms", sa.Float, nullable=False),
+        sa.Column("clamped", sa.Text, nullable=False),
+        sa.Column("stored_at_us", sa.BigInteger, nullable=False),
+    ]
+
+
 latency = sa.Table(
     "latency",
     metadata,
     *_line_key(),
-    sa.Column("revision", sa.Integer, nullable=False),
-    *[sa.Column(f"{stage}_ms", sa.Float) for stage in STAGES],
-    sa.Column("end_to_end_ms", sa.Float, nullable=False),
-    sa.Column("clamped", sa.Text, nullable=False),
-    sa.Column("stored_at_us", sa.BigInteger, nullable=False),
+    *_latency_columns(),
     sa.Index("ix_latency_stored_at", "stored_at_us"),
+)
+
+#: The key of ``latency_history``: a line re-transcribed by several groups keeps a row each.
+HISTORY_KEY_COLUMNS: Final = (*KEY_COLUMNS, "origin")
+
+latency_history = sa.Table(
+    "latency_history",
+    metadata,
+    *_line_key(),
+    sa.Column("origin", sa.Text, primary_key=True),
+    *_latency_columns(),
+    sa.Index("ix_latency_history_stored_at", "stored_at_us"),
 )
 
 

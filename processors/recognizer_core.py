@@ -434,6 +434,7 @@ class RecognizerCore:
             confidence=min(d.confidence for d in decoded),
             timestamps=_timestamps(msg, out, self._clock()),
             degraded=msg.degraded,
+            origin=self.config.group_id,
         )
 
     def finish(self, decode: Decode, out: DecodeOutcome) -> Finished:
@@ -459,6 +460,7 @@ class RecognizerCore:
             summary=json.loads(msg.summary_json) if msg.summary_json else None,
             degraded=msg.degraded or line.missing_parts > 0,
             reason=msg.reason,
+            origin=self.config.group_id,
         )
         writes = [TableWrite(AUDIO_TABLE, piece_key(lid, i)) for i in range(line.next_part)]
         # A small "done" marker makes a replayed part of this line recognisable as late;

@@ -57,6 +57,9 @@ class _TranscriptBase(JsonRecord):
     summary: dict[str, Any] | None = None
     degraded: bool = False
     raw_text: str | None = None  # the model's own text, before post-processing (audit)
+    # The processor group (faust app id) whose recognizer published it: consumers tell the
+    # live pipeline's group from a re-transcription group's; None = before the field existed.
+    origin: str | None = None
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
 
     kind: str = field(init=False, default="")

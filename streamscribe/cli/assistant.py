@@ -3,7 +3,7 @@
 ::
 
     assistant [--wake PHRASE] [--intents FILE] [--timeout S] [--group-id G]
-              [--from-earliest] [--max-idle S]
+              [--include-history] [--from-earliest] [--max-idle S]
 
 ``--wake`` is the wake phrase, optionally with other ways the model hears it after ``|``
 (default ``STREAMSCRIBE_ASSISTANT_WAKE``); ``--intents`` a YAML file of intents and their
@@ -51,6 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default STREAMSCRIBE_ASSISTANT_TIMEOUT_S)",
     )
     group_id_arg(p, GROUP_ROLE)
+    p.add_argument(
+        "--include-history",
+        action="store_true",
+        help="also act on transcripts re-transcribed by another processor group (default:"
+        " live traffic only)",
+    )
     add_start_options(p, "transcripts")
     p.add_argument(
         "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"
@@ -68,6 +74,7 @@ def cmd_assistant(settings: Settings, args: argparse.Namespace) -> int:
         group_id=args.group_id,
         from_earliest=from_earliest(args),
         max_idle_s=args.max_idle,
+        include_history=args.include_history,
     )
     print(f"{stats.commands} commands from {stats.transcripts} transcripts", flush=True)
     return EXIT_OK

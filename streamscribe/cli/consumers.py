@@ -8,9 +8,11 @@
     transcript      SESSION [--db URL] [--format text|json|srt]
     metrics         [--metrics-host H] [--metrics-port P] [--group-id G] [--from-latest]
                     [--window 1000|5m] [--max-idle S]
-    latency-report  [--db URL] [--since ISO|15m] [--png FILE] [--sla-ms MS] [--fail-on-violation]
+    latency-report  [--db URL] [--since ISO|15m] [--png FILE] [--origin live|history]
+                    [--sla-ms MS] [--fail-on-violation]
     alerts          (--phrases "a,b" | --phrases-file F) [--format text|json] [--group-id G]
-                    [--from-latest] [--max-idle S] [--metrics-host H] [--metrics-port P]
+                    [--include-history] [--from-latest] [--max-idle S] [--metrics-host H]
+                    [--metrics-port P]
 
 The long-running ones serve ``/metrics`` on ``--metrics-host:--metrics-port`` (settings
 ``metrics_host``, ``process_metrics_port``; off without a port; ``metrics`` always serves,
@@ -235,9 +237,18 @@ def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------- latency-report
 def add_arguments_latency_report(p: argparse.ArgumentParser) -> None:
+    from streamscribe.consumers.latency import LIVE, ORIGINS
+
     _db_arg(p)
     p.add_argument("--since", help="only finals stored since an ISO time or a duration ago (15m)")
     p.add_argument("--png", metavar="FILE", help="also plot per-stage distributions")
+    p.add_argument(
+        "--origin",
+        choices=ORIGINS,
+        default=LIVE,
+        help="live: the live pipeline's finals (default); history: finals re-transcribed by"
+        " other processor groups",
+    )
     p.add_argument("--sla-ms", type=float, help="SLA threshold (default STREAMSCRIBE_SLA_MS)")
     p.add_argument(
         "--sla-stage",
@@ -264,7 +275,7 @@ def cmd_latency_report(settings: Settings, args: argparse.Namespace) -> int:
     spec = SlaSpec(threshold, settings.sla_violation_rate, series)
     since = parse_since(args.since) if args.since else None
     with TranscriptStore(args.db or settings.db_url, create=False) as store:
-        report = build_report(store, spec, since_us=since)
+        report = build_report(store, spec, since_us=since, origin=args.origin)
     print(format_report(report))
     if args.png:
         path = plot_report(report, Path(args.png), threshold_ms=threshold)
@@ -283,6 +294,12 @@ def add_arguments_alerts(p: argparse.ArgumentParser) -> None:
         choices=("text", "json"),
         default="text",
         help="each alert as a line of text or as its JSON (default text)",
+    )
+    p.add_argument(
+        "--include-history",
+        action="store_true",
+        help="also alert on finals re-transcribed by another processor group (default: live"
+        " traffic only, the finals of STREAMSCRIBE_GROUP_ID / <topic prefix>-processors)",
     )
     _consumer_args(p, GROUP_ROLE)
     _metrics_args(p, _PROCESS_PORT_HELP)
@@ -311,8 +328,12 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
         from_earliest=from_earliest(args),
         max_idle_s=args.max_idle,
         on_alert=lambda alert: print(alert_line(alert, args.format), flush=True),
+        include_history=args.include_history,
     )
-    print(f"{stats.alerts} alerts from {stats.finals} finals", file=sys.stderr)
+    skipped = f" ({stats.history_skipped} re-transcribed, not alerted)" * bool(
+        stats.history_skipped
+    )
+    print(f"{stats.alerts} alerts from {stats.finals} finals{skipped}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -426,10 +426,13 @@ def test_metrics_service_exposes_stage_histograms(kafka_bootstrap: str, topics: 
     assert not runner.is_alive()
     assert s[("streamscribe_latency_finals_total", ())] == 12
     assert s[("streamscribe_latency_undecodable_total", ())] == 1
-    decode = (("stage", "decode"),)
+    decode = (("origin", "live"), ("stage", "decode"))
     assert s[("streamscribe_stage_latency_seconds_count", decode)] == 12
     assert s[("streamscribe_stage_latency_seconds_sum", decode)] == pytest.approx(9 * 0.1 + 3 * 0.8)
-    assert s[("streamscribe_stage_latency_seconds_count", (("stage", "publish_to_sink"),))] == 12
+    assert (
+        s[("streamscribe_stage_latency_seconds_count", (*decode[:1], ("stage", "publish_to_sink")))]
+        == 12
+    )
     # eos_to_final = 1 + decode + 0.5 ms: 3 of 12 over 450 ms
     assert s[("streamscribe_sla_violation_ratio", (("series", "eos_to_final"),))] == 0.25
 

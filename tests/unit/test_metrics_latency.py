@@ -14,6 +14,8 @@ from streamscribe.core.settings import Settings
 from streamscribe.schemas.transcripts import TIMESTAMP_ORDER, FinalTranscript, PartialTranscript
 
 T0 = 1_700_000_000_000_000
+LIVE = (("origin", "live"),)
+LIVE_DECODE = (("origin", "live"), ("stage", "decode"))
 
 
 def final(u: int, decode_ms: int, skew_us: int = 0) -> FinalTranscript:
@@ -48,7 +50,7 @@ def observed(m: LatencyMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 def test_exposition_parses_with_exact_values() -> None:
     m = LatencyMetrics(LatencyWindow(max_records=100), SlaSpec(450.0, 0.05))
     s = observed(m)
-    st = (("stage", "decode"),)
+    st = (("origin", "live"), ("stage", "decode"))
     assert s[("streamscribe_stage_latency_seconds_count", st)] == 10
     assert s[("streamscribe_stage_latency_seconds_sum", st)] == pytest.approx(8 * 0.1 + 2 * 0.6)
     assert s[("streamscribe_stage_latency_seconds_bucket", (("le", "0.45"), *st))] == 8
@@ -61,7 +63,9 @@ def test_exposition_parses_with_exact_values() -> None:
     assert s[("streamscribe_sla_ok", (("series", "eos_to_final"),))] == 0.0
     assert s[("streamscribe_sla_threshold_seconds", ())] == 0.45
     assert s[("streamscribe_latency_window_records", ())] == 10
-    e2e_count = s[("streamscribe_stage_latency_seconds_count", (("stage", "end_to_end"),))]
+    e2e_count = s[
+        ("streamscribe_stage_latency_seconds_count", (("origin", "live"), ("stage", "end_to_end")))
+    ]
     assert e2e_count == 10
 
 
@@ -76,7 +80,7 @@ def test_conventions_base_units_buckets_no_created_no_quantiles() -> None:
     bounds = [
         s.labels["le"]
         for s in families["streamscribe_stage_latency_seconds"].samples
-        if s.name.endswith("_bucket") and s.labels["stage"] == "decode"
+        if s.name.endswith("_bucket") and s.labels == {"le": s.labels["le"], **dict(LIVE_DECODE)}
     ]
     assert (bounds[0], bounds[-2], bounds[-1]) == ("0.01", "10.0", "+Inf")
     assert [s.value for s in families["process_cpu_seconds"].samples] != []
@@ -88,7 +92,7 @@ def test_window_bounds_the_gauges_not_the_histograms() -> None:
     s = observed(m)
     assert s[("streamscribe_latency_window_records", ())] == 2
     assert s[("streamscribe_sla_violation_ratio", (("series", "eos_to_final"),))] == 1.0
-    assert s[("streamscribe_stage_latency_seconds_count", (("stage", "decode"),))] == 10
+    assert s[("streamscribe_stage_latency_seconds_count", LIVE_DECODE)] == 10
 
 
 def test_http_endpoint_serves_the_registry_and_counts_undecodable() -> None:
@@ -104,7 +108,7 @@ def test_http_endpoint_serves_the_registry_and_counts_undecodable() -> None:
     s = samples(body)
     assert s[("streamscribe_latency_finals_total", ())] == 2
     assert s[("streamscribe_latency_undecodable_total", ())] == 2
-    decode_sum = s[("streamscribe_stage_latency_seconds_sum", (("stage", "decode"),))]
+    decode_sum = s[("streamscribe_stage_latency_seconds_sum", LIVE_DECODE)]
     assert decode_sum == pytest.approx(0.3)
     assert s[("streamscribe_latency_loop_messages_total", ())] == 0  # handle() is not the loop
     assert (svc.stats.messages, svc.stats.finals, svc.stats.undecodable) == (4, 2, 2)
@@ -124,9 +128,9 @@ def test_partial_interval_per_utterance_until_its_final() -> None:
     svc.handle([v.encode() for v in values], T0 + 3 * 10**6)
     s = samples(svc.metrics.exposition().decode())
     # utterance 0: 0.5 s then 0.7 s; utterance 1 has one partial; after the final, none
-    assert s[("streamscribe_partial_interval_seconds_count", ())] == 2
-    assert s[("streamscribe_partial_interval_seconds_sum", ())] == pytest.approx(1.2)
-    assert s[("streamscribe_partial_interval_seconds_bucket", (("le", "0.6"),))] == 1
+    assert s[("streamscribe_partial_interval_seconds_count", LIVE)] == 2
+    assert s[("streamscribe_partial_interval_seconds_sum", LIVE)] == pytest.approx(1.2)
+    assert s[("streamscribe_partial_interval_seconds_bucket", (("le", "0.6"), *LIVE))] == 1
     assert s[("streamscribe_latency_partials_total", ())] == 5
     assert s[("streamscribe_latency_finals_total", ())] == 1
     assert (svc.stats.messages, svc.stats.finals, svc.stats.undecodable) == (6, 1, 0)
