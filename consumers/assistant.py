@@ -8,21 +8,27 @@ command is a :class:`~streamscribe.schemas.commands.CommandEvent` JSON on
 
 Commit order (the delivery guarantee is made here)::
 
+    0. on start, before the group is joined: the group's state topic
+       (``<group>-sessions-changelog``, compacted, :mod:`.assistant_state`) is read to
+       its end and every session's state is put back into the core
     1. consume a batch — the one consume loop, :func:`streamscribe.core.kafka.consume_batches`
     2. decode each value (an undecodable one is counted and logged; the sink dead-letters it)
        and hand it to the core, in partition order
-    3. produce the batch's commands (the kernel's idempotent DeliveryProducer)
+    3. produce the batch's commands, then the state record of every session the batch
+       changed (the kernel's idempotent DeliveryProducer)
     4. wait for and check every delivery report (``deliver_all``; SinkError if one failed)
     5. the loop commits the batch's offsets synchronously
 
-Commands are therefore at least once: a crash before step 5 replays the batch and the
-command is published again with the same ``command_id`` (``session/channel/utterance``),
-on which a reader dedupes; within one run the core emits a line's command once. The
-core's in-memory state (a line armed by a partial, a channel waiting after a wake-only
-line) is rebuilt by the replay from the last committed offset, and a final alone decides a
-command, so a restart mid-command loses it only if the wake words were in a line whose
-offsets were committed before the command's line arrived (a wake-only line, then a crash,
-then the command line: that command is missed, not duplicated).
+So the state a restart reads back is never older than the committed offsets: a wake
+phrase heard in a committed partial, or a wake-only line, is still armed after a crash,
+and its command comes once when the rest of the line arrives. A line's command and its
+"decided" mark are written in one step (3-4), so a replay of the batch after a crash past
+step 4 publishes nothing again. Commands are at least once only in the instant between
+the two delivery reports of step 4 (a crash there: the same ``command_id`` again, on which
+a reader dedupes); none is lost. The state is restored once, at start, for every
+session: a group of several assistants hands a partition to another member at a
+rebalance without the changes written since that member started (run one assistant per
+group, or restart them together).
 
 Example::
 
@@ -46,6 +52,7 @@ from confluent_kafka import Message
 
 from streamscribe.consumers.assistant_core import AssistantConfig, AssistantCore
 from streamscribe.consumers.assistant_intents import IntentMatcher, load_intents
+from streamscribe.consumers.assistant_state import ensure_state_topic, read_states
 from streamscribe.consumers.latency import HISTORY, origin_class
 from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.core.kafka import (
@@ -74,6 +81,9 @@ class AssistantStats(LoopStats):
     transcripts: int = 0
     undecodable: int = 0
     commands: int = 0
+    states_restored: int = 0
+    states_unreadable: int = 0
+    states_written: int = 0
     history_skipped: int = 0  # transcripts re-transcribed by another processor group
 
 
@@ -100,9 +110,11 @@ class AssistantHandler:
         stats: AssistantStats,
         *,
         live_group: str | None = None,
+        state_topic: str | None = None,
     ) -> None:
         self.core, self.out, self.topic, self.stats = core, out, topic, stats
         self.live_group = live_group  # None: every transcript; else live traffic only
+        self.state_topic = state_topic  # None: the state is not kept (tests of the core)
 
     def handle_values(self, values: Iterable[bytes | None]) -> None:
         sent = 0
@@ -130,8 +142,13 @@ class AssistantHandler:
                 )
                 self.out.send(self.topic, command.key, command.encode())
                 sent += 1
-        if sent:
-            self.out.deliver_all("commands", error=SinkError)
+        states = self.core.changed()
+        if self.state_topic is not None:
+            for state in states:
+                self.out.send(self.state_topic, state.key, state.encode())
+            self.stats.states_written += len(states)
+        if sent or (states and self.state_topic is not None):
+            self.out.deliver_all("commands and session states", error=SinkError)
         self.stats.commands += sent
 
     def __call__(self, messages: Sequence[Message]) -> None:
@@ -160,9 +177,20 @@ def run_assistant(
     topics = Topics(settings.topic_prefix)
     group_id = group_id or settings.group_for(GROUP_ROLE)
     stats = AssistantStats()
+    state_topic = ensure_state_topic(settings, group_id)
+    states, stats.states_unreadable = read_states(settings, state_topic)
+    stats.states_restored = core.restore(states.values())
+    log.info("assistant: %d session states restored from %s", stats.states_restored, state_topic)
     producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
     live_group = None if include_history else settings.group_id
-    handler = AssistantHandler(core, producer, topics.commands, stats, live_group=live_group)
+    handler = AssistantHandler(
+        core,
+        producer,
+        topics.commands,
+        stats,
+        live_group=live_group,
+        state_topic=state_topic,
+    )
     log.info(
         "assistant: wake %r, intents %s: %s -> %s (group %s)",
         core.wake.phrase,

@@ -15,9 +15,12 @@ Per channel of a session (no Kafka here; :mod:`.assistant` is the edge):
   ``intent_threshold`` or better, one :class:`CommandEvent` is emitted, at most once per
   ``(session, channel, utterance)`` — the utterance of the line where the command ended.
 
-Confidence is the wake score times the intent score (both 0-1). Memory is bounded: a
-line's state goes with its final, the remembered command ids are the last
-:data:`MAX_REMEMBERED`.
+Confidence is the wake score times the intent score (both 0-1). All of a session's state
+is one :class:`SessionState` (armed lines, waiting channels, the lines decided), so the
+edge can write it whole to a changelog (:meth:`AssistantCore.changed`) and read it back
+after a restart (:meth:`AssistantCore.restore`). Memory is bounded: a line's marks go
+with its final, each session remembers its last :data:`MAX_DONE_PER_SESSION` decided
+lines, and the core the last :data:`MAX_SESSIONS` sessions.
 
 Example::
 
@@ -36,23 +39,29 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
 from streamscribe.consumers.assistant_intents import IntentMatcher, words_of
 from streamscribe.consumers.assistant_wake import DEFAULT_THRESHOLD, DEFAULT_WAKE, WakeDetector
-from streamscribe.schemas.commands import SOURCE_FINAL, SOURCE_TIMEOUT, CommandEvent
+from streamscribe.schemas.commands import (
+    SOURCE_FINAL,
+    SOURCE_TIMEOUT,
+    AssistantState,
+    CommandEvent,
+    WakeMark,
+)
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript, TranscriptEvent
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS: Final = 5000.0
 DEFAULT_INTENT_THRESHOLD: Final = 0.7
-MAX_REMEMBERED: Final = 100_000
+MAX_SESSIONS: Final = 100_000  # sessions whose state is kept in memory (least recent go)
 COMMAND_AT: Final = "command_at_us"
 
-LineKey = tuple[str, int, int]
-ChannelKey = tuple[str, int]
+MAX_DONE_PER_SESSION: Final = 64  # decided lines remembered per session (replays dedupe)
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,48 @@ class _Armed:
     wake_heard: str
     at_ms: float  # stream time it was heard (the partial's or the wake line's end)
     transcript: str = ""  # the wake-only line's text
+    utterance: int = 0  # the line it was heard in
+
+
+@dataclass
+class SessionState:
+    """One session's state: every key of it lives here (and goes to the changelog whole).
+
+    ``lines``: (channel, utterance) armed by a partial; ``waiting``: channel → its
+    wake-only line; ``done``: the (channel, utterance) lines decided, oldest first.
+    """
+
+    lines: dict[tuple[int, int], _Armed] = field(default_factory=dict)
+    waiting: dict[int, _Armed] = field(default_factory=dict)
+    done: OrderedDict[tuple[int, int], None] = field(default_factory=OrderedDict)
+
+    def remember(self, line: tuple[int, int]) -> None:
+        self.done[line] = None
+        self.done.move_to_end(line)
+        while len(self.done) > MAX_DONE_PER_SESSION:
+            self.done.popitem(last=False)
+
+    def to_record(self, session_id: str) -> AssistantState:
+        def mark(channel: int, utterance: int, a: _Armed) -> WakeMark:
+            return WakeMark(channel, utterance, a.wake_score, a.wake_heard, a.at_ms, a.transcript)
+
+        return AssistantState(
+            session_id=session_id,
+            lines=tuple(mark(c, u, a) for (c, u), a in sorted(self.lines.items())),
+            waiting=tuple(mark(c, a.utterance, a) for c, a in sorted(self.waiting.items())),
+            done=tuple(self.done),
+        )
+
+    @classmethod
+    def from_record(cls, record: AssistantState) -> SessionState:
+        def armed(m: WakeMark) -> _Armed:
+            return _Armed(m.wake_score, m.wake_heard, m.at_ms, m.transcript, m.utterance)
+
+        return cls(
+            lines={(m.channel, m.utterance): armed(m) for m in record.lines},
+            waiting={m.channel: armed(m) for m in record.waiting},
+            done=OrderedDict.fromkeys(record.done),
+        )
 
 
 @dataclass
@@ -87,73 +138,126 @@ class AssistantCounts:
 
 
 class AssistantCore:
-    """Transcript events → command events (see the module docstring)."""
+    """Transcript events → command events (see the module docstring).
+
+    State is one :class:`SessionState` per session; :meth:`changed` hands the records of
+    the sessions changed since its last call to the edge (for the changelog), and
+    :meth:`restore` puts records read back from it in place before any transcript.
+    """
 
     def __init__(self, matcher: IntentMatcher, config: AssistantConfig | None = None) -> None:
         self.config = config or AssistantConfig()
         self.matcher = matcher
         self.wake = WakeDetector(self.config.wake, self.config.wake_threshold)
         self.counts = AssistantCounts()
-        self._lines: dict[LineKey, _Armed] = {}
-        self._channels: dict[ChannelKey, _Armed] = {}
-        self._done: OrderedDict[LineKey, None] = OrderedDict()
+        self._sessions: OrderedDict[str, SessionState] = OrderedDict()
+        self._changed: dict[str, None] = {}
 
     def accept(self, event: TranscriptEvent, *, now_us: int) -> list[CommandEvent]:
         """The commands ``event`` completes (none, or one)."""
-        key = (event.session_id, event.channel, event.utterance)
-        if key in self._done:
+        state = self._session(event.session_id)
+        line = (event.channel, event.utterance)
+        if line in state.done:
             self.counts.replays += 1
             return []
         if isinstance(event, PartialTranscript):
-            return self._partial(key, event, now_us)
+            return self._partial(state, line, event, now_us)
         assert isinstance(event, FinalTranscript)
-        return self._final(key, event, now_us)
+        return self._final(state, line, event, now_us)
+
+    def changed(self) -> list[AssistantState]:
+        """The state records of the sessions changed since the last call (then forgotten)."""
+        ids, self._changed = list(self._changed), {}
+        return [self._sessions[s].to_record(s) for s in ids if s in self._sessions]
+
+    def restore(self, records: Iterable[AssistantState]) -> int:
+        """Take the sessions' states read back from the changelog; returns how many."""
+        n = 0
+        for record in records:
+            self._sessions[record.session_id] = SessionState.from_record(record)
+            self._sessions.move_to_end(record.session_id)
+            n += 1
+        self._evict()
+        return n
+
+    def state_of(self, session_id: str) -> AssistantState | None:
+        state = self._sessions.get(session_id)
+        return None if state is None else state.to_record(session_id)
+
+    def _session(self, session_id: str) -> SessionState:
+        state = self._sessions.get(session_id)
+        if state is None:
+            state = self._sessions[session_id] = SessionState()
+            self._evict()
+        else:
+            self._sessions.move_to_end(session_id)
+        return state
+
+    def _evict(self) -> None:
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
 
     # ------------------------------------------------------------------------ steps
-    def _partial(self, key: LineKey, p: PartialTranscript, now_us: int) -> list[CommandEvent]:
+    def _partial(
+        self, state: SessionState, line: tuple[int, int], p: PartialTranscript, now_us: int
+    ) -> list[CommandEvent]:
         words = words_of(p.text)
-        armed = self._lines.get(key)
+        armed = state.lines.get(line)
         hit = self.wake.find(words)
         if armed is None:
             if hit is None:
                 return []
-            armed = self._lines[key] = _Armed(hit.score / 100.0, hit.heard, p.end_ms)
+            armed = state.lines[line] = _Armed(
+                hit.score / 100.0, hit.heard, p.end_ms, utterance=p.utterance
+            )
+            self._changed[p.session_id] = None
             self.counts.wakes += 1
         if p.end_ms - armed.at_ms < self.config.timeout_ms:
             return []
         command = words[hit.end :] if hit is not None else words
         if not command:
             return []
-        return self._emit(key, p, command, armed, p.text, SOURCE_TIMEOUT, now_us)
+        return self._emit(state, line, p, command, armed, p.text, SOURCE_TIMEOUT, now_us)
 
-    def _final(self, key: LineKey, f: FinalTranscript, now_us: int) -> list[CommandEvent]:
+    def _final(
+        self, state: SessionState, line: tuple[int, int], f: FinalTranscript, now_us: int
+    ) -> list[CommandEvent]:
         words = words_of(f.text)
-        armed = self._lines.pop(key, None)
-        channel = (f.session_id, f.channel)
-        waiting = self._channels.pop(channel, None)
+        armed = state.lines.pop(line, None)
+        waiting = state.waiting.get(f.channel)
+        if waiting is not None and f.utterance > waiting.utterance:
+            del state.waiting[f.channel]  # the line after the wake-only one decides
+        else:
+            waiting = None  # an earlier line (a late duplicate) leaves the wait as it is
         hit = self.wake.find(words)
         if hit is not None:
             if armed is None:
                 self.counts.wakes += 1
-            armed = _Armed(hit.score / 100.0, hit.heard, f.end_ms)
+            armed = _Armed(hit.score / 100.0, hit.heard, f.end_ms, utterance=f.utterance)
             command = words[hit.end :]
             if not command:  # a wake-only line: the next line is the command
                 armed.transcript = f.text
-                self._channels[channel] = armed
-                self._remember(key)
+                state.waiting[f.channel] = armed
+                self._decided(state, line, f.session_id)
                 return []
-            return self._emit(key, f, command, armed, f.text, SOURCE_FINAL, now_us)
+            return self._emit(state, line, f, command, armed, f.text, SOURCE_FINAL, now_us)
         if armed is not None and words:  # wake words heard in partials, lost in the final
-            return self._emit(key, f, words, armed, f.text, SOURCE_FINAL, now_us)
+            return self._emit(state, line, f, words, armed, f.text, SOURCE_FINAL, now_us)
         if waiting is not None and words and f.start_ms - waiting.at_ms <= self.config.timeout_ms:
             text = f"{waiting.transcript} {f.text}".strip()
-            return self._emit(key, f, words, waiting, text, SOURCE_FINAL, now_us)
-        self._remember(key)
-        return []
+            return self._emit(state, line, f, words, waiting, text, SOURCE_FINAL, now_us)
+        if armed is not None or waiting is not None:  # a mark ended without a command
+            self._decided(state, line, f.session_id)
+        return []  # a line with no wake phrase and nothing armed changes nothing
+
+    def _decided(self, state: SessionState, line: tuple[int, int], session_id: str) -> None:
+        state.remember(line)
+        self._changed[session_id] = None
 
     def _emit(
         self,
-        key: LineKey,
+        state: SessionState,
+        line: tuple[int, int],
         event: TranscriptEvent,
         command: list[str],
         armed: _Armed,
@@ -161,8 +265,8 @@ class AssistantCore:
         source: str,
         now_us: int,
     ) -> list[CommandEvent]:
-        self._lines.pop(key, None)
-        self._remember(key)
+        state.lines.pop(line, None)
+        self._decided(state, line, event.session_id)
         text = " ".join(command)
         match = self.matcher.match(command)
         if match is None or match.score < self.config.intent_threshold:
@@ -197,8 +301,3 @@ class AssistantCore:
                 timestamps={**event.timestamps, COMMAND_AT: now_us},
             )
         ]
-
-    def _remember(self, key: LineKey) -> None:
-        self._done[key] = None
-        while len(self._done) > MAX_REMEMBERED:
-            self._done.popitem(last=False)

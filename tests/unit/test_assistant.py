@@ -21,7 +21,7 @@ from streamscribe.consumers.assistant_intents import (
 from streamscribe.consumers.assistant_wake import DEFAULT_WAKE, WakeDetector
 from streamscribe.core.errors import ContractError, SinkError, StreamscribeError, UsageError
 from streamscribe.core.settings import Settings
-from streamscribe.schemas.commands import CommandEvent
+from streamscribe.schemas.commands import AssistantState, CommandEvent, WakeMark
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
 
 INTENTS = {
@@ -269,6 +269,154 @@ def test_wake_only_line_then_the_command_line(matcher: IntentMatcher) -> None:
     assert core.counts.commands == 1
 
 
+# ---------------------------------------------------------------- the session state
+def restarted(
+    core: AssistantCore,
+    matcher: IntentMatcher,
+    written: list[AssistantState] | None = None,
+    **kw: object,
+) -> AssistantCore:
+    """A new core restored from the records ``core`` has written (through their JSON)."""
+    fresh = AssistantCore(matcher, AssistantConfig(**kw))  # type: ignore[arg-type]
+    records = {r.session_id: r for r in [*(written or []), *core.changed()]}
+    assert fresh.restore(AssistantState.decode(r.encode()) for r in records.values()) == len(
+        records
+    )
+    return fresh
+
+
+def test_a_partial_wake_survives_a_restart(matcher: IntentMatcher) -> None:
+    core = AssistantCore(matcher)
+    assert core.accept(partial("Hey scribe", end=800), now_us=1) == []
+    (record,) = core.changed()
+    assert record == AssistantState(
+        "s1", lines=(WakeMark(0, 0, 1.0, "hey scribe", 800.0),), waiting=(), done=()
+    )
+    assert core.changed() == []  # handed over once
+    # a crash here; the final lost the wake words: only the restored mark makes it a command
+    fresh = restarted(core, matcher, [record])
+    (cmd,) = fresh.accept(final("Call the supervisor.", end=2000), now_us=3)
+    assert (cmd.intent, cmd.slots, cmd.wake_heard) == (
+        "call",
+        {"person": "the supervisor"},
+        "hey scribe",
+    )
+    # without the state, the same final is no command
+    assert AssistantCore(matcher).accept(final("Call the supervisor.", end=2000), now_us=3) == []
+
+
+def test_a_wake_only_line_survives_a_restart(matcher: IntentMatcher) -> None:
+    core = AssistantCore(matcher, AssistantConfig(timeout_ms=3000))
+    assert core.accept(final("Hey, scribe.", 0, start=0, end=900), now_us=1) == []
+    fresh = restarted(core, matcher, timeout_ms=3000)
+    assert fresh.state_of("s1") == AssistantState(
+        "s1",
+        waiting=(WakeMark(0, 0, 1.0, "hey scribe", 900.0, "Hey, scribe."),),
+        done=((0, 0),),
+    )
+    (cmd,) = fresh.accept(final("Call the supervisor", 1, start=1500, end=3000), now_us=2)
+    assert (cmd.intent, cmd.utterance, cmd.transcript) == (
+        "call",
+        1,
+        "Hey, scribe. Call the supervisor",
+    )
+
+
+def test_a_decided_line_is_not_published_again_after_a_restart(matcher: IntentMatcher) -> None:
+    core = AssistantCore(matcher)
+    assert len(core.accept(final("Hey scribe, call mom", 4), now_us=1)) == 1
+    fresh = restarted(core, matcher)
+    assert fresh.accept(final("Hey scribe, call mom", 4), now_us=2) == []  # the batch replayed
+    assert fresh.counts.replays == 1
+    assert len(fresh.accept(final("Hey scribe, call mom", 5), now_us=3)) == 1  # a new line
+
+
+def test_only_changes_are_written(matcher: IntentMatcher) -> None:
+    core = AssistantCore(matcher)
+    core.accept(partial("The weather", end=500), now_us=1)
+    core.accept(final("The weather is nice today."), now_us=2)
+    assert core.changed() == []  # no wake phrase, nothing armed: nothing to keep
+    core.accept(partial("hey scribe", 1, end=500), now_us=3)
+    core.accept(partial("hey scribe call", 1, end=900, revision=2), now_us=4)
+    (record,) = core.changed()  # armed once; the second partial changed nothing
+    assert [m.utterance for m in record.lines] == [1]
+    core.accept(partial("hey scribe call", 1, end=1000, revision=3), now_us=5)
+    assert core.changed() == []
+
+
+def test_a_late_earlier_line_leaves_the_wait(matcher: IntentMatcher) -> None:
+    core = AssistantCore(matcher, AssistantConfig(timeout_ms=3000))
+    core.accept(final("Hey scribe.", 3, start=5000, end=5800), now_us=1)
+    # a duplicate of an earlier line (the recognizer's replay) is not the command
+    assert core.accept(final("Call the supervisor", 2, start=4000, end=4900), now_us=2) == []
+    (cmd,) = core.accept(final("Call mom", 4, start=6000, end=7000), now_us=3)
+    assert (cmd.intent, cmd.slots) == ("call", {"person": "mom"})
+
+
+def test_done_lines_per_session_are_bounded(matcher: IntentMatcher) -> None:
+    core = AssistantCore(matcher)
+    for u in range(assistant_core.MAX_DONE_PER_SESSION + 10):
+        core.accept(final("Hey scribe, stop", u), now_us=u)
+    (record,) = core.changed()
+    assert len(record.done) == assistant_core.MAX_DONE_PER_SESSION
+    assert record.done[0] == (0, 10) and record.done[-1] == (0, 73)
+
+
+def test_assistant_state_schema() -> None:
+    good = AssistantState("s", lines=(WakeMark(1, 2, 0.8, "hay scribe", 10.5),), done=((1, 1),))
+    doc = json.loads(good.encode())
+    assert doc == {
+        "session_id": "s",
+        "lines": [
+            {
+                "channel": 1,
+                "utterance": 2,
+                "wake_score": 0.8,
+                "wake_heard": "hay scribe",
+                "at_ms": 10.5,
+                "transcript": "",
+            }
+        ],
+        "waiting": [],
+        "done": [[1, 1]],
+        "schema_version": 1,
+    }
+    for broken, where in [
+        ({**doc, "done": [[1]]}, "done"),
+        ({**doc, "lines": [{"channel": 0}]}, "lines"),
+        ({k: v for k, v in doc.items() if k != "waiting"}, "waiting"),
+    ]:
+        with pytest.raises(ContractError, match=where):
+            AssistantState.decode(json.dumps(broken).encode())
+
+
+def test_handler_writes_the_state_after_the_commands(matcher: IntentMatcher) -> None:
+    out = FakePublisher()
+    stats = AssistantStats()
+    handler = AssistantHandler(
+        AssistantCore(matcher), out, "p.commands", stats, state_topic="g-state"
+    )
+    handler.handle_values(
+        [
+            PartialTranscript(
+                session_id="s2", channel=0, role="", utterance=0, revision=1,
+                text="hey scribe", start_ms=0.0, end_ms=700.0,
+            ).encode(),
+            final("Hey scribe, call the supervisor.", 0).encode(),
+            final("The weather is nice today.", 1).encode(),
+        ]
+    )  # fmt: skip
+    assert [(t, k) for t, k, _ in out.sent] == [
+        ("p.commands", b"s1"),
+        ("g-state", b"s2"),
+        ("g-state", b"s1"),
+    ]
+    assert out.delivered == 3 and (stats.commands, stats.states_written) == (1, 2)
+    assert AssistantState.decode(out.sent[2][2]).done == ((0, 0),)
+    handler.handle_values([final("Nothing here.", 2).encode()])
+    assert len(out.sent) == 3  # nothing changed: nothing sent
+
+
 def test_core_doctest() -> None:
     for module in (assistant_core, assistant_intents, assistant_wake):
         failures, tried = doctest.testmod(module)
@@ -320,7 +468,7 @@ def test_handler_raises_when_a_command_is_not_delivered(matcher: IntentMatcher) 
     handler = AssistantHandler(
         AssistantCore(matcher), FakePublisher(fail=True), "c", AssistantStats()
     )
-    with pytest.raises(SinkError, match="commands not delivered"):
+    with pytest.raises(SinkError, match="commands and session states not delivered"):
         handler.handle_values([final("Hey scribe, stop").encode()])
 
 
