@@ -32,8 +32,21 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from streamscribe.broker_secure import (
+    BROKER_USER,
+    SecureLayout,
+    acl_specs,
+    apply_acls,
+    ensure_passwords,
+    ensure_tls,
+    listener_properties,
+    scram_arguments,
+    stem_of,
+    write_client_files,
+)
 from streamscribe.core.errors import BrokerError
 from streamscribe.core.retry import poll_until
+from streamscribe.core.security import read_properties, register
 from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,13 +99,16 @@ class BrokerStatus:
 class LocalBroker:
     """Fetch, configure, start, probe and stop a one-node KRaft broker."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, secure: bool = False) -> None:
         self.settings = settings
         self.port = settings.broker_port
         self.controller_port = settings.controller_port
         self.data_dir = Path(settings.broker_data_dir).resolve()
         self.libs_dir = Path(settings.broker_cache_dir).resolve() / settings.kafka_version / "libs"
         self.version = settings.kafka_version
+        self.layout = SecureLayout(self.data_dir)
+        # A data dir made with --secure stays secure (its users exist from format time).
+        self.secure = secure or self.layout.is_secure()
 
     # ----------------------------------------------------------------- paths
     @property
@@ -196,8 +212,13 @@ class LocalBroker:
             "message.max.bytes": "2097152",
             "log.retention.hours": "168",
         }
+        if self.secure:
+            password = ensure_passwords(self.layout)[BROKER_USER]
+            props.update(
+                listener_properties(self.layout, self.port, self.controller_port, password)
+            )
         text = "".join(f"{k}={v}\n" for k, v in props.items())
-        self.config_file.write_text("# written by streamscribe broker start\n" + text)
+        _write_owner_only(self.config_file, "# written by streamscribe broker start\n" + text)
         (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
 
     def _formatted(self) -> bool:
@@ -219,9 +240,14 @@ class LocalBroker:
             str(self.config_file),
             "--ignore-formatted",
         ]
+        passwords = ensure_passwords(self.layout) if self.secure else {}
+        cmd += scram_arguments(passwords)  # SCRAM users exist from the first start on
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise BrokerError(f"formatting Kafka storage failed: {proc.stderr.strip()[-400:]}")
+            reason = proc.stderr.strip()[-400:]
+            for secret in passwords.values():
+                reason = reason.replace(secret, "***")
+            raise BrokerError(f"formatting Kafka storage failed: {reason}")
 
     # --------------------------------------------------------------- process
     def _read_pid(self) -> int | None:
@@ -238,15 +264,29 @@ class LocalBroker:
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
         """Start (or find running) and wait until ready; returns the bootstrap address."""
         if self._read_pid() is not None:
+            if self.secure:
+                register(self.bootstrap, read_properties(self.layout.client_file("admin")))
             wait_until_ready(self.bootstrap, timeout_s)
+            if self.secure:
+                self.secure_setup()
             return self.bootstrap
         for port in (self.port, self.controller_port):
             if _port_open(port):
                 raise BrokerError(
                     f"port {port} is already in use by another process; choose another with --port"
                 )
+        if self.secure and self._formatted() and not self.layout.is_secure():
+            raise BrokerError(
+                f"{self.data_dir} holds a PLAINTEXT broker's data: --secure needs a data dir "
+                "of its own (its SCRAM users are made when the storage is formatted); "
+                "choose another --data-dir"
+            )
         java = self._require_java()
         self.ensure_jars()
+        if self.secure:
+            ensure_tls(self.layout)
+            write_client_files(self.layout, ensure_passwords(self.layout))
+            register(self.bootstrap, read_properties(self.layout.client_file("admin")))
         self.write_config()
         if not self._formatted():
             self.format_storage()
@@ -275,10 +315,25 @@ class LocalBroker:
         self.pid_file.write_text(str(proc.pid))
         try:
             wait_until_ready(self.bootstrap, timeout_s, proc=proc, log_file=self.log_file)
+            if self.secure:
+                self.secure_setup()
         except BaseException:
             self.stop()
             raise
         return self.bootstrap
+
+    def secure_setup(self) -> None:
+        """As admin: the principals' ACLs and the pipeline's topics (others may not create)."""
+        from streamscribe.core.admin import create_topics
+        from streamscribe.schemas.topics import Topics
+
+        prefix = self.settings.topic_prefix
+        apply_acls(self.bootstrap, acl_specs(prefix, stem_of(prefix)))
+        create_topics(self.bootstrap, Topics(prefix).specs(self.settings.partitions))
+
+    def client_file(self, principal: str) -> Path:
+        """``<data-dir>/clients/PRINCIPAL.properties`` of a secured broker."""
+        return self.layout.client_file(principal)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         """Stop cleanly (SIGTERM), then SIGKILL after ``timeout_s``. True if one was running."""
@@ -313,6 +368,7 @@ def wait_until_ready(
     from confluent_kafka import KafkaException, Producer
 
     from streamscribe.core.admin import admin_client
+    from streamscribe.core.security import with_security
 
     deadline = time.monotonic() + timeout_s
     admin = admin_client(bootstrap)
@@ -341,11 +397,14 @@ def wait_until_ready(
         check_alive()
         if producer is None:
             producer = Producer(
-                {
-                    "bootstrap.servers": bootstrap,
-                    "transactional.id": READINESS_PROBE_ID,
-                    "log_level": 0,
-                }
+                with_security(
+                    bootstrap,
+                    {
+                        "bootstrap.servers": bootstrap,
+                        "transactional.id": READINESS_PROBE_ID,
+                        "log_level": 0,
+                    },
+                )
             )
         producer.init_transactions(TRANSACTIONS_TIMEOUT_S)
         return True
@@ -359,6 +418,14 @@ def wait_until_ready(
         )
         if not ready:
             raise BrokerError(f"Kafka at {bootstrap} not ready after {timeout_s:.0f} s")
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    """Write ``path`` with mode 0600 (a secured broker's config holds its password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
 
 
 def new_cluster_id() -> str:

@@ -49,6 +49,14 @@ from typing import Any, Final, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streamscribe.core.errors import BrokerError, StreamscribeError
+from streamscribe.core.security import (
+    AuthorizationError,
+    client_security,
+    describe_authorization,
+    install,
+    raise_refusal,
+    with_security,
+)
 from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +64,7 @@ log = logging.getLogger(__name__)
 BUFFER_FULL_POLL_S: Final = 0.05
 POLL_TIMEOUT_S: Final = 0.1  # bounds the publish -> consumer wait at low rates
 JOIN_TIMEOUT_S: Final = 60.0
+METADATA_STEP_S: Final = 0.5
 
 
 # ------------------------------------------------------------------------------ configs
@@ -82,14 +91,15 @@ def producer_config(
     if client_id:
         conf["client.id"] = client_id
     conf.update(extra or {})
-    return conf
+    return with_security(bootstrap, conf)
 
 
 def consumer_config(
     settings: Settings, *, group_id: str, from_earliest: bool, client_id: str
 ) -> dict[str, Any]:
     """A consumer of ours: manual offset store and commit, committed reads only."""
-    return {
+    install(settings)
+    conf = {
         "bootstrap.servers": settings.bootstrap,
         "group.id": group_id,
         "client.id": client_id,
@@ -100,6 +110,7 @@ def consumer_config(
         "session.timeout.ms": session_timeout_ms(settings),
         "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
     }
+    return with_security(settings.bootstrap, conf)
 
 
 _MIN_SESSION_MS: dict[str, int | None] = {}
@@ -122,11 +133,11 @@ def session_timeout_ms(settings: Settings) -> int:
 
 
 def _broker_min_session_ms(bootstrap: str) -> int | None:
-    from confluent_kafka.admin import AdminClient, ConfigResource
+    from confluent_kafka.admin import ConfigResource
 
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-        brokers = admin.list_topics(timeout=10).brokers
+        admin, metadata = cluster_metadata(bootstrap, 10.0)
+        brokers = metadata.brokers
         if not brokers:
             return None
         resource = ConfigResource(ConfigResource.Type.BROKER, str(next(iter(brokers))))
@@ -137,21 +148,50 @@ def _broker_min_session_ms(bootstrap: str) -> int | None:
         return None
 
 
+def cluster_metadata(bootstrap: str, timeout_s: float) -> tuple[Any, Any]:
+    """``(admin client, cluster metadata)`` of ``bootstrap``, waiting up to ``timeout_s``.
+
+    A refused login or TLS handshake raises its clear error
+    (:func:`~streamscribe.core.security.raise_refusal`) within a second instead of
+    waiting out the timeout; no answer raises the last ``KafkaException``.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    seen: list[KafkaError] = []  # librdkafka reports a refused login here, not in the call
+    conf = {"bootstrap.servers": bootstrap, "log_level": 0, "error_cb": seen.append}
+    admin = AdminClient(with_security(bootstrap, conf))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        step = max(0.05, min(METADATA_STEP_S, deadline - time.monotonic()))
+        try:
+            return admin, admin.list_topics(timeout=step)
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            for err in (*seen, exc.args[0]):
+                if isinstance(err, KafkaError):
+                    raise_refusal(err, bootstrap)
+            if time.monotonic() >= deadline:
+                raise
+
+
 def reader_config(bootstrap: str, *, client: str, from_beginning: bool = True) -> dict[str, Any]:
     """A throw-away reader (``tail``, the demo's live view, watermark look-ups).
 
     It has a group of its own (``client`` + a random suffix) and never commits: it shares
     no position with anyone and leaves nothing behind.
     """
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": f"{client}-{uuid.uuid4().hex[:8]}",
-        "client.id": client,
-        "auto.offset.reset": "earliest" if from_beginning else "latest",
-        "enable.auto.commit": False,
-        "enable.partition.eof": False,
-        "log_level": 0,
-    }
+    return with_security(
+        bootstrap,
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{client}-{uuid.uuid4().hex[:8]}",
+            "client.id": client,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "log_level": 0,
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- producer
@@ -184,6 +224,7 @@ class DeliveryProducer:
         client_id: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
+        self.bootstrap = bootstrap
         self._producer = Producer(
             producer_config(bootstrap, linger_ms=linger_ms, client_id=client_id, extra=extra)
         )
@@ -193,6 +234,7 @@ class DeliveryProducer:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, client_id: str) -> DeliveryProducer:
+        install(settings)
         return cls(
             settings.bootstrap,
             linger_ms=settings.linger_ms,
@@ -208,6 +250,14 @@ class DeliveryProducer:
             name = err.name()
             self.stats.errors[name] = self.stats.errors.get(name, 0) + 1
             self._failures.append(f"{msg.topic()}: {err.str()}")
+            if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                # Not retriable: every further message would fail the same way.
+                raise AuthorizationError(
+                    describe_authorization(
+                        name, client_security(self.bootstrap), f"write to topic {msg.topic()}"
+                    )
+                )
+            raise_refusal(err, self.bootstrap)
             log.error("delivery to %s failed: %s", msg.topic(), err)
 
     def send(
@@ -230,6 +280,17 @@ class DeliveryProducer:
                 break
             except BufferError:
                 self._producer.poll(BUFFER_FULL_POLL_S)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if (
+                    isinstance(err, KafkaError)
+                    and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+                ):
+                    sec = client_security(self.bootstrap)
+                    raise AuthorizationError(
+                        describe_authorization(err.name(), sec, f"write to topic {topic}")
+                    ) from None
+                raise
         self.stats.sent += 1
         self.stats.bytes_sent += len(value)
         self._producer.poll(0)
@@ -385,7 +446,9 @@ def consume_batches(
         with stop_on_signals(stop):
             while not stop.is_set():
                 polled = consumer.consume(num_messages=batch_size, timeout=POLL_TIMEOUT_S)
-                data = [m for m in polled if not _is_error(m, stats)]
+                data = [
+                    m for m in polled if not _is_error(m, stats, settings.bootstrap, sub.group_id)
+                ]
                 if not data:
                     if idle.expired():
                         log.info("%s: idle for %.1f s, stopping", sub.client_id, max_idle_s)
@@ -406,12 +469,34 @@ def consume_batches(
     return stats
 
 
-def _is_error(msg: Message, stats: LoopStats) -> bool:
+def _is_error(msg: Message, stats: LoopStats, bootstrap: str = "", group_id: str = "") -> bool:
     err = msg.error()
     if err is None:
         return False
     stats.kafka_errors += 1
+    refused_consumer(err, bootstrap, group_id)
     if err.fatal():
         raise BrokerError(f"fatal Kafka error: {err.str()}")
     log.warning("consumer error: %s", err.str())
     return True
+
+
+def refused_consumer(err: KafkaError, bootstrap: str, group_id: str) -> None:
+    """Raise the clear error when a consumer's login, topic or group is refused."""
+    sec = client_security(bootstrap)
+    if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        raise AuthorizationError(
+            describe_authorization(err.name(), sec, f"use consumer group {group_id}")
+        )
+    if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        topic = _topic_of(err.str())
+        raise AuthorizationError(describe_authorization(err.name(), sec, f"read topic {topic}"))
+    raise_refusal(err, bootstrap, sec)
+
+
+def _topic_of(text: str) -> str:
+    """The topic named in a librdkafka error (``...: TOPIC: Broker: ...``), else ``?``."""
+    for part in text.split(": "):
+        if part and " " not in part and not part.startswith("Broker"):
+            return part
+    return "(one of the subscribed topics)"

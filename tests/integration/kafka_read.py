@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
+from streamscribe.core.security import with_security
+
 
 @dataclass(frozen=True)
 class Record:
@@ -22,12 +24,15 @@ class Record:
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Record]:
     """All records now in ``topic`` (up to the high watermarks at call time)."""
     c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-read-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "log_level": 0,
-        }
+        with_security(  # what the test registered for this address (a secured broker)
+            bootstrap,
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"test-read-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "log_level": 0,
+            },
+        )
     )
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
