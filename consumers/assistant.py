@@ -52,6 +52,7 @@ from confluent_kafka import Message
 
 from streamscribe.consumers.assistant_core import AssistantConfig, AssistantCore
 from streamscribe.consumers.assistant_intents import IntentMatcher, load_intents
+from streamscribe.consumers.assistant_reply import Speaker
 from streamscribe.consumers.assistant_state import ensure_state_topic, read_states
 from streamscribe.consumers.latency import HISTORY, origin_class
 from streamscribe.core.errors import ContractError, SinkError
@@ -111,10 +112,12 @@ class AssistantHandler:
         *,
         live_group: str | None = None,
         state_topic: str | None = None,
+        speaker: Speaker | None = None,
     ) -> None:
         self.core, self.out, self.topic, self.stats = core, out, topic, stats
         self.live_group = live_group  # None: every transcript; else live traffic only
         self.state_topic = state_topic  # None: the state is not kept (tests of the core)
+        self.speaker = speaker  # None: no spoken reply (no --speak)
 
     def handle_values(self, values: Iterable[bytes | None]) -> None:
         sent = 0
@@ -133,6 +136,8 @@ class AssistantHandler:
                 self.stats.history_skipped += 1  # an old call re-transcribed: no new command
                 continue
             for command in self.core.accept(event, now_us=now_us()):
+                if self.speaker is not None:
+                    command = self.speaker.answer(command)
                 log.info(
                     "command %s: %s %s (%.2f)",
                     command.command_id,
@@ -166,13 +171,16 @@ def run_assistant(
     max_idle_s: float | None = None,
     stop_event: threading.Event | None = None,
     include_history: bool = False,
+    speak_dir: str | Path | None = None,
 ) -> AssistantStats:
     """Publish voice commands until stopped (signal, ``stop_event`` or ``max_idle_s``).
 
     Commands come from live traffic only (transcripts of ``settings.group_id``); a
     re-transcription of old calls by another processor group publishes none unless
-    ``include_history``."""
+    ``include_history``. With ``speak_dir``, each command is answered through espeak-ng:
+    a WAV in that directory, and the same WAV in the command (``reply_audio_b64``)."""
     matcher = IntentMatcher(load_intents(intents_file or settings.assistant_intents or None))
+    speaker = Speaker(speak_dir) if speak_dir is not None else None
     core = AssistantCore(matcher, config_from_settings(settings, wake=wake, timeout_s=timeout_s))
     topics = Topics(settings.topic_prefix)
     group_id = group_id or settings.group_for(GROUP_ROLE)
@@ -190,14 +198,16 @@ def run_assistant(
         stats,
         live_group=live_group,
         state_topic=state_topic,
+        speaker=speaker,
     )
     log.info(
-        "assistant: wake %r, intents %s: %s -> %s (group %s)",
+        "assistant: wake %r, intents %s: %s -> %s (group %s)%s",
         core.wake.phrase,
         ", ".join(matcher.intents),
         topics.transcripts,
         topics.commands,
         group_id,
+        f", replies spoken into {speaker.out_dir}" if speaker else "",
     )
     sub = Subscription([topics.transcripts], group_id, CLIENT_ID, from_earliest)
     try:

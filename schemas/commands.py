@@ -44,7 +44,8 @@ class CommandEvent(JsonRecord):
     ``transcript`` the whole line(s) it came from; ``slots`` maps each ``{slot}`` of the
     matched example phrase to the words heard there; ``confidence`` (0-1) is the wake
     phrase's similarity times the intent's; ``timestamps`` are the transcript's (epoch µs,
-    see ``schemas.transcripts.TIMESTAMP_ORDER``) plus ``command_at_us``.
+    see ``schemas.transcripts.TIMESTAMP_ORDER``) plus ``command_at_us``. With ``assistant
+    --speak``, ``reply_text`` is the answer and ``reply_audio_b64`` its WAV (base64).
     """
 
     SCHEMA = "command_event"
@@ -66,6 +67,11 @@ class CommandEvent(JsonRecord):
     intent_score: float = 0.0  # 0-1
     source: str = SOURCE_FINAL
     timestamps: dict[str, int] = field(default_factory=dict)
+    # The spoken answer (``assistant --speak``; empty otherwise): the sentence, the WAV
+    # espeak-ng made of it (base64 of the whole file) and its length.
+    reply_text: str = ""
+    reply_audio_b64: str = ""
+    reply_duration_ms: float = 0.0
     schema_version: int = COMMAND_SCHEMA_VERSION
 
     @property

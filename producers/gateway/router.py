@@ -1,7 +1,8 @@
 """The gateway's way back: transcript and session events of the sessions it holds.
 
-One consumer thread per gateway reads every partition of ``streamscribe.transcripts`` and
-``streamscribe.events``, assigned (no consumer group, nothing committed) at the high
+One consumer thread per gateway reads every partition of ``streamscribe.transcripts``,
+``streamscribe.events`` and ``streamscribe.commands`` (for the spoken replies of
+``assistant --speak``), assigned (no consumer group, nothing committed) at the high
 watermarks of the moment the gateway starts: a gateway sees what the pipeline says from
 then on, and several gateways side by side each read everything and keep only the sessions
 they hold (:attr:`KafkaRouter.wanted`). A record of a held session is decoded here and
@@ -27,6 +28,7 @@ from confluent_kafka import Consumer, TopicPartition
 from streamscribe.core.errors import ContractError
 from streamscribe.core.kafka import reader_config
 from streamscribe.core.settings import Settings
+from streamscribe.schemas.commands import CommandEvent
 from streamscribe.schemas.events import SessionEvent
 from streamscribe.schemas.topics import Topics
 from streamscribe.schemas.transcripts import decode_transcript
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 POLL_S: Final = 0.05
 METADATA_TIMEOUT_S: Final = 15.0
 
-#: deliver(session_id, "transcript" | "event", decoded) on the event loop
+#: deliver(session_id, "transcript" | "event" | "command", decoded) on the event loop
 Deliver = Callable[[str, str, Any], None]
 
 
@@ -53,7 +55,7 @@ class KafkaRouter:
 
     def _assign(self, consumer: Consumer) -> None:
         parts: list[TopicPartition] = []
-        for topic in (self.topics.transcripts, self.topics.events):
+        for topic in (self.topics.transcripts, self.topics.events, self.topics.commands):
             md = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics[topic]
             for p in md.partitions:
                 high = consumer.get_watermark_offsets(
@@ -73,7 +75,7 @@ class KafkaRouter:
         self._thread.start()
 
     def _run(self, consumer: Consumer, loop: asyncio.AbstractEventLoop) -> None:
-        transcripts = self.topics.transcripts
+        transcripts, commands = self.topics.transcripts, self.topics.commands
         try:
             while not self._stop.is_set():
                 msg = consumer.poll(POLL_S)
@@ -89,6 +91,9 @@ class KafkaRouter:
                     if msg.topic() == transcripts:
                         item: Any = decode_transcript(msg.value() or b"").to_dict()
                         kind = "transcript"
+                    elif msg.topic() == commands:
+                        item = CommandEvent.decode(msg.value() or b"")
+                        kind = "command"
                     else:
                         item = SessionEvent.decode(msg.value() or b"")
                         kind = "event"

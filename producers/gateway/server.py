@@ -468,6 +468,9 @@ class Gateway:
                             "latency_ms": round(latency_ms, 1),
                         }
                     )
+        elif kind == "command":
+            if session.reply(item) is not None:
+                live.changed.set()
         elif isinstance(item, SessionEvent):
             session.session_event(item.kind, item.channel, item.utterance)
         self._check_complete(session, live)

@@ -2,7 +2,8 @@
 
 No network, no Kafka: :meth:`GatewaySession.frame` turns a binary frame into one
 ``AudioChunk`` per channel (``seq`` and ``position`` continue across reconnects, because
-the session, not the socket, owns them); :meth:`GatewaySession.transcript` and
+the session, not the socket, owns them); :meth:`GatewaySession.transcript`,
+:meth:`GatewaySession.reply` (the assistant's spoken answer to a command) and
 :meth:`GatewaySession.session_event` take what the pipeline says about the session and
 append what the client must see to :attr:`GatewaySession.log`, numbered from 1. A socket
 reads the log from a cursor, so a client that reconnects with ``resume_from=n`` gets every
@@ -34,6 +35,7 @@ import numpy as np
 from streamscribe.core.errors import GatewayProtocolError
 from streamscribe.producers.gateway.protocol import ERR_BAD_FRAME, StartMessage, frame_bytes
 from streamscribe.schemas.audio import AudioChunk, SessionMeta
+from streamscribe.schemas.commands import CommandEvent
 from streamscribe.schemas.events import EVENT_IDLE_TIMEOUT, EVENT_SESSION_END, EVENT_SPEECH_END
 from streamscribe.schemas.pcm import PCM_MULAW
 from streamscribe.schemas.transcripts import KIND_FINAL
@@ -64,6 +66,7 @@ class GatewaySession:
     spoken: set[tuple[int, int]] = field(default_factory=set)  # speech_end seen
     channels_ended: set[int] = field(default_factory=set)
     completed: bool = False  # session_end appended to the log
+    replied: set[str] = field(default_factory=set)  # command ids whose reply was sent
 
     @property
     def audio_s(self) -> float:
@@ -154,6 +157,27 @@ class GatewaySession:
             return None
         view.revision = int(event["revision"])
         return self._append({"type": "transcript", "event": event})
+
+    def reply(self, command: CommandEvent) -> dict[str, Any] | None:
+        """A spoken reply of the assistant (``assistant --speak``) → the log entry sent, or
+        None: a command without reply audio, or one already sent (a replayed command)."""
+        if not command.reply_audio_b64 or command.command_id in self.replied:
+            return None
+        self.replied.add(command.command_id)
+        return self._append(
+            {
+                "type": "reply",
+                "command_id": command.command_id,
+                "channel": command.channel,
+                "utterance": command.utterance,
+                "intent": command.intent,
+                "slots": dict(command.slots),
+                "text": command.reply_text,
+                "content_type": "audio/wav",
+                "audio": command.reply_audio_b64,
+                "duration_ms": command.reply_duration_ms,
+            }
+        )
 
     def session_event(self, kind: str, channel: int, utterance: int | None) -> None:
         if kind == EVENT_SPEECH_END and utterance is not None:

@@ -3,12 +3,15 @@
 ::
 
     assistant [--wake PHRASE] [--intents FILE] [--timeout S] [--group-id G]
-              [--include-history] [--from-earliest] [--max-idle S]
+              [--include-history] [--speak [--speak-dir DIR]] [--from-earliest]
+              [--max-idle S]
 
 ``--wake`` is the wake phrase, optionally with other ways the model hears it after ``|``
 (default ``STREAMSCRIBE_ASSISTANT_WAKE``); ``--intents`` a YAML file of intents and their
 example phrases (default ``STREAMSCRIBE_ASSISTANT_INTENTS``, else the file shipped in the
-package). Each command goes to ``<prefix>commands`` as a ``CommandEvent`` JSON.
+package). Each command goes to ``<prefix>commands`` as a ``CommandEvent`` JSON; with
+``--speak`` it is answered through espeak-ng (a WAV in ``--speak-dir``, the same audio in
+the event's ``reply_audio_b64``, which the gateway sends to its client as ``reply``).
 
 Example::
 
@@ -24,9 +27,11 @@ Example::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from streamscribe.cli.common import EXIT_OK, SubParsers, add_start_options, from_earliest
 from streamscribe.cli.consumers import group_id_arg
+from streamscribe.core.errors import UsageError
 from streamscribe.core.settings import Settings
 
 
@@ -57,10 +62,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also act on transcripts re-transcribed by another processor group (default:"
         " live traffic only)",
     )
+    p.add_argument(
+        "--speak",
+        action="store_true",
+        help="answer each command through espeak-ng: a WAV in --speak-dir, and the same"
+        " audio in the command for the gateway to play back",
+    )
+    p.add_argument(
+        "--speak-dir",
+        metavar="DIR",
+        help="where --speak writes <session>_<channel>_<utterance>.wav"
+        " (default .cache/assistant-replies)",
+    )
     add_start_options(p, "transcripts")
     p.add_argument(
         "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"
     )
+
+
+def speak_dir(settings: Settings, args: argparse.Namespace) -> Path | None:
+    """``--speak``'s directory (``--speak-dir``, else ``.cache/assistant-replies``); None
+    without ``--speak`` (a ``--speak-dir`` alone is a usage error)."""
+    if not args.speak:
+        if args.speak_dir:
+            raise UsageError("--speak-dir needs --speak")
+        return None
+    if args.speak_dir:
+        return Path(args.speak_dir)
+    return settings.worker_data_dir.parent / "assistant-replies"
 
 
 def cmd_assistant(settings: Settings, args: argparse.Namespace) -> int:
@@ -75,6 +104,7 @@ def cmd_assistant(settings: Settings, args: argparse.Namespace) -> int:
         from_earliest=from_earliest(args),
         max_idle_s=args.max_idle,
         include_history=args.include_history,
+        speak_dir=speak_dir(settings, args),
     )
     print(f"{stats.commands} commands from {stats.transcripts} transcripts", flush=True)
     return EXIT_OK

@@ -141,6 +141,10 @@ function onMessage(e) {
     state.node.port.postMessage({ chunkMs: msg.chunk_ms });
   } else if (msg.type === "transcript") {
     if (msg.event.kind === "final") showFinal(msg.event); else showPartial(msg.event);
+  } else if (msg.type === "reply") {
+    // the assistant's spoken answer (assistant --speak): a WAV, played as it comes
+    new Audio(`data:${msg.content_type};base64,${msg.audio}`).play().catch(() => {});
+    $("status").textContent = `Assistant: ${msg.text}`;
   } else if (msg.type === "error") {
     $("status").textContent = `Gateway: ${msg.code}: ${msg.message}`;
   } else if (msg.type === "session_end") {
