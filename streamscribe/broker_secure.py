@@ -19,7 +19,8 @@ Principals (one per service; ``broker acls`` prints their ACLs):
   group and changelog topics, may create the pipeline's topics (faust declares them;
   existing ones are left as they are);
 - ``sinks``: sink, metrics, alerts, assistant — read transcripts and events, write alerts,
-  commands and dead letters, own their ``<stem>-{sink,metrics,alerts,assistant}*`` groups.
+  commands and dead letters, own their ``<stem>-{sink,metrics,alerts,assistant}*`` groups
+  and the assistant's state changelog (``<stem>-assistant*`` topics).
 
 The broker itself is ``broker`` (inter-broker SCRAM user and CN of the controller
 certificate), a super user too. Users are created at storage format time
@@ -250,6 +251,90 @@ def listener_properties(
     }
 
 
+# ------------------------------------------------------- a broker run elsewhere (compose)
+COMPOSE_CLUSTER_ID: Final = "MkU3OEVBNTcwNTJENDM2Qk"
+
+
+def write_compose_secrets(
+    out: Path, *, host: str = "kafka", mount: str = "/secrets", owner: int | None = None
+) -> SecureLayout:
+    """Everything the secured compose variant's Kafka container and clients read.
+
+    ``out`` (mounted at ``mount`` in every container) gets the CA and the broker
+    certificate (SANs ``host``, localhost, 127.0.0.1), the SCRAM passwords, one client file
+    per principal (CA path under ``mount``), a Java admin file for the health check, the
+    broker's ``server.properties`` (listeners INTERNAL ``host:29092`` and HOST
+    ``localhost:9092``, both SASL_SSL; controller mTLS on 9093) and ``kafka-run.sh``, which
+    formats the storage with the SCRAM users once and starts the broker. Made once; kept
+    0600 and given to ``owner`` (the Kafka image's user) when set.
+    """
+    layout = SecureLayout(out)
+    _private_dir(out)
+    ensure_tls(layout, hosts=(host, "localhost", "127.0.0.1"))
+    passwords = ensure_passwords(layout)
+    inside = SecureLayout(Path(mount))
+    _private_dir(layout.clients_dir)
+    for principal in PRINCIPALS:
+        _write_private(
+            layout.client_file(principal),
+            client_properties(inside, principal, passwords[principal]),
+        )
+    _write_private(
+        layout.clients_dir / "admin-java.properties",
+        "security.protocol=SASL_SSL\n"
+        f"sasl.mechanism={MECHANISM}\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="admin" password="{passwords["admin"]}";\n'
+        f"ssl.truststore.type=PEM\nssl.truststore.location={inside.ca_cert}\n",
+    )
+    props = listener_properties(inside, 9092, 9093, passwords[BROKER_USER])
+    props.update(
+        {
+            "listeners": "INTERNAL://:29092,HOST://:9092,CONTROLLER://:9093",
+            "advertised.listeners": f"INTERNAL://{host}:29092,HOST://localhost:9092",
+            "listener.security.protocol.map": ("INTERNAL:SASL_SSL,HOST:SASL_SSL,CONTROLLER:SSL"),
+            "inter.broker.listener.name": "INTERNAL",
+            "controller.listener.names": "CONTROLLER",
+            "controller.quorum.voters": f"1@{host}:9093",
+            "listener.name.internal.scram-sha-512.sasl.jaas.config": props.pop(
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"
+            ),
+            "listener.name.host.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "log.dirs": "/var/lib/kafka/data",
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "group.min.session.timeout.ms": "1000",
+            "message.max.bytes": "2097152",
+        }
+    )
+    _write_private(
+        out / "server.properties",
+        "# written by streamscribe broker secrets\n"
+        + "".join(f"{k}={v}\n" for k, v in sorted(props.items())),
+    )
+    scram = " ".join(f"'{a}'" for a in scram_arguments(passwords))
+    _write_private(
+        out / "kafka-run.sh",
+        "#!/bin/bash\n# written by streamscribe broker secrets: format once (SCRAM users), run\n"
+        "set -euo pipefail\n"
+        f"/opt/kafka/bin/kafka-storage.sh format -t {COMPOSE_CLUSTER_ID} "
+        f"-c {mount}/server.properties --ignore-formatted {scram} >/dev/null\n"
+        f"exec /opt/kafka/bin/kafka-server-start.sh {mount}/server.properties\n",
+    )
+    if owner is not None:
+        for path in [out, *out.rglob("*")]:
+            os.chown(path, owner, owner)
+    return layout
+
+
 # -------------------------------------------------------------------------------- ACLs
 @dataclass(frozen=True)
 class AclSpec:
@@ -303,6 +388,8 @@ def acl_specs(prefix: str, stem: str) -> list[AclSpec]:
             for g in ("sink", "metrics", "alerts", "assistant")
             for a in group("sinks", f"{stem}-{g}", "READ")
         ],
+        # the assistant's session-state changelog, <stem>-assistant*-sessions-changelog
+        *topic("sinks", f"{stem}-assistant", "ALL", pattern="PREFIXED"),
     ]
 
 

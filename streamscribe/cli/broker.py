@@ -42,6 +42,13 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
             print(f"export STREAMSCRIBE_KAFKA_CONFIG={broker.client_file('admin')}")
     elif args.action == "acls":
         return cmd_acls(settings, broker)
+    elif args.action == "secrets":
+        from streamscribe.broker_secure import write_compose_secrets
+
+        if not args.data_dir:
+            raise UsageError("broker secrets: give the folder to write with --data-dir")
+        layout = write_compose_secrets(Path(args.data_dir), host=args.host, owner=args.owner)
+        print(f"secrets of a secured broker at {args.host}:29092 in {layout.data_dir}")
     elif args.action == "stop":
         print("stopped" if broker.stop() else "not running")
     else:
@@ -82,6 +89,12 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     topics = Topics(settings.topic_prefix)
     require_broker(settings)  # one line, in seconds, when nothing listens
     if args.action == "create":
+        if args.acls:
+            from streamscribe.broker_secure import acl_specs, apply_acls, stem_of
+
+            prefix = settings.topic_prefix
+            count = apply_acls(settings.bootstrap, acl_specs(prefix, stem_of(prefix)))
+            print(f"ACLs: {count} (the principals of docs/security.md)")
         partitions = args.partitions or settings.partitions
         for name, outcome in create_topics(settings.bootstrap, topics.specs(partitions)).items():
             print(f"{name}: {outcome}")
@@ -97,7 +110,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 def register(sub: SubParsers) -> None:
     """Add ``broker`` and ``topics``."""
     p = sub.add_parser("broker", help="the local one-node Apache Kafka (KRaft) from Maven jars")
-    p.add_argument("action", choices=["start", "stop", "status", "acls"])
+    p.add_argument("action", choices=["start", "stop", "status", "acls", "secrets"])
     p.add_argument("--port", type=int, help="client port (default 9092; controller = port+1)")
     p.add_argument("--data-dir", help="data folder (default .cache/kafka-data)")
     p.add_argument(
@@ -106,10 +119,23 @@ def register(sub: SubParsers) -> None:
         help="start: SASL_SSL (SCRAM-SHA-512) with TLS, ACLs, one principal per service; "
         "client files in DATA_DIR/clients/ (a data dir made so stays secure)",
     )
+    p.add_argument(
+        "--host",
+        default="kafka",
+        help="secrets: the broker's host name in its certificate (default kafka)",
+    )
+    p.add_argument(
+        "--owner", type=int, help="secrets: give the files to this uid (the Kafka image's user)"
+    )
     p.set_defaults(handler=cmd_broker)
 
     p = sub.add_parser("topics", help="create or list the pipeline's topics")
     p.add_argument("action", choices=["create", "list"])
     p.add_argument("--partitions", type=int, help="partitions per topic (create)")
     p.add_argument("--all", action="store_true", help="list every topic, not only ours")
+    p.add_argument(
+        "--acls",
+        action="store_true",
+        help="create: also apply the principals' ACLs (a secured cluster, as its admin)",
+    )
     p.set_defaults(handler=cmd_topics)
