@@ -36,7 +36,17 @@ from typing import NoReturn
 
 from confluent_kafka import KafkaException
 
-from streamscribe.cli import assistant, broker, consumers, gateway, offline, produce, tail, worker
+from streamscribe.cli import (
+    assistant,
+    broker,
+    consumers,
+    forget,
+    gateway,
+    offline,
+    produce,
+    tail,
+    worker,
+)
 from streamscribe.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, Handler
 from streamscribe.core.errors import StreamscribeError
 from streamscribe.core.settings import Settings
@@ -44,7 +54,7 @@ from streamscribe.core.settings import Settings
 log = logging.getLogger(__name__)
 
 PROG = "streamscribe"
-GROUPS = (broker, produce, tail, worker, offline, consumers, gateway, assistant)
+GROUPS = (broker, produce, tail, worker, offline, consumers, gateway, assistant, forget)
 
 #: What a user's mistake raises: the wrapper turns these into one line and exit 2.
 USER_ERRORS = (StreamscribeError, KafkaException, OSError, ValueError)

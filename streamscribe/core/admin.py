@@ -6,8 +6,12 @@ Example::
     from streamscribe.schemas.topics import Topics
     create_topics("127.0.0.1:9092", Topics("streamscribe.").specs(partitions=4))
 
-The specs are anything with ``name``, ``partitions`` and ``configs`` (the contract's
-``TopicSpec``, or the worker's changelog topics): the kernel imports nothing of ``schemas/``.
+The specs are anything with ``name``, ``partitions``, ``configs`` and ``alter_existing``
+(the contract's ``TopicSpec``, or the worker's changelog topics): the kernel imports nothing
+of ``schemas/``. A spec's ``alter_existing`` configs (the speech topics' ``retention.ms``
+when a retention is set) are also applied to a topic that exists already, with
+``IncrementalAlterConfigs``; its outcome then says what changed
+(``exists (retention.ms set to 3600000, was 604800000)``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from streamscribe.core.errors import BrokerError
 from streamscribe.core.kafka import reader_config
@@ -32,6 +42,8 @@ class TopicSpec(Protocol):
     def partitions(self) -> int: ...
     @property
     def configs(self) -> Mapping[str, str]: ...
+    @property
+    def alter_existing(self) -> tuple[str, ...]: ...
 
 
 ADMIN_TIMEOUT_S = 30.0
@@ -49,8 +61,12 @@ def admin_client(bootstrap: str) -> AdminClient:
 
 
 def create_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> dict[str, str]:
-    """Create missing topics; existing ones are left as they are. Returns name -> outcome."""
+    """Create missing topics; of existing ones only the ``alter_existing`` configs change.
+
+    Returns name -> outcome (``created``, ``exists``, ``exists (retention.ms set to ...)``).
+    """
     admin = admin_client(bootstrap)
+    specs = list(specs)
     new = [
         NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.configs))
         for s in specs
@@ -66,7 +82,64 @@ def create_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> dict[str, str]:
                 outcome[name] = "exists"
             else:
                 raise BrokerError(f"creating topic {name} failed: {err}") from exc
+    wanted = {
+        s.name: {k: s.configs[k] for k in s.alter_existing}
+        for s in specs
+        if s.alter_existing and outcome.get(s.name) == "exists"
+    }
+    for name, changed in alter_topic_configs(admin, wanted).items():
+        if changed:
+            outcome[name] += f" ({changed})"
     return outcome
+
+
+def topic_configs(admin: AdminClient, names: Iterable[str]) -> dict[str, dict[str, str | None]]:
+    """The current configs of topics: name -> {key: value} (every key the broker lists)."""
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+    if not resources:
+        return {}
+    found: dict[str, dict[str, str | None]] = {}
+    for res, fut in admin.describe_configs(resources, request_timeout=ADMIN_TIMEOUT_S).items():
+        try:
+            entries = fut.result(timeout=ADMIN_TIMEOUT_S)
+        except KafkaException as exc:
+            raise BrokerError(f"describing topic {res.name} failed: {exc.args[0]}") from exc
+        found[res.name] = {k: e.value for k, e in entries.items()}
+    return found
+
+
+def alter_topic_configs(
+    admin: AdminClient, wanted: Mapping[str, Mapping[str, str]]
+) -> dict[str, str]:
+    """Set ``wanted`` configs (topic -> {key: value}) where they differ from the topic's.
+
+    Only the named keys change (``IncrementalAlterConfigs`` SET), every other config stays.
+    Returns topic -> what changed (``retention.ms set to X, was Y``; empty: nothing).
+    """
+    have = topic_configs(admin, [n for n, c in wanted.items() if c])
+    todo: dict[str, list[str]] = {}
+    resources = []
+    for name, configs in wanted.items():
+        diff = {k: v for k, v in configs.items() if have.get(name, {}).get(k) != v}
+        if not diff:
+            continue
+        todo[name] = [f"{k} set to {v}, was {have[name].get(k)}" for k, v in sorted(diff.items())]
+        entries = [
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in diff.items()
+        ]
+        resources.append(
+            ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)
+        )
+    if resources:
+        futures = admin.incremental_alter_configs(resources, request_timeout=ADMIN_TIMEOUT_S)
+        for res, fut in futures.items():
+            try:
+                fut.result(timeout=ADMIN_TIMEOUT_S)
+            except KafkaException as exc:
+                raise BrokerError(
+                    f"setting configs of topic {res.name} failed: {exc.args[0]}"
+                ) from exc
+    return {name: "; ".join(todo.get(name, [])) for name in wanted}
 
 
 def describe_topics(bootstrap: str, names: list[str] | None = None) -> list[TopicInfo]:

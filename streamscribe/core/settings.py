@@ -52,6 +52,11 @@ class Settings(BaseModel):
     bootstrap_servers: str | None = None  # None = the local broker on broker_port
     topic_prefix: str = "streamscribe."
     partitions: int = 4
+    # How long the topics that carry speech keep it (hours; schemas/topics.py Retention):
+    # applied by `streamscribe topics create`, to topics that exist already too.
+    audio_retention_hours: float = 168.0
+    utterances_retention_hours: float = 168.0
+    transcripts_retention_hours: float = 720.0
 
     # Local broker
     broker_port: int = DEFAULT_BROKER_PORT

@@ -21,7 +21,7 @@ from streamscribe.core.settings import Settings
 COMMANDS = {
     "broker", "topics", "produce", "mic", "tail", "worker", "segment", "transcribe",
     "sink", "sessions", "transcript", "metrics", "latency-report", "alerts", "gateway", "stream",
-    "assistant",
+    "assistant", "forget",
 }  # fmt: skip
 
 
