@@ -38,6 +38,8 @@ import faust
 from faust.streams import _current_event  # the context variable behind current_event()
 
 from streamscribe.core.errors import StreamscribeError
+from streamscribe.core.security import aiokafka_credentials
+from streamscribe.core.security import install as install_security
 from streamscribe.core.settings import Settings
 from streamscribe.processors.faust_fixes import install_faust_fixes
 from streamscribe.schemas.events import DEAD_LETTER_MAX_RAW_BYTES, DeadLetter
@@ -59,6 +61,8 @@ EXIT_STAGE_FAILURE = 4
 DEAD_LETTER_MAX_KEY = 4096
 # Dead letters that could not be sent, by stage (logged; the worker goes on).
 DEAD_LETTER_FAILURES: dict[str, int] = {}
+# Dead letters sent or attempted, by (stage, error type): the worker's /metrics reads it.
+DEAD_LETTERS: dict[tuple[str, str], int] = {}
 
 
 async def guarded(
@@ -105,9 +109,13 @@ def make_app(
     """
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     install_faust_fixes()
+    # The same client properties file as every other client, translated for aiokafka.
+    credentials, ssl_context = aiokafka_credentials(install_security(settings))
     return faust.App(
         settings.group_id,
         broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=credentials,
+        ssl_context=ssl_context,
         store="memory://",
         datadir=str(settings.worker_data_dir),
         topic_partitions=settings.partitions,
@@ -142,9 +150,22 @@ class StageTopics:
         p = settings.partitions
         return cls(
             names=names,
-            audio=app.topic(names.audio, partitions=p, **RAW),
-            utterances=app.topic(names.utterances, partitions=p, **RAW),
-            transcripts=app.topic(names.transcripts, partitions=p, **RAW),
+            # retention: used only when faust creates a missing topic (topics create sets it)
+            audio=app.topic(
+                names.audio, partitions=p, retention=settings.audio_retention_hours * 3600, **RAW
+            ),
+            utterances=app.topic(
+                names.utterances,
+                partitions=p,
+                retention=settings.utterances_retention_hours * 3600,
+                **RAW,
+            ),
+            transcripts=app.topic(
+                names.transcripts,
+                partitions=p,
+                retention=settings.transcripts_retention_hours * 3600,
+                **RAW,
+            ),
             events=app.topic(names.events, partitions=p, **RAW),
             deadletter=app.topic(names.deadletter, partitions=p, **RAW),
         )
@@ -170,6 +191,7 @@ async def send_dead_letter(
     msg = event.message
     raw = msg.value if isinstance(msg.value, bytes | bytearray) else None
     key = msg.key if isinstance(msg.key, bytes | bytearray) else None
+    DEAD_LETTERS[(stage, error_type)] = DEAD_LETTERS.get((stage, error_type), 0) + 1
     log.warning(
         "dead letter from %s[%s]@%s (%s): %.500s",
         msg.topic,

@@ -329,7 +329,9 @@ class LocalBroker:
 
         prefix = self.settings.topic_prefix
         apply_acls(self.bootstrap, acl_specs(prefix, stem_of(prefix)))
-        create_topics(self.bootstrap, Topics(prefix).specs(self.settings.partitions))
+        create_topics(
+            self.bootstrap, Topics.from_settings(self.settings).specs(self.settings.partitions)
+        )
 
     def client_file(self, principal: str) -> Path:
         """``<data-dir>/clients/PRINCIPAL.properties`` of a secured broker."""

@@ -46,7 +46,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from streamscribe.core.admin import create_topics
+from streamscribe.core.admin import create_topics, probe_broker
 from streamscribe.core.errors import GatewayProtocolError
 from streamscribe.core.kafka import DeliveryProducer
 from streamscribe.core.settings import Settings
@@ -180,6 +180,7 @@ class Gateway:
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_signal)
+        probe_broker(self.settings.bootstrap)  # a refused login ends it here, in one line
         create_topics(self.settings.bootstrap, self.topics.specs(self.settings.partitions))
         self.producer = DeliveryProducer.from_settings(self.settings, client_id=CLIENT_ID)
         router = KafkaRouter(

@@ -49,6 +49,7 @@ from streamscribe.cli import (
 )
 from streamscribe.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, Handler
 from streamscribe.core.errors import StreamscribeError
+from streamscribe.core.security import install as install_security
 from streamscribe.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap-servers",
         help="Kafka bootstrap servers (else KAFKA_BOOTSTRAP_SERVERS, else the local broker)",
     )
+    parser.add_argument(
+        "--kafka-config",
+        metavar="FILE",
+        help="Kafka client properties (security.protocol, sasl.*, ssl.ca.location) for every "
+        "client (else STREAMSCRIBE_KAFKA_CONFIG)",
+    )
     parser.add_argument("--topic-prefix", help="topic name prefix (default streamscribe.)")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -97,8 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = f"{PROG} {args.command}"
     try:
         settings = Settings.from_env().with_overrides(
-            bootstrap_servers=args.bootstrap_servers, topic_prefix=args.topic_prefix
+            bootstrap_servers=args.bootstrap_servers,
+            topic_prefix=args.topic_prefix,
+            kafka_config=args.kafka_config,
         )
+        install_security(settings)  # every Kafka client of this process carries it
         handler: Handler = args.handler
         return handler(settings, args)
     except USER_ERRORS as exc:

@@ -86,7 +86,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.core.admin import create_topics, describe_topics
     from streamscribe.schemas.topics import Topics
 
-    topics = Topics(settings.topic_prefix)
+    topics = Topics.from_settings(settings)
     require_broker(settings)  # one line, in seconds, when nothing listens
     if args.action == "create":
         if args.acls:

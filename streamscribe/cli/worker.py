@@ -83,6 +83,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     argv: list[str] = []
     for flag, value in (
         ("--bootstrap-servers", args.bootstrap_servers),
+        ("--kafka-config", args.kafka_config),
         ("--topic-prefix", args.topic_prefix),
     ):
         if value is not None:

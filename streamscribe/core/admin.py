@@ -30,7 +30,13 @@ from confluent_kafka.admin import (
 )
 
 from streamscribe.core.errors import BrokerError
-from streamscribe.core.kafka import reader_config
+from streamscribe.core.kafka import cluster_metadata, reader_config
+from streamscribe.core.security import (
+    AuthorizationError,
+    client_security,
+    describe_authorization,
+    with_security,
+)
 
 
 class TopicSpec(Protocol):
@@ -57,7 +63,8 @@ class TopicInfo:
 
 
 def admin_client(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    """An admin client for ``bootstrap`` (with its registered security, :mod:`.security`)."""
+    return AdminClient(with_security(bootstrap, {"bootstrap.servers": bootstrap, "log_level": 0}))
 
 
 def create_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> dict[str, str]:
@@ -80,6 +87,9 @@ def create_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> dict[str, str]:
             err = exc.args[0]
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 outcome[name] = "exists"
+            elif isinstance(err, KafkaError) and err.code() in NOT_ALLOWED_TO_CREATE:
+                # A principal without CREATE (a secured cluster): fine if the topic exists.
+                outcome[name] = _existing_or_refuse(admin, bootstrap, name, err)
             else:
                 raise BrokerError(f"creating topic {name} failed: {err}") from exc
     wanted = {
@@ -91,6 +101,31 @@ def create_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> dict[str, str]:
         if changed:
             outcome[name] += f" ({changed})"
     return outcome
+
+
+NOT_ALLOWED_TO_CREATE = (
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+)
+
+
+def _existing_or_refuse(admin: AdminClient, bootstrap: str, name: str, err: KafkaError) -> str:
+    """What a principal without CREATE learns of a topic it asked to create.
+
+    It exists: fine. It is not this principal's to see (no DESCRIBE: the metadata answer
+    is an authorization error, whether or not it exists): skipped, its users are others.
+    It is missing: the clear refusal, since nothing may create it for this principal.
+    """
+    meta = admin.list_topics(topic=name, timeout=ADMIN_TIMEOUT_S).topics.get(name)
+    found = None if meta is None else meta.error
+    if meta is not None and found is None:
+        return "exists (not checked: no CREATE permission)"
+    if found is not None and found.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        return "skipped (not visible to this principal)"
+    raise AuthorizationError(
+        describe_authorization(err.name(), client_security(bootstrap), f"create topic {name}")
+        + "; ask an admin to create it or to grant CREATE"
+    )
 
 
 def topic_configs(admin: AdminClient, names: Iterable[str]) -> dict[str, dict[str, str | None]]:
@@ -170,7 +205,7 @@ def describe_topics(bootstrap: str, names: list[str] | None = None) -> list[Topi
 def probe_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
     """Raise :class:`BrokerError` naming ``bootstrap`` if no broker answers within the time."""
     try:
-        md = admin_client(bootstrap).list_topics(timeout=timeout_s)
+        _admin, md = cluster_metadata(bootstrap, timeout_s)  # a refused login: in words
     except KafkaException as exc:
         raise BrokerError(
             f"no Kafka broker answers at {bootstrap} (waited {timeout_s:g} s; start one with "

@@ -20,6 +20,8 @@
     │           └── StabilizerStateError  a stabiliser state could not be restored
     ├── SinkError                a consumer could not store or serve a result
     └── BrokerError              the local broker or the Kafka cluster could not be used
+        ├── AuthenticationError  the cluster refused our credentials or TLS handshake
+        └── AuthorizationError   no ACL allows this principal the operation
 
 Every exception class of the project is in this module (a test checks it). It imports
 nothing of ours: it is the bottom of the kernel, so ``schemas/`` may import it too.
@@ -90,6 +92,14 @@ class SinkError(StreamscribeError):
 
 class BrokerError(StreamscribeError):
     """The local broker could not be fetched, started or stopped."""
+
+
+class AuthenticationError(BrokerError):
+    """The cluster refused our credentials (SASL) or the TLS handshake failed."""
+
+
+class AuthorizationError(BrokerError):
+    """The cluster refused an operation: no ACL allows it to this principal."""
 
 
 class AsrModelError(AsrError):

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from streamscribe.core.errors import StreamscribeError, UsageError
+from streamscribe.core.errors import AuthenticationError, AuthorizationError, UsageError
 
 PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -62,14 +62,6 @@ JAVA_ONLY: Final = frozenset(
     }
 )
 _JAAS_FIELD = re.compile(r'(username|password)\s*=\s*"((?:[^"\\]|\\.)*)"')
-
-
-class AuthenticationError(StreamscribeError):
-    """The broker refused our credentials."""
-
-
-class AuthorizationError(StreamscribeError):
-    """The broker refused an operation: this principal has no ACL for it."""
 
 
 @dataclass(frozen=True)

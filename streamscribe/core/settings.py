@@ -50,6 +50,9 @@ class Settings(BaseModel):
 
     # Kafka
     bootstrap_servers: str | None = None  # None = the local broker on broker_port
+    # A Kafka client properties file (security.protocol, sasl.*, ssl.ca.location; the
+    # format of Kafka's --command-config), applied to every client: core/security.py.
+    kafka_config: Path | None = None
     topic_prefix: str = "streamscribe."
     partitions: int = 4
     # How long the topics that carry speech keep it (hours; schemas/topics.py Retention):
