@@ -65,8 +65,12 @@ def committed_to_end(bootstrap: str, group: str, topic: str) -> bool:
 
 
 @pytest.fixture
-def assistant(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[tuple[Proc, str]]:
+def assistant(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> Iterator[tuple[Proc, str, str]]:
+    """The assistant, and the processor group whose transcripts are its live traffic."""
     group = f"assistant-{uuid.uuid4().hex[:6]}"
+    processors = f"w-{uuid.uuid4().hex[:6]}"
     proc = Proc(
         streamscribe_cmd(
             "--log-level",
@@ -82,23 +86,24 @@ def assistant(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[
         env={
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "STREAMSCRIBE_TOPIC_PREFIX": topics.prefix,
+            "STREAMSCRIBE_GROUP_ID": processors,  # live traffic = that worker's transcripts
         },
     )
     try:
         proc.wait_for_log("assistant: wake 'hey scribe'", 60)
-        yield proc, group
+        yield proc, group, processors
     finally:
         proc.stop()
 
 
 def test_spoken_commands_arrive_once_each(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assistant: tuple[Proc, str]
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assistant: tuple[Proc, str, str]
 ) -> None:
-    proc, group = assistant
+    proc, group, processors = assistant
     sessions = {name: f"{name}-{uuid.uuid4().hex[:6]}" for name in SPEECH}
     wavs = {name: synthesize(text, tmp_path / f"{name}.wav") for name, text in SPEECH.items()}
     env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "STREAMSCRIBE_TOPIC_PREFIX": topics.prefix}
-    with worker(kafka_bootstrap, topics, tmp_path, group=f"w-{uuid.uuid4().hex[:6]}"):
+    with worker(kafka_bootstrap, topics, tmp_path, group=processors):
         for name, wav in wavs.items():
             subprocess.run(
                 streamscribe_cmd(
