@@ -71,8 +71,8 @@ def read_states(
         if md is None or md.error is not None:
             raise BrokerError(f"assistant state topic {topic}: {md.error if md else 'missing'}")
         deadline = time.monotonic() + timeout_s
-        ends = {p: _end_offset(consumer, topic, p, deadline) for p in md.partitions}
-        ends = {p: end for p, end in ends.items() if end is not None}
+        found = {p: _end_offset(consumer, topic, p, deadline) for p in md.partitions}
+        ends = {p: end for p, end in found.items() if end is not None}
         if not ends:
             return states, bad
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
