@@ -49,12 +49,14 @@ from pathlib import Path
 from typing import Final
 
 from confluent_kafka import Message
+from prometheus_client import CollectorRegistry, Histogram
 
 from streamscribe.consumers.assistant_core import AssistantConfig, AssistantCore
 from streamscribe.consumers.assistant_intents import IntentMatcher, load_intents
 from streamscribe.consumers.assistant_reply import Speaker
 from streamscribe.consumers.assistant_state import ensure_state_topic, read_states
 from streamscribe.consumers.latency import HISTORY, origin_class
+from streamscribe.consumers.metrics import StatsCollector, loop_counters, serve_metrics, stop_server
 from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.core.kafka import (
     DeliveryProducer,
@@ -63,6 +65,7 @@ from streamscribe.core.kafka import (
     Subscription,
     consume_batches,
 )
+from streamscribe.core.metrics import LATENCY_BUCKETS_S, new_registry
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import now_us
 from streamscribe.schemas.topics import Topics
@@ -86,6 +89,57 @@ class AssistantStats(LoopStats):
     states_unreadable: int = 0
     states_written: int = 0
     history_skipped: int = 0  # transcripts re-transcribed by another processor group
+
+
+#: :class:`AssistantStats` fields exported as ``streamscribe_assistant_<name>_total``.
+ASSISTANT_COUNTERS: Final = {
+    "transcripts": ("streamscribe_assistant_transcripts", "Transcripts (partials, finals) read"),
+    "undecodable": ("streamscribe_assistant_undecodable", "Transcript values that did not decode"),
+    "commands": ("streamscribe_assistant_commands", "Voice commands published (delivered)"),
+    "history_skipped": (
+        "streamscribe_assistant_history_skipped",
+        "Transcripts re-transcribed from history (another processor group), not acted on",
+    ),
+    "states_written": ("streamscribe_assistant_states_written", "Session state records written"),
+    "states_restored": (
+        "streamscribe_assistant_states_restored",
+        "Session states read back from the state topic at start",
+    ),
+    "states_unreadable": (
+        "streamscribe_assistant_states_unreadable",
+        "State records that did not decode at start (skipped)",
+    ),
+    **loop_counters("assistant"),
+}
+
+
+class AssistantMetrics:
+    """The assistant's registry: its counters (read from ``stats`` at scrape time) and
+    ``streamscribe_assistant_command_latency_seconds``, the recognizer's publish of the
+    transcript that completed a command to the command's publish (``command_at_us``).
+
+    >>> m = AssistantMetrics(AssistantStats(commands=1))
+    >>> m.observe({"published_at_us": 1_000_000, "command_at_us": 1_250_000})
+    >>> m.registry.get_sample_value("streamscribe_assistant_command_latency_seconds_sum")
+    0.25
+    >>> m.registry.get_sample_value("streamscribe_assistant_commands_total")
+    1.0
+    """
+
+    def __init__(self, stats: AssistantStats) -> None:
+        self.registry: CollectorRegistry = new_registry()
+        self.registry.register(StatsCollector(lambda: stats, ASSISTANT_COUNTERS))
+        self.latency = Histogram(
+            "streamscribe_assistant_command_latency_seconds",
+            "Transcript published by the recognizer to its command published",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def observe(self, timestamps: dict[str, int]) -> None:
+        published, at = timestamps.get("published_at_us"), timestamps.get("command_at_us")
+        if published is not None and at is not None and at >= published:
+            self.latency.observe((at - published) / 1e6)
 
 
 def config_from_settings(
@@ -113,8 +167,10 @@ class AssistantHandler:
         live_group: str | None = None,
         state_topic: str | None = None,
         speaker: Speaker | None = None,
+        metrics: AssistantMetrics | None = None,
     ) -> None:
         self.core, self.out, self.topic, self.stats = core, out, topic, stats
+        self.metrics = metrics  # None: no /metrics
         self.live_group = live_group  # None: every transcript; else live traffic only
         self.state_topic = state_topic  # None: the state is not kept (tests of the core)
         self.speaker = speaker  # None: no spoken reply (no --speak)
@@ -146,6 +202,8 @@ class AssistantHandler:
                     command.confidence,
                 )
                 self.out.send(self.topic, command.key, command.encode())
+                if self.metrics is not None:
+                    self.metrics.observe(command.timestamps)
                 sent += 1
         states = self.core.changed()
         if self.state_topic is not None:
@@ -191,6 +249,12 @@ def run_assistant(
     log.info("assistant: %d session states restored from %s", stats.states_restored, state_topic)
     producer = DeliveryProducer.from_settings(settings, client_id=CLIENT_ID)
     live_group = None if include_history else settings.group_id
+    metrics, server = None, None
+    if settings.process_metrics_port is not None:
+        metrics = AssistantMetrics(stats)
+        server = serve_metrics(
+            metrics.registry, settings.metrics_host, settings.process_metrics_port
+        )
     handler = AssistantHandler(
         core,
         producer,
@@ -199,6 +263,7 @@ def run_assistant(
         live_group=live_group,
         state_topic=state_topic,
         speaker=speaker,
+        metrics=metrics,
     )
     log.info(
         "assistant: wake %r, intents %s: %s -> %s (group %s)%s",
@@ -222,6 +287,8 @@ def run_assistant(
         )
     finally:
         producer.close()
+        if server is not None:
+            stop_server(server)
     log.info("assistant: stopped: %s", stats)
     return stats
 
@@ -229,6 +296,7 @@ def run_assistant(
 __all__ = [
     "GROUP_ROLE",
     "AssistantHandler",
+    "AssistantMetrics",
     "AssistantStats",
     "config_from_settings",
     "run_assistant",

@@ -47,6 +47,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -58,6 +59,8 @@ import numpy as np
 
 from streamscribe.schemas.events import LatencyRecord
 from streamscribe.schemas.transcripts import TIMESTAMP_ORDER
+
+log = logging.getLogger(__name__)
 
 STORED_AT: Final = "stored_at_us"
 #: The full timestamp chain: the contract's order plus the sink's time.
@@ -105,8 +108,30 @@ def origin_class(origin: str | None, live_group: str) -> str:
     'live'
     >>> origin_class("retranscribe-2026-11", "streamscribe-processors"), origin_class(None, "g")
     ('history', 'live')
+
+    The first transcript of each other group is logged (a warning, once per group and
+    process): were that group the live worker's, the consumer is set up with another live
+    group (``--live-group`` / ``STREAMSCRIBE_GROUP_ID``) and would leave live traffic out.
     """
-    return LIVE if origin is None or origin == live_group else HISTORY
+    if origin is None or origin == live_group:
+        return LIVE
+    if (live_group, origin) not in _REPORTED and len(_REPORTED) < MAX_REPORTED_ORIGINS:
+        _REPORTED.add((live_group, origin))
+        log.warning(
+            "transcripts of processor group %r are taken as re-transcribed history (the live"
+            " group is %r; if %r is the live worker's, give --live-group %s or"
+            " STREAMSCRIBE_GROUP_ID)",
+            origin,
+            live_group,
+            origin,
+            origin,
+        )
+    return HISTORY
+
+
+#: Foreign origins logged at most once each, up to this many per process.
+MAX_REPORTED_ORIGINS: Final = 100
+_REPORTED: set[tuple[str, str]] = set()
 
 
 def stage_latencies(

@@ -51,15 +51,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
@@ -80,6 +72,7 @@ from streamscribe.consumers.latency import (
 )
 from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.core.kafka import LoopStats, Subscription, consume_batches
+from streamscribe.core.metrics import LATENCY_BUCKETS_S, new_registry
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import LatencyRecord, now_us
 from streamscribe.schemas.topics import Topics
@@ -91,27 +84,10 @@ GROUP_ROLE: Final = "metrics"  # group <prefix stem>-metrics (Settings.group_for
 DEFAULT_WINDOW: Final = "1000"
 CLIENT_ID: Final = "streamscribe-metrics"
 BATCH_SIZE: Final = 500
-#: Histogram buckets (seconds) for speech latency: fine around the 450 ms SLA, 10 ms..10 s.
-LATENCY_BUCKETS_S: Final = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0,
-    10.0, float("inf"),
-)  # fmt: skip
 MS: Final = 1000.0
 US: Final = 1_000_000.0
 #: Lines whose last partial time is remembered (oldest forgotten first); far above live lines.
 MAX_OPEN_LINES: Final = 10_000
-
-
-def new_registry() -> CollectorRegistry:
-    """A registry of our own with the process collector (``process_cpu_seconds_total``...).
-
-    ``_created`` series are switched off (:func:`prometheus_client.disable_created_metrics`:
-    a process-wide switch of the client, so it is made here, where every exporter starts).
-    """
-    disable_created_metrics()
-    registry = CollectorRegistry(auto_describe=True)
-    ProcessCollector(registry=registry)
-    return registry
 
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Any:

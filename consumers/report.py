@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from streamscribe.consumers.latency import (
     ALL_SERIES,
@@ -115,46 +116,91 @@ def format_report(report: LatencyReport) -> str:
 
 
 def plot_report(report: LatencyReport, path: Path, *, threshold_ms: float | None = None) -> Path:
-    """Per-series histograms (log-spaced bins) with p50/p95/p99 marks, as a PNG."""
+    """Per-series histograms with p50/p95/p99 marks, as a PNG (:func:`latency_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = latency_figure(report, threshold_ms=threshold_ms)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def latency_figure(report: LatencyReport, *, threshold_ms: float | None = None) -> Any:
+    """The figure of :func:`plot_report`: one histogram panel per series with data.
+
+    Every panel has numbered ticks on both axes and axis titles with units: the x axis is
+    the latency in ms, logarithmic (ticks at 1-2-5 steps) when the values span more than a
+    factor :data:`LOG_SPAN`, else linear; the y axis counts finals.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     names = [n for n in ALL_SERIES if report.summaries.get(n) and report.summaries[n].count]
     cols = 3
     rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.1 * rows), squeeze=False)
     values: dict[str, list[float]] = {n: [] for n in names}
     for rec in report.records:
         for n, v in series_values(rec).items():
             if n in values:
                 values[n].append(v)
     for ax, name in zip(axes.flat, names, strict=False):
-        vs = [max(v, 0.01) for v in values[name]]
-        lo, hi = min(vs), max(vs)
-        bins = _log_bins(lo, hi)
-        ax.hist(vs, bins=bins, color="#4477aa")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        vs = [max(v, MIN_PLOT_MS) for v in values[name]]
+        log_scale = _log_axis(min(vs), max(vs))
+        ax.hist(vs, bins=_bins(min(vs), max(vs), log_scale), color="#4477aa")
         s = report.summaries[name]
         for q, v, style in ((50, s.p50, "-"), (95, s.p95, "--"), (99, s.p99, ":")):
-            ax.axvline(max(v, 0.01), color="#cc3311", linestyle=style, label=f"p{q} {v:.1f}")
+            ax.axvline(max(v, MIN_PLOT_MS), color="#cc3311", linestyle=style, label=f"p{q} {v:.1f}")
         if threshold_ms is not None and name in {r.series for r in report.sla}:
             ax.axvline(threshold_ms, color="black", linewidth=1.5, label=f"SLA {threshold_ms:g}")
+        _latency_axes(ax, log_scale)
         ax.set_title(f"{name} (n={s.count})", fontsize=9)
-        ax.set_xlabel("ms", fontsize=8)
-        ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    fig.suptitle(f"streamscribe per-stage latency, {len(report.records)} finals", fontsize=10)
+    what = "finals" if report.origin == LIVE else "re-transcribed finals (history)"
+    fig.suptitle(f"streamscribe per-stage latency, {len(report.records)} {what}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+#: Values are plotted from this many ms up (a clamped 0 ms stage has no place on a log axis).
+MIN_PLOT_MS = 0.01
+#: A panel's x axis is logarithmic when its largest value is over this times its smallest.
+LOG_SPAN = 20.0
+
+
+def _log_axis(lo: float, hi: float) -> bool:
+    return hi > lo * LOG_SPAN
+
+
+def _bins(lo: float, hi: float, log_scale: bool, n: int = 30) -> Sequence[float]:
+    if hi <= lo:
+        return [lo * 0.9, hi * 1.1]
+    if log_scale:
+        return _log_bins(lo, hi, n)
+    return [lo + (hi - lo) * i / n for i in range(n + 1)]
+
+
+def _latency_axes(ax: Any, log_scale: bool) -> None:
+    """Numbered ticks and titled axes (units) on one panel."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    if log_scale:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    ax.set_xlabel("latency (ms)" + (", log scale" if log_scale else ""), fontsize=8)
+    ax.set_ylabel("finals", fontsize=8)
+    ax.tick_params(labelsize=8)
 
 
 def _log_bins(lo: float, hi: float, n: int = 30) -> Sequence[float]:

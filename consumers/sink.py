@@ -30,15 +30,18 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -47,14 +50,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from streamscribe.consumers.metrics import (
-    LATENCY_BUCKETS_S,
-    StatsCollector,
-    loop_counters,
-    new_registry,
-    serve_metrics,
-    stop_server,
-)
+from streamscribe.consumers.metrics import StatsCollector, loop_counters, serve_metrics, stop_server
 from streamscribe.consumers.store import TranscriptStore, WriteResult
 from streamscribe.core.errors import ContractError, SinkError
 from streamscribe.core.kafka import (
@@ -63,8 +59,10 @@ from streamscribe.core.kafka import (
     Publisher,
     Subscription,
     consume_batches,
+    consumer_config,
     next_offsets,
 )
+from streamscribe.core.metrics import LATENCY_BUCKETS_S, new_registry
 from streamscribe.core.settings import Settings
 from streamscribe.schemas.events import DeadLetter
 from streamscribe.schemas.topics import Topics
@@ -77,6 +75,9 @@ GROUP_ROLE: Final = "sink"  # group <prefix stem>-sink (Settings.group_for)
 DEFAULT_BATCH_SIZE: Final = 500
 CLIENT_ID: Final = "streamscribe-sink"
 DEADLETTER_CLIENT_ID: Final = "streamscribe-sink-deadletter"
+LAG_CLIENT_ID: Final = "streamscribe-sink-lag"
+#: A scrape waits at most this long for each broker answer of the lag (then skips it).
+LAG_TIMEOUT_S: Final = 2.0
 DB_RETRIES: Final = 3
 #: The wait before the n-th database retry is this times 2**(n-1): 0.5, 1, 2 s.
 DB_RETRY_BACKOFF_S: Final = 0.5
@@ -249,13 +250,126 @@ SINK_COUNTERS: Final = {
 }
 
 
+class SinkLag(Collector):
+    """``streamscribe_consumer_lag{topic, partition}`` of the sink, computed at scrape time.
+
+    The position of a partition is the sink's own: the offset after the last message its
+    consumer delivered and the sink made durable (what it commits next); the lag is the
+    partition's high watermark minus that position. A partition shows up once the sink has
+    handled a message of it. A partition whose committed offset in the sink's group is past
+    this sink's position has moved to another sink of the group (a rebalance) and is
+    dropped. The watermarks and committed offsets are asked of the broker by a reader of
+    its own that never joins the group (``reader``: a factory, for tests).
+
+    >>> lag = SinkLag(reader=lambda: None)
+    >>> lag.observe([_Msg("t.transcripts", 2, 41), _Msg("t.transcripts", 2, 40)])
+    >>> lag.positions
+    {('t.transcripts', 2): 42}
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        group_id: str = "",
+        *,
+        reader: Callable[[], Any] | None = None,
+    ) -> None:
+        if reader is None:
+            if settings is None:
+                raise ValueError("SinkLag needs settings or a reader")
+            conf = consumer_config(
+                settings, group_id=group_id, from_earliest=True, client_id=LAG_CLIENT_ID
+            )
+            reader = functools.partial(Consumer, conf)  # created at the first scrape
+        self._new_reader = reader
+        self._reader: Any = None
+        self._lock = threading.Lock()
+        self.positions: dict[tuple[str, int], int] = {}
+
+    def observe(self, messages: Sequence[KafkaMessage]) -> None:
+        """After a batch is durable: its partitions' positions (last offset + 1)."""
+        for tp in next_offsets(messages):
+            key = (tp.topic, tp.partition)
+            self.positions[key] = max(self.positions.get(key, 0), tp.offset)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        positions = dict.copy(self.positions)  # one atomic copy; the loop thread writes it
+        if positions:
+            with self._lock:  # scrapes may come in parallel; one reader, one at a time
+                try:
+                    for (topic, partition), lag in self._lags(positions):
+                        family.add_metric([topic, str(partition)], float(lag))
+                except KafkaException as exc:
+                    log.warning("sink lag: the broker did not answer: %s", exc)
+        yield family
+
+    def _lags(self, positions: dict[tuple[str, int], int]) -> Iterator[tuple[tuple[str, int], int]]:
+        if self._reader is None:
+            self._reader = self._new_reader()
+        reader = self._reader
+        tps = [TopicPartition(t, p) for t, p in sorted(positions)]
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in reader.committed(tps, timeout=LAG_TIMEOUT_S)
+        }
+        for key, position in sorted(positions.items()):
+            if committed.get(key, -1) > position:  # another sink of the group has it now
+                self.positions.pop(key, None)
+                continue
+            _low, high = reader.get_watermark_offsets(
+                TopicPartition(*key), timeout=LAG_TIMEOUT_S, cached=False
+            )
+            yield key, max(0, int(high) - position)
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "streamscribe_consumer_lag",
+            "Messages between the sink's position and the high watermark, per partition",
+            labels=["topic", "partition"],
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+
+@dataclass(frozen=True)
+class _Msg:
+    """A message as :meth:`SinkLag.observe` reads it (for the doctest)."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
 def sink_metrics(
-    stats: SinkStats, handle: Callable[[Sequence[KafkaMessage]], None]
+    stats: SinkStats,
+    handle: Callable[[Sequence[KafkaMessage]], None],
+    lag: SinkLag | None = None,
 ) -> tuple[CollectorRegistry, Callable[[Sequence[KafkaMessage]], None]]:
     """The sink's registry (its counters read from ``stats`` at scrape time) and ``handle``
-    timed into ``streamscribe_sink_write_seconds`` (a handled batch: rows + dead letters)."""
+    timed into ``streamscribe_sink_write_seconds`` (a handled batch: rows + dead letters);
+    with ``lag``, the handled batches' positions feed its consumer lag."""
     registry = new_registry()
     registry.register(StatsCollector(lambda: stats, SINK_COUNTERS))
+    if lag is not None:
+        registry.register(lag)
     seconds = Histogram(
         "streamscribe_sink_write_seconds",
         "One batch made durable: database transaction and dead-letter delivery",
@@ -267,6 +381,8 @@ def sink_metrics(
         start = time.perf_counter()
         handle(messages)
         seconds.observe(time.perf_counter() - start)
+        if lag is not None:
+            lag.observe(messages)
 
     return registry, timed
 
@@ -303,8 +419,10 @@ def run_sink(
     )
     handle: Callable[[Sequence[KafkaMessage]], None] = handler
     server: Any = None
+    lag: SinkLag | None = None
     if settings.process_metrics_port is not None:
-        registry, handle = sink_metrics(stats, handler)
+        lag = SinkLag(settings, group_id)
+        registry, handle = sink_metrics(stats, handler, lag)
         server = serve_metrics(registry, settings.metrics_host, settings.process_metrics_port)
     log.info("sink: %s -> %s (group %s)", topics.transcripts, store.safe_url, group_id)
     sub = Subscription([topics.transcripts], group_id, CLIENT_ID, from_earliest)
@@ -321,6 +439,8 @@ def run_sink(
     finally:
         if server is not None:
             stop_server(server)
+        if lag is not None:
+            lag.close()
         producer.close()
         store.close()
     log.info("sink: stopped: %s", stats)
@@ -331,6 +451,7 @@ __all__ = [
     "GROUP_ROLE",
     "DecodedBatch",
     "SinkHandler",
+    "SinkLag",
     "SinkStats",
     "decode_batch",
     "run_sink",

@@ -92,6 +92,10 @@ class ChannelStates:
     def __len__(self) -> int:
         return len(self._held)
 
+    def session_count(self) -> int:
+        """Sessions with at least one channel state held: the live sessions of this worker."""
+        return len({key.session_id for key in self._held.copy()})  # one atomic copy
+
     def __contains__(self, key: object) -> bool:
         return key in self._held
 

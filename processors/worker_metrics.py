@@ -6,13 +6,21 @@ The stages keep plain counters (:class:`~streamscribe.processors.recognizer_core
 counters and gauges when Prometheus scrapes, so nothing is counted twice and the stream
 loop does no extra work. Consumer lag is read by :class:`LagProbe`, a faust timer that
 asks the app's own consumer for its positions and the broker's high watermarks (both
-already known to the client: no broker round trip) every ``LAG_INTERVAL_S``.
+already known to the client: no broker round trip) every ``LAG_INTERVAL_S``. Two durations
+are histograms (:class:`WorkerTimings`): a batched partial decode, timed around the
+scheduler's batch call in the executor thread, and a table restore, from faust's
+``on_partitions_assigned`` signal (tables' recovery starts) to its ``on_rebalance_complete``
+signal (every active table caught up with its changelog).
 
 Names (all documented in ``docs/metrics.md``)::
 
     streamscribe_segmenter_{chunks,batches,dead_letters}_total, streamscribe_segmenter_channels
+    streamscribe_segmenter_sessions (live sessions)
     streamscribe_recognizer_<RecognizerStats field>_total, streamscribe_recognizer_open_lines
     streamscribe_decode_<SchedulerStats field>_total, streamscribe_decode_queue_depth
+    streamscribe_decode_partial_batch_seconds, streamscribe_worker_table_restore_seconds
+    streamscribe_stage_dead_letters_total{stage,reason}
+    streamscribe_stage_dead_letter_send_failures_total{stage}
     streamscribe_worker_messages_{received,sent}_total{topic}, streamscribe_worker_rebalances_total
     streamscribe_consumer_lag{topic,partition}, process_* (CPU seconds, memory)
 
@@ -27,20 +35,46 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from streamscribe.core.errors import ProcessorError
+from streamscribe.core.metrics import LATENCY_BUCKETS_S, new_registry
 from streamscribe.core.settings import Settings
+from streamscribe.processors.faust_app import DEAD_LETTER_FAILURES, DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S: Final = 5.0
+SEGMENTER_STAGE: Final = "segmenter"  # the ``stage`` of the agents' dead letters
+RECOGNIZER_STAGE: Final = "recognizer"
+#: Buckets (seconds) of a table restore: an empty changelog takes milliseconds, a big one
+#: minutes; the speech-latency buckets would put every long restore in +Inf.
+RESTORE_BUCKETS_S: Final = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, float("inf"),
+)  # fmt: skip
+#: The low-cardinality ``reason`` of a dead letter, from the error type that caused it
+#: (the exception tree of ``streamscribe/core/errors.py``); any other type is ``other``.
+DEAD_LETTER_REASONS: Final = {
+    "ContractError": "undecodable",  # a value breaks the contract (not an AudioChunk, ...)
+    "ValidationError": "invalid_audio",  # NaN, bad length, unknown rate, forged position...
+    "SegmenterError": "segmenter_failed",  # a channel's state could not be advanced
+    "AsrError": "asr_failed",  # a final failed to decode after retries
+    "AsrModelError": "asr_failed",
+    "AsrInputError": "asr_failed",
+}
+DEAD_LETTER_OTHER: Final = "other"
+#: Every reason label, in the order the series are exported (each at 0 from the start).
+DEAD_LETTER_REASON_LABELS: Final = (
+    *dict.fromkeys(DEAD_LETTER_REASONS.values()),
+    DEAD_LETTER_OTHER,
+)
 
 SEGMENTER_COUNTERS: Final = {
     "chunks": "Audio chunks accepted by the segmenter (rejected and replayed ones excluded)",
@@ -103,6 +137,109 @@ def _monitor(monitor: Any) -> Iterator[Metric]:
     )
 
 
+def dead_letter_reason(error_type: str) -> str:
+    """The ``reason`` label of a dead letter caused by ``error_type``.
+
+    >>> dead_letter_reason("ValidationError"), dead_letter_reason("KeyError")
+    ('invalid_audio', 'other')
+    """
+    return DEAD_LETTER_REASONS.get(error_type, DEAD_LETTER_OTHER)
+
+
+def _dead_letters(
+    sent: dict[tuple[str, str], int], failed: dict[str, int], stages: Iterable[str] = ()
+) -> Iterator[Metric]:
+    """Dead letters by stage and reason, and those that could not be sent, by stage; every
+    series of the ``stages`` this worker runs is exported from the start, at 0."""
+    stages = list(stages)
+    by_reason = {(s, r): 0 for s in stages for r in DEAD_LETTER_REASON_LABELS}
+    failed = {**dict.fromkeys(stages, 0), **dict.copy(failed)}
+    for (stage, error_type), n in dict.copy(sent).items():  # one atomic copy
+        key = (stage, dead_letter_reason(error_type))
+        by_reason[key] = by_reason.get(key, 0) + n
+    family = CounterMetricFamily(
+        "streamscribe_stage_dead_letters",
+        "Messages sent to the dead-letter topic, by stage and reason",
+        labels=["stage", "reason"],
+    )
+    for (stage, reason), n in sorted(by_reason.items()):
+        family.add_metric([stage, reason], float(n))
+    yield family
+    failures = CounterMetricFamily(
+        "streamscribe_stage_dead_letter_send_failures",
+        "Dead letters that could not be sent, even without their raw bytes (logged)",
+        labels=["stage"],
+    )
+    for stage, n in sorted(failed.items()):
+        failures.add_metric([stage], float(n))
+    yield failures
+
+
+class WorkerTimings:
+    """The worker's duration histograms, in ``registry``.
+
+    ``streamscribe_decode_partial_batch_seconds``: one batched partial decoder run (the
+    scheduler's ``decode_batch``, in the partial executor's thread; queueing excluded).
+    ``streamscribe_worker_table_restore_seconds``: from the assignment of partitions (faust's
+    ``on_partitions_assigned``, sent once the tables' recovery has been started) to the end
+    of recovery (``on_rebalance_complete``): the time to read every active table's
+    changelog up to its high watermark; a rebalance during recovery restarts the clock.
+    """
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.partial_batch = Histogram(
+            "streamscribe_decode_partial_batch_seconds",
+            "One batched partial decoder run (queueing excluded)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.table_restore = Histogram(
+            "streamscribe_worker_table_restore_seconds",
+            "Partitions assigned to every active table restored from its changelog",
+            buckets=RESTORE_BUCKETS_S,
+            registry=registry,
+        )
+        self._assigned_at: float | None = None
+
+    def time_partial_batches(self, scheduler: Any) -> None:
+        """Time ``scheduler.decode_batch`` (idempotent: a timed batch call is not re-wrapped)."""
+        batch = scheduler.decode_batch
+        if getattr(batch, "_timed_by", None) is self:
+            return
+        observe = self.partial_batch.observe
+
+        def timed(items: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return batch(items)
+            finally:
+                observe(time.perf_counter() - start)
+
+        timed._timed_by = self  # type: ignore[attr-defined]
+        scheduler.decode_batch = timed
+
+    def restore_started(self, *_args: Any, **_kw: Any) -> None:
+        self._assigned_at = self.clock()
+
+    def restore_completed(self, *_args: Any, **_kw: Any) -> None:
+        if self._assigned_at is not None:
+            self.table_restore.observe(max(0.0, self.clock() - self._assigned_at))
+            self._assigned_at = None
+
+    def install(self, app: Any) -> None:
+        """Connect the restore clock to ``app``'s rebalance signals (a faust app)."""
+
+        async def assigned(*args: Any, **kw: Any) -> None:
+            self.restore_started()
+
+        async def complete(*args: Any, **kw: Any) -> None:
+            self.restore_completed()
+
+        app.on_partitions_assigned.connect(assigned, weak=False)
+        app.on_rebalance_complete.connect(complete, weak=False)
+
+
 class LagProbe:
     """Consumer lag per assigned partition, refreshed from the faust app's consumer.
 
@@ -146,16 +283,25 @@ class WorkerCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
+        names: list[str] = []
         for stage in self.stages:
             if hasattr(stage, "scheduler") and hasattr(stage, "core"):
+                names.append(RECOGNIZER_STAGE)
                 yield from self._recognizer(stage)
             elif isinstance(getattr(stage, "stats", None), Mapping):
+                names.append(SEGMENTER_STAGE)
                 yield from _counters("streamscribe_segmenter", stage.stats, SEGMENTER_COUNTERS)
                 yield _gauge(
                     "streamscribe_segmenter_channels",
                     "Channel states held in memory by the segmenter",
                     len(stage.states),
                 )
+                yield _gauge(
+                    "streamscribe_segmenter_sessions",
+                    "Live sessions of this worker: sessions with a channel state held",
+                    stage.states.session_count(),
+                )
+        yield from _dead_letters(DEAD_LETTERS, DEAD_LETTER_FAILURES, names)
         if self.app is not None and self.app.started:  # its monitor exists once started
             yield from _monitor(self.app.monitor)
         if self.lag is not None:
@@ -187,11 +333,21 @@ class WorkerCollector(Collector):
 def worker_registry(
     stages: Iterable[Any], lag: LagProbe | None = None, app: Any = None
 ) -> CollectorRegistry:
-    """A registry with :class:`WorkerCollector` and the process collector; no ``_created``."""
-    disable_created_metrics()
-    registry = CollectorRegistry(auto_describe=False)
-    ProcessCollector(registry=registry)
+    """A registry with :class:`WorkerCollector`, the process collector and the
+    :class:`WorkerTimings` histograms; no ``_created``.
+
+    The recognizer's partial batches are timed from here on; the restore clock is connected
+    to ``app``'s signals when it is a faust app.
+    """
+    stages = list(stages)
+    registry = new_registry(auto_describe=False)
     registry.register(WorkerCollector(stages, lag, app))
+    timings = WorkerTimings(registry)
+    for stage in stages:
+        if hasattr(stage, "scheduler"):
+            timings.time_partial_batches(stage.scheduler)
+    if app is not None and hasattr(app, "on_rebalance_complete"):
+        timings.install(app)
     return registry
 
 

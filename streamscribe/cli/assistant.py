@@ -2,9 +2,9 @@
 
 ::
 
-    assistant [--wake PHRASE] [--intents FILE] [--timeout S] [--group-id G]
+    assistant [--wake PHRASE] [--intents FILE] [--timeout S] [--group-id G] [--live-group G]
               [--include-history] [--speak [--speak-dir DIR]] [--from-earliest]
-              [--max-idle S]
+              [--max-idle S] [--metrics-host H] [--metrics-port P]
 
 ``--wake`` is the wake phrase, optionally with other ways the model hears it after ``|``
 (default ``STREAMSCRIBE_ASSISTANT_WAKE``); ``--intents`` a YAML file of intents and their
@@ -30,7 +30,14 @@ import argparse
 from pathlib import Path
 
 from streamscribe.cli.common import EXIT_OK, SubParsers, add_start_options, from_earliest
-from streamscribe.cli.consumers import group_id_arg
+from streamscribe.cli.consumers import (
+    PROCESS_PORT_HELP,
+    group_id_arg,
+    live_group_arg,
+    metrics_args,
+    with_live_group,
+    with_metrics,
+)
 from streamscribe.core.errors import UsageError
 from streamscribe.core.settings import Settings
 
@@ -56,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default STREAMSCRIBE_ASSISTANT_TIMEOUT_S)",
     )
     group_id_arg(p, GROUP_ROLE)
+    live_group_arg(p)
     p.add_argument(
         "--include-history",
         action="store_true",
@@ -78,6 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"
     )
+    metrics_args(p, PROCESS_PORT_HELP)
 
 
 def speak_dir(settings: Settings, args: argparse.Namespace) -> Path | None:
@@ -96,7 +105,7 @@ def cmd_assistant(settings: Settings, args: argparse.Namespace) -> int:
     from streamscribe.consumers.assistant import run_assistant
 
     stats = run_assistant(
-        settings,
+        with_live_group(with_metrics(settings, args), args),
         wake=args.wake,
         intents_file=args.intents,
         timeout_s=args.timeout,

@@ -2,17 +2,17 @@
 
 :func:`register` adds the six consumer commands::
 
-    sink            [--db URL] [--group-id G] [--from-latest] [--max-idle S] [--batch-size N]
-                    [--metrics-host H] [--metrics-port P]
+    sink            [--db URL] [--group-id G] [--live-group G] [--from-latest] [--max-idle S]
+                    [--batch-size N] [--metrics-host H] [--metrics-port P]
     sessions        [--db URL] [--limit N]
     transcript      SESSION [--db URL] [--format text|json|srt]
-    metrics         [--metrics-host H] [--metrics-port P] [--group-id G] [--from-latest]
-                    [--window 1000|5m] [--max-idle S]
+    metrics         [--metrics-host H] [--metrics-port P] [--group-id G] [--live-group G]
+                    [--from-latest] [--window 1000|5m] [--max-idle S]
     latency-report  [--db URL] [--since ISO|15m] [--png FILE] [--origin live|history]
                     [--sla-ms MS] [--fail-on-violation]
     alerts          (--phrases "a,b" | --phrases-file F) [--format text|json] [--group-id G]
-                    [--include-history] [--from-latest] [--max-idle S] [--metrics-host H]
-                    [--metrics-port P]
+                    [--live-group G] [--include-history] [--from-latest] [--max-idle S]
+                    [--metrics-host H] [--metrics-port P]
 
 The long-running ones serve ``/metrics`` on ``--metrics-host:--metrics-port`` (settings
 ``metrics_host``, ``process_metrics_port``; off without a port; ``metrics`` always serves,
@@ -72,15 +72,32 @@ def group_id_arg(p: argparse.ArgumentParser, role: str) -> None:
     )
 
 
+def live_group_arg(p: argparse.ArgumentParser) -> None:
+    """``--live-group G``: whose transcripts are live traffic (``Settings.group_id``)."""
+    p.add_argument(
+        "--live-group",
+        metavar="G",
+        help="the live worker's group (its --group-id): its transcripts are live traffic,"
+        " any other group's re-transcribed history (default STREAMSCRIBE_GROUP_ID, else"
+        " <topic prefix>-processors)",
+    )
+
+
+def with_live_group(settings: Settings, args: argparse.Namespace) -> Settings:
+    """``settings`` whose ``group_id`` (the live processor group) is ``--live-group``."""
+    return settings.with_overrides(group_id=getattr(args, "live_group", None))
+
+
 def _consumer_args(p: argparse.ArgumentParser, role: str) -> None:
     group_id_arg(p, role)
+    live_group_arg(p)
     add_start_options(p, "transcripts")
     p.add_argument(
         "--max-idle", type=float, metavar="S", help="stop after S seconds without a message"
     )
 
 
-def _metrics_args(p: argparse.ArgumentParser, port_help: str) -> None:
+def metrics_args(p: argparse.ArgumentParser, port_help: str) -> None:
     p.add_argument(
         "--metrics-host",
         metavar="H",
@@ -90,14 +107,14 @@ def _metrics_args(p: argparse.ArgumentParser, port_help: str) -> None:
     p.add_argument("--metrics-port", type=int, metavar="P", help=port_help)
 
 
-def _with_metrics(settings: Settings, args: argparse.Namespace) -> Settings:
+def with_metrics(settings: Settings, args: argparse.Namespace) -> Settings:
     """``settings`` with the ``--metrics-host/--metrics-port`` of a long-running consumer."""
     return settings.with_overrides(
         metrics_host=args.metrics_host, process_metrics_port=args.metrics_port
     )
 
 
-_PROCESS_PORT_HELP = "serve /metrics on this port (default STREAMSCRIBE_PROCESS_METRICS_PORT; off)"
+PROCESS_PORT_HELP = "serve /metrics on this port (default STREAMSCRIBE_PROCESS_METRICS_PORT; off)"
 
 
 def _iso(us: int) -> str:
@@ -116,7 +133,7 @@ def add_arguments_sink(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_BATCH_SIZE,
         help=f"messages per DB transaction (default {DEFAULT_BATCH_SIZE})",
     )
-    _metrics_args(p, _PROCESS_PORT_HELP)
+    metrics_args(p, PROCESS_PORT_HELP)
 
 
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
@@ -130,7 +147,7 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
             "(sqlite:///path.db) or a server"
         )
     stats = run_sink(
-        _with_metrics(settings, args),
+        with_live_group(with_metrics(settings, args), args),
         db_url=args.db,
         group_id=args.group_id,
         from_earliest=from_earliest(args),
@@ -208,7 +225,7 @@ def cmd_transcript(settings: Settings, args: argparse.Namespace) -> int:
 def add_arguments_metrics(p: argparse.ArgumentParser) -> None:
     from streamscribe.consumers.metrics import DEFAULT_WINDOW, GROUP_ROLE
 
-    _metrics_args(p, "port of /metrics (default STREAMSCRIBE_METRICS_PORT, 9108)")
+    metrics_args(p, "port of /metrics (default STREAMSCRIBE_METRICS_PORT, 9108)")
     p.add_argument("--port", type=int, dest="metrics_port", help=argparse.SUPPRESS)  # old name
     _consumer_args(p, GROUP_ROLE)
     p.add_argument(
@@ -224,7 +241,7 @@ def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
 
     parse_window(args.window)  # a bad window is bad input, before anything starts
     stats = run_metrics(
-        settings.with_overrides(metrics_host=args.metrics_host),
+        with_live_group(settings.with_overrides(metrics_host=args.metrics_host), args),
         port=args.metrics_port,
         group_id=args.group_id,
         from_earliest=from_earliest(args),
@@ -302,7 +319,7 @@ def add_arguments_alerts(p: argparse.ArgumentParser) -> None:
         " traffic only, the finals of STREAMSCRIBE_GROUP_ID / <topic prefix>-processors)",
     )
     _consumer_args(p, GROUP_ROLE)
-    _metrics_args(p, _PROCESS_PORT_HELP)
+    metrics_args(p, PROCESS_PORT_HELP)
 
 
 def alert_line(alert: Alert, fmt: str) -> str:
@@ -322,7 +339,7 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
     if not phrases:
         raise UsageError("no phrases: give --phrases or --phrases-file")
     stats = run_alerts(
-        _with_metrics(settings, args),
+        with_live_group(with_metrics(settings, args), args),
         phrases=phrases,
         group_id=args.group_id,
         from_earliest=from_earliest(args),

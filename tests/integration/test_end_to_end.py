@@ -57,6 +57,8 @@ START_TOLERANCE_MS = 500.0
 QUIET_S = 3.0
 DATABASES = ("sqlite", "postgresql")
 LineKey = tuple[str, int, int]
+#: The first (live) worker's group; the re-transcription's is another one.
+LIVE_GROUP = f"proc-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,11 @@ def write_call(assets: Path, path: Path) -> Path:
 def sink_all(
     bootstrap: str, topics: Topics, urls: dict[str, str], groups: dict[str, str]
 ) -> dict[str, SinkStats]:
-    """One sink run per database (concurrently, in threads), each until idle."""
+    """One sink run per database (concurrently, in threads), each until idle; the live
+    worker is :data:`LIVE_GROUP` (its finals' latency goes to ``latency``, any other
+    group's to ``latency_history``)."""
     settings = Settings.from_env().with_overrides(
-        bootstrap_servers=bootstrap, topic_prefix=topics.prefix
+        bootstrap_servers=bootstrap, topic_prefix=topics.prefix, group_id=LIVE_GROUP
     )
     with ThreadPoolExecutor(len(groups)) as pool:
         futures = {
@@ -166,7 +170,7 @@ def call(
     truth = segment_file(wav)
     topics = Topics(f"e2e{uuid.uuid4().hex[:8]}.")
     create_topics(kafka_bootstrap, topics.specs(4))
-    with worker(kafka_bootstrap, topics, tmp, group=f"proc-{uuid.uuid4().hex[:6]}"):
+    with worker(kafka_bootstrap, topics, tmp, group=LIVE_GROUP):
         produce(kafka_bootstrap, topics, [str(wav)], session_id=SESSION)
         _, finals = wait_finals(kafka_bootstrap, topics, {SESSION: len(truth)}, timeout_s=240)
     urls = {
@@ -320,6 +324,7 @@ def wait_retranscribed(
 def test_retranscription_updates_the_rows_in_place(call: Call, kafka_bootstrap: str) -> None:
     keys = set(call.finals)
     before = {db: snapshot(url) for db, url in call.urls.items()}
+    before_latency = {db: latency_rows(url) for db, url in call.urls.items()}
     for rows in before.values():
         assert set(rows) == keys
         assert all(r.published_at_us is not None for r in rows.values())
@@ -364,6 +369,11 @@ def test_retranscription_updates_the_rows_in_place(call: Call, kafka_bootstrap: 
             "partials": 0,
             "latency": len(keys),
         }
+        # issue 13 item 12: the live latency rows stay; the re-transcription has its own
+        assert latency_rows(url) == before_latency[db]
+        with TranscriptStore(url, create=False) as store:
+            history = store.latency_records(origin="history")
+        assert sorted((r.session_id, r.channel, r.utterance) for r in history) == sorted(keys)
 
     # a new sink group replays the whole topic (both runs): nothing changes
     settled = {db: snapshot(url) for db, url in call.urls.items()}

@@ -174,3 +174,149 @@ def test_worker_metrics_count_chunks_and_lag_per_partition(
     assert s[("streamscribe_segmenter_dead_letters_total", ())] == 0
     assert audio_lag(s) == {"0": 0, "1": 0, "2": 0, "3": 0}
     assert s[("process_cpu_seconds_total", ())] > 0
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 0})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        done = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        return {tp.partition: tp.offset for tp in done if tp.offset >= 0}
+    finally:
+        c.close()
+
+
+def test_sink_lag_per_partition_from_its_own_positions(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    """The sink, held inside its second batch: its lag is the high watermark minus the
+    offset it has made durable (= what its group committed), on the one partition used."""
+
+    sid = f"lag-{uuid.uuid4().hex[:6]}"
+    total = 20
+    finals = [fin(sid, u, "hello") for u in range(total)]  # one key: one partition
+    produce_all(kafka_bootstrap, topics.transcripts, [(f.key, f.encode()) for f in finals])
+    port = free_port()
+    group = f"sink-lag-{uuid.uuid4().hex[:6]}"
+    settings = Settings.from_env().with_overrides(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, process_metrics_port=port
+    )
+    batches: list[int] = []
+    held, release = threading.Event(), threading.Event()
+
+    def hold_second_batch(batch: object) -> None:
+        batches.append(1)
+        if len(batches) == 2:
+            held.set()
+            release.wait(60)
+
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=run_sink,
+        kwargs={
+            "settings": settings,
+            "db_url": f"sqlite:///{tmp_path / 't.db'}",
+            "group_id": group,
+            "from_earliest": True,
+            "stop_event": stop,
+            "batch_size": 5,
+            "after_db_commit": hold_second_batch,
+        },
+        daemon=True,
+    )
+    runner.start()
+    try:
+        assert held.wait(60), "the sink did not reach its second batch"
+        (partition, committed), *_ = _committed(kafka_bootstrap, group, topics.transcripts).items()
+        s = scrape(port)
+        lag = {
+            dict(labels)["partition"]: v
+            for (name, labels), v in s.items()
+            if name == "streamscribe_consumer_lag"
+        }
+        assert 0 < committed < total
+        assert lag == {str(partition): total - committed}
+        release.set()
+        s = scrape_until(port, lambda s: s[("streamscribe_sink_finals_total", ())] >= total)
+        final_lag = s[
+            (
+                "streamscribe_consumer_lag",
+                (("partition", str(partition)), ("topic", topics.transcripts)),
+            )
+        ]
+    finally:
+        release.set()
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert final_lag == 0
+
+
+def test_worker_metrics_sessions_live_dead_letters_by_reason_and_restore(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path
+) -> None:
+    """Two sessions streaming (no end of stream yet), three undecodable values and a NaN
+    chunk: the worker counts 2 live sessions (0 once they time out), the dead letters by
+    reason, and the table restore of its start."""
+    import dataclasses
+
+    import numpy as np
+
+    from streamscribe.core.kafka import DeliveryProducer
+    from streamscribe.producers.source import chunk_channel, read_audio
+    from streamscribe.schemas.events import now_us
+
+    port = free_port()
+    proc = start_worker(
+        kafka_bootstrap,
+        topics,
+        tmp_path,
+        group=f"wm2-{uuid.uuid4().hex[:6]}",
+        stages="segmenter",
+        process_metrics_port=str(port),
+        idle_timeout_s="4",
+    )
+    try:
+        s = scrape_until(
+            port, lambda s: s.get(("streamscribe_worker_table_restore_seconds_count", ()), 0) >= 1
+        )
+        restores = s[("streamscribe_worker_table_restore_seconds_count", ())]
+        assert restores >= 1  # the start's assignment, restored (empty changelogs)
+        src = read_audio(assets / "beckett.wav")
+        producer = DeliveryProducer(kafka_bootstrap)
+        for sid in ("wm-a", "wm-b"):
+            chunks = list(chunk_channel(src, 0, session_id=sid, role="speaker"))[:20]
+            for c in chunks:
+                c = dataclasses.replace(c, captured_at_us=now_us())
+                producer.send(topics.audio, c.key, c.encode())
+        nan = dataclasses.replace(
+            chunks[-1],
+            seq=chunks[-1].seq + 1,
+            position=chunks[-1].position + chunks[-1].n_samples,
+            encoding="pcm_f32le",
+            payload=np.full(chunks[-1].n_samples, np.nan, np.float32).tobytes(),
+        )
+        producer.send(topics.audio, nan.key, nan.encode())
+        for _ in range(3):
+            producer.send(topics.audio, b"wm-junk", b"not an audio chunk")
+        assert producer.close().failed == 0
+        name = "streamscribe_stage_dead_letters_total"
+        undecodable = (name, (("reason", "undecodable"), ("stage", "segmenter")))
+        invalid = (name, (("reason", "invalid_audio"), ("stage", "segmenter")))
+        s = scrape_until(
+            port,
+            lambda s: (
+                s.get(("streamscribe_segmenter_sessions", ()), 0) == 2
+                and s.get(undecodable, 0) + s.get(invalid, 0) >= 4
+            ),
+        )
+        assert s[("streamscribe_segmenter_sessions", ())] == 2
+        assert s[("streamscribe_segmenter_channels", ())] == 2
+        assert (s[undecodable], s[invalid]) == (3, 1)
+        assert s[("streamscribe_segmenter_dead_letters_total", ())] == 4
+        s = scrape_until(port, lambda s: s.get(("streamscribe_segmenter_sessions", ()), 1) == 0)
+        assert s[("streamscribe_segmenter_sessions", ())] == 0  # both timed out (idle 4 s)
+    finally:
+        proc.stop()

@@ -135,7 +135,23 @@ def test_the_assistant_acts_on_live_traffic_only() -> None:
             self.seen.append(event.origin)
             return []
 
+        def changed(self) -> list[Any]:
+            return []
+
     core, stats = Core(), AssistantStats()
     handler = AssistantHandler(core, FakePublisher(), "t.commands", stats, live_group=LIVE_GROUP)  # type: ignore[arg-type]
     handler.handle_values([final(0, LIVE_GROUP, 1).encode(), final(1, "redo", 1).encode()])
     assert core.seen == [LIVE_GROUP] and stats.history_skipped == 1 and stats.transcripts == 2
+
+
+def test_each_foreign_origin_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A consumer set up with another live group than the worker's would drop live traffic
+    as history: the first transcript of each other group says so, once."""
+    with caplog.at_level("WARNING", logger="streamscribe.consumers.latency"):
+        for _ in range(3):
+            assert origin_class("demo-7f3a", "t9-processors") == HISTORY
+        assert origin_class("demo-other", "t9-processors") == HISTORY
+        assert origin_class("t9-processors", "t9-processors") == LIVE
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "'demo-7f3a'" in lines[0] and "--live-group demo-7f3a" in lines[0]

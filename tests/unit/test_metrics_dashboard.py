@@ -15,12 +15,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamscribe.consumers.alerts import AlertStats, alert_registry
+from streamscribe.consumers.assistant import AssistantMetrics, AssistantStats
 from streamscribe.consumers.metrics import MetricsService
 from streamscribe.consumers.sink import SinkStats, sink_metrics
 from streamscribe.core.kafka import LoopStats
 from streamscribe.core.settings import Settings
 from streamscribe.processors.worker import build_worker
 from streamscribe.processors.worker_metrics import LagProbe, worker_registry
+from streamscribe.producers.gateway.metrics import GatewayMetrics
 from tests.unit.test_metrics_processes import FakeApp, FakeConsumer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +48,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
         sink_metrics(SinkStats(), lambda _msgs: None)[0],
         alert_registry(AlertStats(), LoopStats()),
         MetricsService(Settings(), port=0).metrics.registry,
+        GatewayMetrics(open_sessions=lambda: 0, queue=lambda: 0).registry,
+        AssistantMetrics(AssistantStats()).registry,
     ]
     for stage in stages:
         stage.executor.shutdown(wait=False)
@@ -81,6 +85,11 @@ def test_dashboard_covers_the_issue_panels() -> None:
         "streamscribe_segmenter_dead_letters_total",
         "process_cpu_seconds_total",
         "streamscribe_segmenter_channels",
+        "streamscribe_segmenter_sessions",
+        "streamscribe_stage_dead_letters_total",
+        "streamscribe_decode_partial_batch_seconds_bucket",
+        "streamscribe_worker_table_restore_seconds",
+        'origin="live"',
     ):
         assert needed in text
 

@@ -98,3 +98,16 @@ def test_consumers_resolve_their_group_from_the_settings(monkeypatch: pytest.Mon
 class _NullProducer:
     def close(self) -> None:
         return None
+
+
+@pytest.mark.parametrize("command", ["sink", "metrics", "alerts", "assistant"])
+def test_live_group_names_the_live_worker_s_group(command: str) -> None:
+    """``--live-group`` is the consumer's ``Settings.group_id``: the origin of live traffic."""
+    from streamscribe.cli.consumers import with_live_group
+
+    extra = ["--phrases", "x"] if command == "alerts" else []
+    args = build_parser().parse_args([command, *extra, "--live-group", "demo-1"])
+    s = Settings(topic_prefix="t1.")
+    assert with_live_group(s, args).group_id == "demo-1"
+    plain = build_parser().parse_args([command, *extra])
+    assert with_live_group(s, plain).group_id == "t1-processors"
