@@ -180,10 +180,10 @@ def main() -> int:
         create_topics(bootstrap, topics.specs(settings.partitions))
         _say(f"topics {prefix}*: created; starting the worker (segmenter + ASR) and the sink")
         wlog, slog = root / f"worker-{run}.log", root / f"sink-{run}.log"
-        worker_cmd = _cli("worker", "--group-id", f"demo-{run}", "--from-earliest")
-        sink_cmd = _cli(
-            "sink", "--db", f"sqlite:///{db}", "--group-id", f"demo-sink-{run}", "--from-earliest"
-        )
+        # The run's prefix scopes its groups (demo-<run>-processors, demo-<run>-sink), so
+        # the sink takes the worker's finals as live traffic.
+        worker_cmd = _cli("worker", "--from-earliest")
+        sink_cmd = _cli("sink", "--db", f"sqlite:///{db}", "--from-earliest")
         with _background(worker_cmd, wlog, env) as worker, _background(sink_cmd, slog, env):
             _wait_log(wlog, "ASR model loaded", worker, 180)
             _wait_log(wlog, "[^Worker]: Ready", worker, 180)
