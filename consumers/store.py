@@ -343,7 +343,8 @@ class TranscriptStore:
     def forget(self, session_id: str) -> dict[str, int]:
         """Delete every row of ``session_id`` in ONE transaction; rows deleted per table.
 
-        The session's finals, partials, latency rows, channels and its sessions row (the
+        The session's finals, partials, latency rows (live and re-transcribed history), channels
+        and its sessions row (the
         key is the exact id: ``call-1`` never touches ``call-10``). A session that is
         unknown deletes nothing (all counts 0). Raises :class:`SinkError` if it fails.
 
@@ -352,15 +353,15 @@ class TranscriptStore:
         >>> for s in ("call-1", "call-10"):
         ...     _ = store.write([FinalTranscript(session_id=s, channel=0, role="agent",
         ...                      utterance=0, revision=1, text="hi", start_ms=0.0, end_ms=9.0)])
-        >>> store.forget("call-1")
-        {'utterances': 1, 'partials': 0, 'latency': 0, 'channels': 1, 'sessions': 1}
+        >>> sorted((t, n) for t, n in store.forget("call-1").items() if n)
+        [('channels', 1), ('sessions', 1), ('utterances', 1)]
         >>> [s.session_id for s in store.sessions()]
         ['call-10']
         """
         removed: dict[str, int] = {}
         try:
             with self.engine.begin() as conn:
-                for table in (utterances, partials, latency, channels, sessions):
+                for table in (utterances, partials, latency, latency_history, channels, sessions):
                     done = conn.execute(table.delete().where(table.c.session_id == session_id))
                     removed[table.name] = int(done.rowcount or 0)
         except SQLAlchemyError as exc:

@@ -3,6 +3,7 @@ belong to a session (``forget``), and the store's erasure of one session."""
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import importlib
 from pathlib import Path
@@ -157,9 +158,19 @@ def _partial(session: str, utterance: int) -> PartialTranscript:
 
 
 def test_store_forget_deletes_every_row_of_the_session_and_nothing_else() -> None:
-    store = TranscriptStore("sqlite://")
+    store = TranscriptStore("sqlite://", live_group="live")
     for sid in ("call-1", "call-10"):
         store.write([_final(sid, 0, "first words"), _final(sid, 1, "more"), _partial(sid, 0)])
+    # a re-transcription of call-1's first line by another group: a latency_history row
+    store.write(
+        [
+            dataclasses.replace(
+                _final("call-1", 0, "first word"),
+                origin="again",
+                timestamps={"captured_at_us": 1, "published_at_us": 9},
+            )
+        ]
+    )
     before = store.counts()
     assert before == {"sessions": 2, "channels": 4, "utterances": 4, "partials": 2, "latency": 4}
     removed = store.forget("call-1")
@@ -167,6 +178,7 @@ def test_store_forget_deletes_every_row_of_the_session_and_nothing_else() -> Non
         "utterances": 2,
         "partials": 1,
         "latency": 2,
+        "latency_history": 1,
         "channels": 2,
         "sessions": 1,
     }
@@ -175,6 +187,7 @@ def test_store_forget_deletes_every_row_of_the_session_and_nothing_else() -> Non
     assert [r.final.text for r in store.finals("call-10")] == ["first words", "more"]
     assert [p.text for p in store.partials("call-10")] == ["half a"]
     assert store.counts() == {k: v - removed[k] for k, v in before.items()}
+    assert store.latency_records(origin="history") == []
     assert store.forget("call-1") == dict.fromkeys(removed, 0)  # again: nothing left
 
 
