@@ -194,11 +194,11 @@ class AssistantHandler:
             for command in self.core.accept(event, now_us=now_us()):
                 if self.speaker is not None:
                     command = self.speaker.answer(command)
+                # The slots are words of the speech: not in the log (docs/privacy.md).
                 log.info(
-                    "command %s: %s %s (%.2f)",
+                    "command %s: %s (%.2f)",
                     command.command_id,
                     command.intent,
-                    command.slots,
                     command.confidence,
                 )
                 self.out.send(self.topic, command.key, command.encode())
