@@ -2,7 +2,8 @@
 # Installs what the project needs from Debian when it is missing: Java (the local Kafka
 # broker), Maven (fetches the Kafka jars), PostgreSQL (the sink's integration tests),
 # Chromium (the gateway's live page, tested in a real headless browser by playwright),
-# espeak-ng (synthetic speech for the voice-assistant's integration test).
+# espeak-ng (synthetic speech for the voice-assistant's integration test), docker-compose
+# (its `config` validates docker-compose.yml and the secured variant; no engine needed).
 # Needs root (or sudo) only when something is missing.
 set -euo pipefail
 need=()
@@ -11,6 +12,7 @@ command -v mvn  >/dev/null 2>&1 || need+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -118,9 +118,10 @@ def test_compose_cli_accepts_the_file() -> None:
         pytest.skip(
             "no `docker compose` / `docker-compose` installed (apt-get install docker-compose)"
         )
-    for profile in ([], ["--profile", "replay"]):
+    secure = ["-f", str(ROOT / "docker-compose.secure.yml")]
+    for extra in ([], ["--profile", "replay"], secure, [*secure, "--profile", "replay"]):
         done = subprocess.run(
-            [*cli, "-f", str(COMPOSE), *profile, "config", "-q"],
+            [*cli, "-f", str(COMPOSE), *extra, "config", "-q"],
             capture_output=True,
             text=True,
             timeout=120,
