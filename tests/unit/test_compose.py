@@ -46,7 +46,9 @@ def test_service_command_is_a_real_subcommand(name: str) -> None:
     assert command[0] == "streamscribe"
     args = build_parser().parse_args(command[1:])  # SystemExit(2) if not a real command
     assert callable(args.handler)
-    assert args.command in {"topics", "worker", "sink", "metrics", "alerts", "produce"}
+    assert args.command in {
+        "topics", "worker", "sink", "metrics", "alerts", "produce", "gateway", "assistant",
+    }  # fmt: skip
 
 
 def test_pipeline_services_are_all_there() -> None:

@@ -22,6 +22,8 @@ PRINCIPAL_OF = {
     "metrics": "sinks",
     "alerts": "sinks",
     "producer": "edge",
+    "gateway": "edge",
+    "assistant": "sinks",
 }
 
 
