@@ -413,18 +413,33 @@ def run_point(
     base = f"p{uuid.uuid4().hex[:6]}"
     sessions = {f"{base}-{i:03d}" for i in range(n)}
     load_before = loadavg()
+    # --split-stages: the recognizer in this worker, the segmenter in a second process (its
+    # the same group, different subscriptions); the stages meet on the utterances topic.
+    stages = "recognizer" if args.split_stages else STAGES
     worker = launch_worker(
         bootstrap,
         topics,
         work,
         group,
-        STAGES,
+        stages,
         *args.worker_args,
         update_interval_s=str(args.update_interval),
         **dict(kv.split("=", 1) for kv in args.worker_env),
     )
     second = None
-    if args.kill_at is not None:  # a second worker of the same group, SIGKILLed mid-run
+    if args.split_stages:
+        (work / "seg").mkdir(exist_ok=True)
+        second = launch_worker(
+            bootstrap,
+            topics,
+            work / "seg",
+            group,  # the same group: the recognizer takes only its own group's utterances
+            "segmenter",
+            *args.worker_args,
+            update_interval_s=str(args.update_interval),
+            **dict(kv.split("=", 1) for kv in args.worker_env),
+        )
+    elif args.kill_at is not None:  # a second worker of the same group, SIGKILLed mid-run
         (work / "second").mkdir(exist_ok=True)
         second = launch_worker(
             bootstrap,
@@ -451,9 +466,9 @@ def run_point(
             LagSampler(bootstrap, group, lag_topics, args.sample_s) as lag,
         ):
             processes = worker_processes(args.worker_args)
-            wait_ready(worker, STAGES, processes=processes)
+            wait_ready(worker, stages, processes=processes)
             if second is not None:
-                wait_ready(second, STAGES, processes=processes)
+                wait_ready(second, "segmenter" if args.split_stages else STAGES, processes=processes)
                 cpu.add("second", second.pid)
             marks["ready"] = time.time()
             time.sleep(args.settle)  # partitions assigned; idle CPU measured meanwhile
@@ -461,7 +476,7 @@ def run_point(
             producer = Proc(produce_cmd, work / f"producer-{n}.log", env=produce_env)
             cpu.add("producer", producer.pid)
             limit = args.duration + n * args.stagger + 120
-            if second is not None:
+            if second is not None and args.kill_at is not None:
                 time.sleep(args.kill_at)
                 second.kill9()
                 marks["killed"] = time.time()
@@ -496,6 +511,8 @@ def run_point(
         marks["load_start"] - marks["ready"], 1e-9
     )
     worker_cpu = cpu.at("worker", marks["drained"]) - cpu.at("worker", marks["load_start"])
+    if args.split_stages:  # both stage processes are the worker
+        worker_cpu += cpu.at("second", marks["drained"]) - cpu.at("second", marks["load_start"])
     wall = marks["drained"] - marks["load_start"]
     load_wall = max(marks["load_end"] - marks["load_start"], 1e-9)
     box = (cpu.at("box", marks["drained"]) - cpu.at("box", marks["load_start"])) / wall
@@ -758,6 +775,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--files", nargs="+", default=list(FILES), help="bundled assets to play")
     ap.add_argument("--continuous", action="store_true",
                     help=f"continuous speech: --files {' '.join(CONTINUOUS)}")  # fmt: skip
+    ap.add_argument("--split-stages", action="store_true",
+                    help="segmenter and recognizer in two worker processes")  # fmt: skip
     ap.add_argument("--worker-arg", dest="worker_args", action="append", default=[],
                     help="streamscribe worker argument, e.g. --worker-arg=--workers=2")  # fmt: skip
     ap.add_argument("--worker-env", action="append", default=[], metavar="FIELD=VALUE",

@@ -16,6 +16,8 @@ that failed half-way is simply run again):
    idempotent one of :func:`~streamscribe.core.kafka.producer_config`; every delivery
    report is awaited and a failure raises :class:`BrokerError` before the store is touched.
    Compaction then drops every older value of those keys (audio pieces, line states).
+   The voice assistant's session state (``<stem>-assistant-sessions-changelog``, raw
+   session-id keys) is erased the same way.
 3. **Delete the store rows** (:meth:`TranscriptStore.forget`, one transaction).
 
 What it does not do: records on the stream topics (audio, utterances, transcripts,
@@ -48,6 +50,7 @@ from streamscribe.core.admin import ADMIN_TIMEOUT_S, admin_client
 from streamscribe.core.errors import BrokerError
 from streamscribe.core.kafka import producer_config, reader_config
 from streamscribe.core.settings import Settings
+from streamscribe.schemas.commands import assistant_state_topic
 from streamscribe.schemas.topics import TABLE_KEY_SHAPES, changelog_topic, is_session_key
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,9 @@ log = logging.getLogger(__name__)
 CLIENT_ID: Final = "streamscribe-forget"
 SCAN_TIMEOUT_S: Final = 120.0
 SCAN_POLL_S: Final = 0.5
+#: The assistant's state topic: ``<stem>-assistant-sessions-changelog`` (its group's).
+ASSISTANT_ROLE: Final = "assistant"
+ASSISTANT_TABLE: Final = "sessions"
 #: Tables whose live keys mean the segmenter still has the session open.
 OPEN_TABLES: Final = ("segmenter-sessions", "segmenter-channels")
 
@@ -106,10 +112,16 @@ def session_keys(
     ...         (2, b'"s1#1"', None)]
     >>> [(k.key, k.live) for k in session_keys("segmenter-ended", recs, "s1")]
     [(b'"s1#0"', True), (b'"s1#1"', False)]
+    >>> [k.key for k in session_keys("sessions", [(0, b"s1", b"{}"), (0, b"s10", b"{}")], "s1")]
+    [b's1']
     """
     latest: dict[tuple[int, bytes], bool] = {}
     for partition, raw, value in records:
         if raw is None:
+            continue
+        if table == ASSISTANT_TABLE:  # raw utf-8 session ids, not faust's JSON keys
+            if raw == session_id.encode():
+                latest[(partition, raw)] = value is not None
             continue
         try:
             key = json.loads(raw)
@@ -141,6 +153,18 @@ def forget_session(
                     found.append(
                         (group, table, topic, scan_changelog(settings, topic, table, session_id))
                     )
+        # The voice assistant's session state (consumers/assistant_state.py): its own
+        # compacted topic per group, keyed by the raw session id.
+        assistant = assistant_state_topic(settings.group_for(ASSISTANT_ROLE))
+        if assistant in existing:
+            found.append(
+                (
+                    settings.group_for(ASSISTANT_ROLE),
+                    ASSISTANT_TABLE,
+                    assistant,
+                    scan_changelog(settings, assistant, ASSISTANT_TABLE, session_id),
+                )
+            )
         live = [(topic, k) for _, _, topic, keys in found for k in keys if k.live]
         if live:
             write_tombstones(settings, live)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from streamscribe.consumers.assistant_state import ensure_state_topic
 from streamscribe.consumers.sink import run_sink
 from streamscribe.consumers.store import TranscriptStore
 from streamscribe.core.kafka import DeliveryProducer
@@ -30,6 +31,7 @@ from streamscribe.processors.segmenter import segment_file
 from streamscribe.producers.source import chunk_channel, read_audio
 from streamscribe.schemas.events import now_us
 from streamscribe.schemas.topics import TABLE_KEY_SHAPES, Topics, changelog_topic
+from tests.integration.kafka_read import read_topic
 from tests.integration.pipeline import produce, wait_finals, wait_session_end, worker
 from tests.procs import ROOT, streamscribe_cmd
 
@@ -156,12 +158,22 @@ def test_forget_erases_one_session_from_the_store_and_the_tables(
     assert {t for t, _, _ in gone_before} == set(TABLE_KEY_SHAPES)  # every table had keys
     live = sum(v is not None for v in gone_before.values())
 
+    # the voice assistant's state of both sessions (its own compacted topic, raw keys)
+    state_topic = ensure_state_topic(settings, settings.group_for("assistant"))
+    states = DeliveryProducer(kafka_bootstrap)
+    for sid in (GONE, KEPT):
+        states.send(state_topic, sid.encode(), b'{"session_id": "%s"}' % sid.encode())
+    assert states.close().delivered == 2
+
     done = forget_cli(kafka_bootstrap, topics, group, db)
     assert done.returncode == 0, done.stderr
     assert f"session {GONE}: deleted from" in done.stdout
     assert f"{lines} utterances" in done.stdout and "1 sessions" in done.stdout
     written = sum(int(n) for n in re.findall(r"(\d+) tombstones written", done.stdout))
-    assert written == live
+    assert written == live + 1  # + the assistant state of the session
+    state_latest = {r.key: r.value for r in read_topic(kafka_bootstrap, state_topic)}
+    assert state_latest[GONE.encode()] in (None, b"")
+    assert state_latest[KEPT.encode()] == b'{"session_id": "%s"}' % KEPT.encode()
 
     after = latest_records(kafka_bootstrap, group)
     gone_after = of_session(after, GONE)
