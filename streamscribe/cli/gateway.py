@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,10 @@ def _mmss(ms: float) -> str:
 class Printer:
     """Partials overwritten in place on a terminal; finals with their times."""
 
-    def __init__(self, tty: bool) -> None:
+    def __init__(self, tty: bool, replies_dir: Path | None = None) -> None:
         self.tty = tty
         self.partial = False
+        self.replies_dir = replies_dir
 
     def __call__(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "ready":
@@ -74,6 +76,14 @@ class Printer:
                 sys.stdout.write("\r\x1b[2K")
                 self.partial = False
             print(f"[{_mmss(ev['start_ms'])}] {ev['role']}: {ev['text']}", flush=True)
+        elif msg["type"] == "reply":
+            saved = ""
+            if self.replies_dir is not None and msg.get("audio"):
+                self.replies_dir.mkdir(parents=True, exist_ok=True)
+                name = str(msg["command_id"]).replace("/", "_") + ".wav"
+                (self.replies_dir / name).write_bytes(base64.b64decode(msg["audio"]))
+                saved = f" ({self.replies_dir / name})"
+            print(f"reply to {msg['intent']}: {msg['text']}{saved}", flush=True)
         elif msg["type"] == "error":
             print(f"gateway: {msg['code']}: {msg['message']}", file=sys.stderr)
 
@@ -92,7 +102,8 @@ def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
         chunk_ms=args.chunk_ms,
         mic_seconds=args.seconds,
     )
-    report = asyncio.run(stream(job, Printer(sys.stdout.isatty())))
+    replies = Path(args.replies_dir) if args.replies_dir else None
+    report = asyncio.run(stream(job, Printer(sys.stdout.isatty(), replies)))
     lat = sorted(report.latencies_ms)
     median = f", end of speech → final median {lat[len(lat) // 2]:.0f} ms" if lat else ""
     print(
@@ -122,4 +133,7 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--chunk-ms", type=int, help="fixed frame duration (default: the hints)")
     p.add_argument("--mic", action="store_true", help="stream the microphone instead of a file")
     p.add_argument("--seconds", type=float, help="with --mic: stop after this many seconds")
+    p.add_argument(
+        "--replies-dir", help="write the assistant's spoken replies here (COMMAND_ID.wav)"
+    )
     p.set_defaults(handler=cmd_stream)

@@ -165,3 +165,32 @@ def test_the_gateway_session_sends_each_reply_once_in_its_log() -> None:
     assert [d["type"] for d in s.log] == ["reply"]
     with pytest.raises(jsonschema.ValidationError):
         _validate({**doc, "audio": 3})
+
+
+def test_stream_client_prints_and_saves_a_reply(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import base64
+
+    from streamscribe.cli.gateway import Printer
+
+    wav = b"RIFF\x24\x00\x00\x00WAVEfmt "
+    msg = {
+        "type": "reply",
+        "n": 9,
+        "command_id": "call-42/0/3",
+        "channel": 0,
+        "utterance": 3,
+        "intent": "set_timer",
+        "slots": {"duration": "five minutes"},
+        "text": "timer set for five minutes",
+        "content_type": "audio/wav",
+        "audio": base64.b64encode(wav).decode(),
+        "duration_ms": 1720.0,
+    }
+    Printer(False, tmp_path / "replies")(msg)
+    saved = tmp_path / "replies" / "call-42_0_3.wav"
+    assert saved.read_bytes() == wav
+    assert capsys.readouterr().out == f"reply to set_timer: timer set for five minutes ({saved})\n"
+    Printer(False)(msg)  # no directory: printed only
+    assert capsys.readouterr().out == "reply to set_timer: timer set for five minutes\n"
