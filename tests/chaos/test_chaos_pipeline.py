@@ -10,7 +10,18 @@ broker is killed -9 and restarted, the first sink dies between its database comm
 offset commit, and two producers vanish without end of stream (their sessions must end by
 the idle timeout). Each test then checks one promise and prints what it verified. The seed
 is ``STREAMSCRIBE_CHAOS_SEED`` (default 13): ``STREAMSCRIBE_CHAOS_SEED=7 pytest tests/chaos
--m chaos -s`` reruns it with other sessions, pieces, faults and kill points.
+-m chaos -s`` reruns it with other sessions, pieces, faults and kill points. A failed run
+leaves ``events.jsonl``, ``utterances.jsonl`` (headers) and ``finals.jsonl`` next to the
+worker and sink logs in its tmp dir (``--basetemp`` keeps it).
+
+Known bugs (issue 13's report) are not hidden: each is recognised only by its exact
+signature and turns its test into an XFAIL that names the lines (``-ra`` shows it); any
+other difference fails. Two are the recognizer's, intermittent (they need a SIGKILL
+between the writes of one final): a final lost (its done marker reached the changelog, the
+final did not, and the replay drops it as late) and a final overwritten (the audio
+tombstones reached the changelog, the marker did not, and the replay decodes an empty
+line, published later). The third, an idle timeout not flushing the resampler, is pinned
+with the forged-copy gap in ``test_known_gaps.py``.
 """
 
 from __future__ import annotations
