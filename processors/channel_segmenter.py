@@ -120,9 +120,15 @@ class ChannelSegmenter:
             raise out.error
         return out.events
 
-    def finish(self, reason: EndReason = "end_of_stream") -> list[Event]:
-        """Close the open utterance; ``end_of_stream`` flushes the resampler and ends the stream."""
-        return Segmenters(self.vad).finish(self, reason)
+    def finish(
+        self, reason: EndReason = "end_of_stream", *, flush: bool | None = None
+    ) -> list[Event]:
+        """Close the open utterance; ``end_of_stream`` flushes the resampler and ends the stream.
+
+        ``flush=True`` flushes the resampler for another reason too (an idle timeout that
+        ends the channel for good: the last audio received belongs to its last utterance).
+        """
+        return Segmenters(self.vad).finish(self, reason, flush=flush)
 
     # ------------------------------------------------------- the per-frame protocol
 
@@ -344,11 +350,15 @@ class Segmenters:
             work.channel.end("end_of_stream", work.events)
         return outputs
 
-    def finish(self, channel: ChannelSegmenter, reason: EndReason) -> list[Event]:
-        """Close ``channel``'s open utterance; ``end_of_stream`` flushes and ends the stream."""
+    def finish(
+        self, channel: ChannelSegmenter, reason: EndReason, *, flush: bool | None = None
+    ) -> list[Event]:
+        """Close ``channel``'s open utterance; ``end_of_stream`` flushes and ends the stream
+        (``flush``: whether the resampler is flushed; default for ``end_of_stream`` only)."""
         if channel.ended:
             return []
-        work = _Work(channel, Feed(None, flush=reason == "end_of_stream"), [])
+        flushing = reason == "end_of_stream" if flush is None else flush
+        work = _Work(channel, Feed(None, flush=flushing), [])
         self._run([work])
         channel.end(reason, work.events)
         return work.events

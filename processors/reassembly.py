@@ -259,10 +259,14 @@ class JitterBuffer:
         """Accept one arrival; return the items now ready, in stream order.
 
         :class:`ValidationError` (state untouched but the counter) if its position
-        contradicts the seq order.
+        contradicts the seq order, or it differs from the copy of its seq already held.
         """
-        if not self.finished and chunk.seq >= self.next_seq and chunk.seq not in self._held:
-            self._check_position(chunk)
+        if not self.finished and chunk.seq >= self.next_seq:
+            held = self._held.get(chunk.seq)
+            if held is None:
+                self._check_position(chunk)
+            else:
+                self._check_copy(held, chunk)
         self.counters.chunks_in += 1
         out: list[Item] = []
         if chunk.seq < self.next_seq or self.finished:
@@ -299,6 +303,21 @@ class JitterBuffer:
         return out
 
     # ---------------------------------------------------------------- internals
+
+    def _check_copy(self, held: Chunk, chunk: Chunk) -> None:
+        """A second arrival of a held seq is a resend (dropped) unless it says otherwise."""
+        if (held.position, held.n_samples, held.sample_rate) == (
+            chunk.position,
+            chunk.n_samples,
+            chunk.sample_rate,
+        ):
+            return
+        self.counters.contradicting += 1
+        raise ValidationError(
+            f"chunk seq {chunk.seq} (position {chunk.position}, {chunk.n_samples} samples at "
+            f"{chunk.sample_rate} Hz) contradicts the copy already held (position "
+            f"{held.position}, {held.n_samples} samples at {held.sample_rate} Hz)"
+        )
 
     def _check_position(self, chunk: Chunk) -> None:
         """Reject a chunk ahead in seq whose position its missing chunks cannot explain."""

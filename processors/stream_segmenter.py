@@ -409,7 +409,9 @@ class StreamSegmenter:
         queue = [(item, fake) for item in st.jitter.flush()]
         self._run_rounds([(st, res, queue)])
         stamps = Stamps(0, 0, self.clock())
-        self._emit(st, res, st.seg.finish("idle"), Arrival(_EMPTY_CHUNK, stamps, ref), key)
+        # the channel ends for good (later chunks are refused): flush the resampler too
+        ended = st.seg.finish("idle", flush=True)
+        self._emit(st, res, ended, Arrival(_EMPTY_CHUNK, stamps, ref), key)
         self._end_channel(st, res, EVENT_IDLE_TIMEOUT, ref)
         return res
 
