@@ -10,7 +10,8 @@ later message of such a line rebuilds it from the tables (see :meth:`RecognizerC
 - **Acks are manual** (``stream.noack()``): an event is acked when everything it asked for
   is done. A **final** is decoded in a task of its own, so the loop goes on (other lines'
   parts, partials, finals) while it decodes; its event is acked only after the final is
-  published and its table writes are made. faust commits an offset only when every
+  delivered, its done marker is durable and its audio is deleted, in that order
+  (:meth:`RecognizerStage._final`). faust commits an offset only when every
   offset before it is acked, so a crash can never lose a final: after a restart its
   message (and the ones after it, which are duplicates then) is read again. Finals of
   one channel are published in utterance order (each waits for the one before). Finals
@@ -95,6 +96,7 @@ class RecognizerStage:
     def __init__(
         self, app: faust.App, settings: Settings, topics: StageTopics, executor: Executor
     ) -> None:
+        self.app = app
         self.settings = settings
         self.topics = topics
         self.executor = executor
@@ -120,7 +122,7 @@ class RecognizerStage:
         )
         self._fail_patterns = config.fail_patterns
         self._pending: set[asyncio.Task[None]] = set()
-        self._last_final: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._last_final: dict[tuple[str, int], asyncio.Future[None]] = {}  # published
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
 
@@ -218,19 +220,34 @@ class RecognizerStage:
         while len(self._pending) >= MAX_PENDING_FINALS:
             await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
         channel = (decode.msg.session_id, decode.msg.channel)
-        task = asyncio.create_task(self._final(decode, ev, self._last_final.get(channel)))
-        self._last_final[channel] = task
+        published: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before = self._last_final.get(channel)
+        task = asyncio.create_task(self._final(decode, ev, before, published))
+        self._last_final[channel] = published
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-        task.add_done_callback(lambda t: self._forget(channel, t))
+        task.add_done_callback(lambda _t: self._forget(channel, published))
         return False
 
-    def _forget(self, channel: tuple[str, int], task: asyncio.Task[None]) -> None:
-        if self._last_final.get(channel) is task:
+    def _forget(self, channel: tuple[str, int], published: asyncio.Future[None]) -> None:
+        if self._last_final.get(channel) is published:
             del self._last_final[channel]
 
-    async def _final(self, decode: Decode, ev: Any, before: asyncio.Task[None] | None) -> None:
+    async def _final(
+        self,
+        decode: Decode,
+        ev: Any,
+        before: asyncio.Future[None] | None,
+        published: asyncio.Future[None],
+    ) -> None:
         """Decode, publish and store one final, then ack its event (module docstring).
+
+        The order is what makes a SIGKILL anywhere in between harmless (a replay of the
+        event then finds the line as it must): the final is delivered first; then the
+        line's done marker is written and made durable (a flush); only then is its audio
+        deleted; then the event is acked. A replay before the marker decodes the final
+        again from its audio (the sink keeps one); after it, the final is late and only
+        its leftover audio is deleted (:meth:`RecognizerCore.accept`).
 
         Anything escaping here is systemic: the process exits before the ack, as
         :func:`~streamscribe.processors.faust_app.guarded` does for the loop.
@@ -241,7 +258,11 @@ class RecognizerStage:
                 await asyncio.shield(before)  # the channel's previous final goes out first
             with event_scope(ev):
                 done = self.core.finish(decode, out)
-                await self.topics.transcripts.send(key=decode.msg.key, value=done.event.encode())
+                sent = await self.topics.transcripts.send(
+                    key=decode.msg.key, value=done.event.encode()
+                )
+                await sent  # delivered (acks=all) before anything says the line is done
+                published.set_result(None)
                 if done.dead_letter is not None:
                     await send_dead_letter(
                         self.topics,
@@ -251,7 +272,9 @@ class RecognizerStage:
                         error_type=ASR_ERROR_TYPE,
                         session_id=decode.msg.session_id,
                     )
-                self._write(done.writes)
+                self._write(w for w in done.writes if w.table == LINES_TABLE)
+                await self.app.producer.flush()  # the done marker is durable ...
+                self._write(w for w in done.writes if w.table != LINES_TABLE)  # ... audio goes
             ev.ack()
         except Exception:
             log.critical("final of %s failed; exiting before ack", decode.line_id, exc_info=True)

@@ -350,6 +350,13 @@ class RecognizerCore:
         verdict = Verdict.ACCEPT if line is None else line.verdict(msg.part)
         if verdict != Verdict.ACCEPT:
             self.stats.duplicates += 1
+            if verdict == Verdict.LATE and msg.kind == KIND_FINAL:
+                # A final replayed after a crash between its done marker (durable first)
+                # and the deletion of its audio: delete what may be left (no-ops otherwise).
+                left = tuple(
+                    TableWrite(AUDIO_TABLE, piece_key(lid, i)) for i in range(msg.part + 1)
+                )
+                return Accepted(verdict, left)
             return Accepted(verdict)
         if line is None:
             line = RecognizerLine(msg.role, msg.start_sample, partition=partition)

@@ -14,14 +14,12 @@ is ``STREAMSCRIBE_CHAOS_SEED`` (default 13): ``STREAMSCRIBE_CHAOS_SEED=7 pytest 
 leaves ``events.jsonl``, ``utterances.jsonl`` (headers) and ``finals.jsonl`` next to the
 worker and sink logs in its tmp dir (``--basetemp`` keeps it).
 
-Known bugs (issue 13's report) are not hidden: each is recognised only by its exact
-signature and turns its test into an XFAIL that names the lines (``-ra`` shows it); any
-other difference fails. Two are the recognizer's, intermittent (they need a SIGKILL
-between the writes of one final): a final lost (its done marker reached the changelog, the
-final did not, and the replay drops it as late) and a final overwritten (the audio
-tombstones reached the changelog, the marker did not, and the replay decodes an empty
-line, published later). The third, an idle timeout not flushing the resampler, is pinned
-with the forged-copy gap in ``test_known_gaps.py``.
+Bugs it found (issue 13) are fixed and checked here without exceptions: a final lost after a
+SIGKILL between its writes (its done marker reached the changelog, the final did not) and a
+final overwritten (the audio tombstones reached the changelog, the marker did not) --
+``recognizer_agent._final`` now delivers the final, makes the marker durable, then deletes
+the audio; an idle timeout not flushing the resampler, and a forged copy of a held seq
+dropped silently (``test_known_gaps.py`` pins both on the cores).
 """
 
 from __future__ import annotations
@@ -66,7 +64,6 @@ LIFE_S = (2.0, 5.0)  # how long a worker lives (from ready) before a mid-batch k
 BROKER_DOWN_S = 3.0
 SINK_CRASHED = 17  # tests/chaos/sink_proc.py's exit status after the DB commit
 FINALS_TIMEOUT_S = 240.0  # after the last message sent; the last worker needs about 20 s
-RESAMPLER_DELAY_MS = 2.0  # at most this much of a resampled stream's end is held back
 
 
 @dataclass
@@ -319,19 +316,6 @@ def _utterance(f: FinalTranscript) -> int:
     return f.utterance
 
 
-def _overwritten_by_replay(chaos: ChaosRun, stored: FinalTranscript, text: str) -> bool:
-    """The known recognizer gap's signature: the line's first final on the topic has the
-    fault-free ``text``; its last copy, the stored one, has another and a lower revision
-    (re-decoded after a crash from a line whose audio was gone)."""
-    copies = chaos.audit.get((stored.session_id, stored.channel, stored.utterance), [])
-    return (
-        len(copies) >= 2
-        and copies[0].text == text
-        and copies[-1].text == stored.text
-        and copies[-1].revision < copies[0].revision
-    )
-
-
 def _explain(chaos: ChaosRun, sid: str, finals: list[FinalTranscript]) -> str:
     ref = [u.text for u in chaos.reference[sid]]
     rows = [
@@ -343,19 +327,19 @@ def _explain(chaos: ChaosRun, sid: str, finals: list[FinalTranscript]) -> str:
 
 
 def test_every_final_stored_exactly_once_with_the_fault_free_text(chaos: ChaosRun) -> None:
-    """Every line once in the database, with the offline run's text. Exceptions: a
-    vanished producer's last line (closed by the idle timeout) is checked for its span
-    here and for its text by the next test; lines with the exact signature of one of the
-    two known recognizer bugs (a final lost after a crash although the segmenter published
-    the line; a final overwritten by a re-decoded copy, ``_overwritten_by_replay``) make the
-    test xfail with the lines named, once everything else has held."""
+    """Every line once in the database, with the offline run's text; a vanished
+    producer's last line (closed by the idle timeout) is checked for its span here and for
+    its text by the next test. (Two recognizer bugs this found are fixed: a final lost
+    after a crash although the segmenter published the line, and a final overwritten by a
+    re-decoded copy of a line whose audio the first final had deleted; the order of a
+    final's writes in ``recognizer_agent._final`` prevents both.)"""
     stored, rows = _stored(chaos)
     expected = {(sid, 0, u) for sid, ref in chaos.reference.items() for u in range(len(ref))}
     lost = sorted(expected - set(chaos.audit))  # no final on the topic at all
     assert set(chaos.audit) <= expected, set(chaos.audit) - expected
     assert set(lost) <= chaos.segmented, "lines the segmenter never published"
-    assert rows == len(expected) - len(lost)
-    overwritten: list[tuple[str, int, str, str]] = []
+    assert lost == [], f"finals lost although the segmenter published the line: {lost}"
+    assert rows == len(expected)
     for s in chaos.plan.sessions:
         ref = chaos.reference[s.session_id]
         finals = {f.utterance: f for f in stored[s.session_id]}
@@ -366,30 +350,19 @@ def test_every_final_stored_exactly_once_with_the_fault_free_text(chaos: ChaosRu
             assert f.start_ms == ref[u].start_ms, (s.session_id, u)
             if f.reason == "idle":  # closed by the idle timeout: text by the next test
                 assert s.vanishes and u == len(ref) - 1, (s.session_id, u)
-                assert 0 <= ref[u].end_ms - f.end_ms <= RESAMPLER_DELAY_MS, (s.session_id, u)
-            elif f.text != ref[u].text and _overwritten_by_replay(chaos, f, ref[u].text):
-                overwritten.append((s.session_id, u, ref[u].text, f.text))
+                assert ref[u].end_ms == f.end_ms, (s.session_id, u)  # the resampler flushed
             else:
                 assert f.text == ref[u].text, _explain(chaos, s.session_id, list(finals.values()))
-    # the topic: copies of a line (replays) identical, but for the lines named below
-    known = {(sid, 0, u) for sid, u, _, _ in overwritten}
+    # the topic: copies of a line (replays after a crash) identical
     for key, copies in chaos.audit.items():
-        assert key in known or len({(f.text, f.revision) for f in copies}) == 1, (key, copies)
+        assert len({(f.text, f.revision) for f in copies}) == 1, (key, copies)
     copies = sum(len(c) for c in chaos.audit.values())
     print(
         f"verified: {rows} finals stored once each for {len(chaos.reference)} sessions, text"
-        f" identical to the offline run (lines closed by the idle timeout: start identical,"
-        f" end within {RESAMPLER_DELAY_MS} ms); {copies} finals on the topic for"
+        f" identical to the offline run (lines closed by the idle timeout: span identical);"
+        f" {copies} finals on the topic for"
         f" {len(chaos.audit)} lines ({copies - len(chaos.audit)} replayed copies)"
     )
-    if lost or overwritten:
-        pytest.xfail(
-            "known recognizer bugs after a worker SIGKILL: finals lost although the segmenter"
-            f" published the line (session, channel, utterance): {lost}; finals overwritten"
-            " by a re-decoded copy of a line whose audio the first final had deleted (lower"
-            " revision, other text, published later, so the sink keeps it): (session,"
-            f" utterance, fault-free text, stored text) {overwritten}"
-        )
 
 
 def test_an_idle_timeout_final_has_the_text_of_the_audio_received(chaos: ChaosRun) -> None:
@@ -406,13 +379,7 @@ def test_an_idle_timeout_final_has_the_text_of_the_audio_received(chaos: ChaosRu
         ref, got = chaos.reference[s.session_id][-1], stored[s.session_id][-1]
         if (got.text, got.end_ms) != (ref.text, ref.end_ms):
             differ.append((s.session_id, round(ref.end_ms - got.end_ms, 3), ref.text, got.text))
-    if differ and all(0 < d[1] <= RESAMPLER_DELAY_MS for d in differ):
-        pytest.xfail(
-            "known bug: an idle timeout ends the channel without flushing the resampler, so"
-            " the last final lacks the resampler's delay of received audio (non-16 kHz"
-            f" input): (session, ms short, offline text, streamed text) {differ}"
-        )
-    assert differ == []
+    assert differ == [], f"(session, ms short, offline text, streamed text): {differ}"
     print(
         f"verified: {len(idle)} lines closed by the idle timeout identical to the offline run"
         f" (the other {VANISHING - len(idle)} vanished sessions stopped in a pause)"
@@ -457,7 +424,7 @@ def test_a_sink_killed_between_db_commit_and_offset_commit_loses_and_duplicates_
                 r for r in store.finals(sid) if (r.final.channel, r.final.utterance) == (ch, u)
             ]
             text = chaos.reference[sid][u].text
-            assert row.final.text == text or _overwritten_by_replay(chaos, row.final, text)
+            assert row.final.text == text
     after = chaos.sink_after
     # the restarted sink read the crashed batch again: its finals changed nothing
     assert after["finals_unchanged"] >= len(crashed)

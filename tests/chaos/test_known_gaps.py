@@ -1,7 +1,16 @@
-"""Gaps the chaos suite found (issue 13) and steers around, each pinned by a strict xfail
-on the pure cores (no broker): when one is fixed its test passes, pytest reports the
-XPASS(strict) as a failure, and the marker goes (with the steering in ``plan.py`` or the
-check in ``test_chaos_pipeline.py`` that works around it)."""
+"""Gaps the chaos suite found (issue 13), now fixed, each pinned on the pure cores (no
+broker) as a regression test:
+
+- a forged copy of a seq the jitter buffer holds (same seq, another position, length or
+  rate) was counted as a duplicate and dropped without a dead letter; it is now a
+  ``ValidationError`` (a dead letter) and the held copy stays
+  (processors/reassembly.py ``JitterBuffer._check_copy``);
+- an idle timeout ended the channel without flushing the resampler, so a vanished
+  producer's last final lacked the last received audio of a non-16 kHz stream; idle now
+  flushes as end of stream does (processors/stream_segmenter.py ``finish_idle``).
+
+``plan.py`` may still steer the pipeline run around them; that only narrows what the
+run injects."""
 
 from __future__ import annotations
 
@@ -35,11 +44,6 @@ def _chunk(seq: int, position: int | None = None) -> Chunk:
     return Chunk(seq=seq, position=pos, n_samples=1600, sample_rate=16000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: a forged copy of a seq the jitter buffer holds is counted as a duplicate"
-    " and dropped without a dead letter (processors/reassembly.py JitterBuffer.push)",
-)
 def test_a_forged_copy_of_a_held_seq_is_rejected() -> None:
     jb = JitterBuffer()
     jb.push(_chunk(0))
@@ -59,12 +63,6 @@ def _last_final(core: StreamSegmenter, chunks: list, *, idle: bool) -> Utterance
     return finals[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: an idle timeout ends the channel without flushing the resampler, so a"
-    " vanished producer's last final lacks the last received audio of a non-16 kHz stream"
-    " (processors/stream_segmenter.py finish_idle -> ChannelSegmenter.finish('idle'))",
-)
 def test_an_idle_timeout_keeps_all_the_audio_received(assets: Path, tmp_path: Path) -> None:
     samples, rate = sf.read(str(assets / "two_cities.wav"), dtype="int16")
     assert rate == 48000

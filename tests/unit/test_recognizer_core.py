@@ -633,3 +633,33 @@ def test_partials_and_finals_are_post_processed_and_keep_the_model_text() -> Non
     assert partials[0].raw_text == "in short,," and partials[0].text == "In short,"
     assert final.raw_text == "in short,, the period . we had card 4111 1111 1111 1111 ok"
     assert final.text == "In short, the period. We had card [REDACTED:card] ok"
+
+
+def test_a_crash_between_a_finals_writes_loses_nothing() -> None:
+    """The agent makes a final's writes durable in order: the done marker (lines table),
+    then the audio deletions (recognizer_agent ``_final``). A crash after the marker and
+    before the deletions leaves audio behind: the replayed final is late and deletes it.
+    A crash before the marker replays the final with all its audio: the same final again."""
+    msgs = line_messages(noise(2.0))
+    once = Harness().run(msgs)[-1].event
+
+    # the marker is durable, the deletions are not: the final comes again, after a restart
+    h = Harness()
+    h.run(msgs[:-1])
+    decode = h.accept(msgs[-1])
+    assert decode is not None and decode.final
+    done = h.core.finish(decode, h.outcome(decode))
+    h.write(w for w in done.writes if w.table == LINES_TABLE)  # the crash comes here
+    assert len(h.tables[AUDIO_TABLE]) == len(msgs)
+    h.restart()
+    assert h.run(msgs[-1:]) == [] and h.verdicts[-1] == Verdict.LATE
+    assert h.tables[AUDIO_TABLE] == {}  # the leftover audio of the done line is gone
+    assert h.tables[LINES_TABLE]["s/0/0"]["done"] is True
+
+    # nothing of the final's writes is durable: the replay decodes the same final
+    h = Harness()
+    h.run(msgs[:-1])
+    assert h.accept(msgs[-1]) is not None  # decoded, published, then the crash
+    h.restart()
+    again = h.run(msgs[-1:])
+    assert _events(again) == [once]
