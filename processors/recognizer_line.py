@@ -231,6 +231,7 @@ class RecognizerLine:
         self.next_part = 0
         self.decoded_samples = 0  # audio length of the last partial decode submitted
         self.missing_parts = 0
+        self.missing: list[int] = []  # the parts that never came (gaps), ascending
         self.done = False
         self.evicted = False  # dropped from memory (partition revoked): its jobs publish nothing
         self.written: dict[str, Any] | None = None  # the changelog copy last written
@@ -269,6 +270,7 @@ class RecognizerLine:
         """Apply an accepted part (PCM16 bytes); returns how many parts before it are missing."""
         missing = max(0, part - self.next_part)
         self.missing_parts += missing
+        self.missing.extend(range(self.next_part, part))
         self._audio.append(decode_payload(payload, PCM_S16LE))
         self.next_part = part + 1
         self.end_sample = max(self.end_sample, end_sample)
@@ -332,6 +334,7 @@ class RecognizerLine:
             "stabilizer": {} if self.done else self.stabilizer.to_dict(),
             "anchor": self.anchor,
             "anchor_text": self.anchor_text,
+            **({"missing": list(self.missing)} if self.missing and not self.done else {}),
         }
 
     @staticmethod
@@ -372,8 +375,23 @@ class RecognizerLine:
             return line
         state = doc.get("stabilizer")
         line.stabilizer = LineStabilizer.from_dict(state) if state else LineStabilizer()
+        never = set(int(p) for p in doc.get("missing", ()))
+        line.missing = sorted(never)
+        # A copy written before the parts that never came were listed: absent is "never".
+        legacy = "missing" not in doc and line.missing_parts > 0
         for part in range(line.next_part):
+            if part in never:  # a part that never came was never stored
+                continue
             payload = piece(part)
-            if payload:  # a missing part was never stored
-                line._audio.append(decode_payload(payload, PCM_S16LE))
+            if not payload and legacy:
+                continue
+            if not payload:
+                # Stored after the line's copy said so and lost with a crash (the copy is
+                # durable, the part was not): its message comes again with the replay of
+                # everything after the last commit, so the line resumes before it.
+                line.next_part = part
+                line.missing = [p for p in line.missing if p < part]
+                line.missing_parts = len(line.missing)
+                break
+            line._audio.append(decode_payload(payload, PCM_S16LE))
         return line

@@ -663,3 +663,28 @@ def test_a_crash_between_a_finals_writes_loses_nothing() -> None:
     h.restart()
     again = h.run(msgs[-1:])
     assert _events(again) == [once]
+
+
+def test_a_part_lost_with_a_crash_is_taken_again_from_the_replay() -> None:
+    """The line's copy can reach the changelog while the part it counts did not (two
+    topics, one SIGKILL): the restored line resumes before that part, so its replayed
+    message is accepted, not dropped as a duplicate. A part that never came (a gap) is
+    listed in the copy and stays missing."""
+    msgs = line_messages(noise(2.0))
+    [crash_free] = [e for e in _events(Harness().run(msgs)) if isinstance(e, FinalTranscript)]
+    h = Harness()
+    h.run(msgs[:4])
+    del h.tables[AUDIO_TABLE]["s/0/0#3"]  # the crash: part 3's write was lost
+    h.restart()
+    replayed = _events(h.run(msgs[3:]))  # the replay: everything after the last commit
+    assert h.verdicts[-len(msgs[3:])] == Verdict.ACCEPT  # part 3 taken again
+    [final] = [e for e in replayed if isinstance(e, FinalTranscript)]
+    assert (final.text, final.degraded) == (crash_free.text, False)
+
+    # a gap: part 2 never came; the copy lists it, a restart keeps it missing
+    g = Harness()
+    g.run([msgs[0], msgs[1], msgs[3]])
+    assert g.tables[LINES_TABLE]["s/0/0"]["missing"] == [2]
+    g.restart()
+    [gapped] = [e for e in _events(g.run(msgs[4:])) if isinstance(e, FinalTranscript)]
+    assert g.verdicts[-len(msgs[4:])] == Verdict.ACCEPT and gapped.degraded
