@@ -468,7 +468,9 @@ def run_point(
             processes = worker_processes(args.worker_args)
             wait_ready(worker, stages, processes=processes)
             if second is not None:
-                wait_ready(second, "segmenter" if args.split_stages else STAGES, processes=processes)
+                wait_ready(
+                    second, "segmenter" if args.split_stages else STAGES, processes=processes
+                )
                 cpu.add("second", second.pid)
             marks["ready"] = time.time()
             time.sleep(args.settle)  # partitions assigned; idle CPU measured meanwhile
