@@ -14,6 +14,7 @@ either.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -127,7 +128,9 @@ def source_vocabulary() -> set[str]:
     """Every word in the Python source of streamscribe and of the logging packages."""
     roots = [ROOT / d for d in ("streamscribe", "producers", "processors", "consumers", "schemas")]
     for name in LOGGING_PACKAGES:
-        spec = importlib.util.find_spec(name)
+        # PathFinder searches sys.path only: another test may have put a stand-in module
+        # without a spec into sys.modules, which importlib.util.find_spec refuses.
+        spec = importlib.machinery.PathFinder.find_spec(name)
         assert spec is not None and spec.submodule_search_locations, name
         roots += [Path(p) for p in spec.submodule_search_locations]
     words: set[str] = set()
