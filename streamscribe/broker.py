@@ -41,8 +41,8 @@ from streamscribe.broker_secure import (
     ensure_tls,
     listener_properties,
     scram_arguments,
-    stem_of,
     write_client_files,
+    write_private,
 )
 from streamscribe.core.errors import BrokerError
 from streamscribe.core.retry import poll_until
@@ -218,7 +218,8 @@ class LocalBroker:
                 listener_properties(self.layout, self.port, self.controller_port, password)
             )
         text = "".join(f"{k}={v}\n" for k, v in props.items())
-        _write_owner_only(self.config_file, "# written by streamscribe broker start\n" + text)
+        # 0600: a secured broker's config holds its password
+        write_private(self.config_file, "# written by streamscribe broker start\n" + text)
         (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
 
     def _formatted(self) -> bool:
@@ -327,8 +328,7 @@ class LocalBroker:
         from streamscribe.core.admin import create_topics
         from streamscribe.schemas.topics import Topics
 
-        prefix = self.settings.topic_prefix
-        apply_acls(self.bootstrap, acl_specs(prefix, stem_of(prefix)))
+        apply_acls(self.bootstrap, acl_specs(self.settings))
         create_topics(
             self.bootstrap, Topics.from_settings(self.settings).specs(self.settings.partitions)
         )
@@ -420,14 +420,6 @@ def wait_until_ready(
         )
         if not ready:
             raise BrokerError(f"Kafka at {bootstrap} not ready after {timeout_s:.0f} s")
-
-
-def _write_owner_only(path: Path, text: str) -> None:
-    """Write ``path`` with mode 0600 (a secured broker's config holds its password)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)
 
 
 def new_cluster_id() -> str:

@@ -29,7 +29,7 @@ never: ``--secure`` on a PLAINTEXT data dir is refused.
 
 Example::
 
-    >>> [a.principal for a in acl_specs("streamscribe.", "streamscribe")][:2]
+    >>> [a.principal for a in acl_specs(Settings())][:2]
     ['User:edge', 'User:edge']
 """
 
@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Final
 
 from streamscribe.core.errors import BrokerError
+from streamscribe.core.settings import Settings
 
 PRINCIPALS: Final = ("admin", "edge", "processors", "sinks")
 BROKER_USER: Final = "broker"
@@ -96,7 +97,7 @@ def _private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _write_private(path: Path, data: bytes | str) -> None:
+def write_private(path: Path, data: bytes | str) -> None:
     """Write ``path`` created with mode 0600 (never readable by others, not even briefly)."""
     raw = data.encode() if isinstance(data, str) else data
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -173,10 +174,10 @@ def ensure_tls(layout: SecureLayout, hosts: tuple[str, ...] = ("127.0.0.1", "loc
     pem = serialization.Encoding.PEM
     pkcs8 = serialization.PrivateFormat.PKCS8
     plain = serialization.NoEncryption()
-    _write_private(layout.ca_key, ca_key.private_bytes(pem, pkcs8, plain))
-    _write_private(layout.ca_cert, ca_cert.public_bytes(pem))
+    write_private(layout.ca_key, ca_key.private_bytes(pem, pkcs8, plain))
+    write_private(layout.ca_cert, ca_cert.public_bytes(pem))
     # Kafka's PEM keystore: the private key (PKCS#8) then the certificate chain.
-    _write_private(
+    write_private(
         layout.broker_pem,
         key.private_bytes(pem, pkcs8, plain) + cert.public_bytes(pem) + ca_cert.public_bytes(pem),
     )
@@ -189,7 +190,7 @@ def ensure_passwords(layout: SecureLayout) -> dict[str, str]:
         data = json.loads(layout.secrets_file.read_text())
         return {str(k): str(v) for k, v in data["passwords"].items()}
     passwords = {name: secrets.token_hex(24) for name in (BROKER_USER, *PRINCIPALS)}
-    _write_private(layout.secrets_file, json.dumps({"passwords": passwords}, indent=1))
+    write_private(layout.secrets_file, json.dumps({"passwords": passwords}, indent=1))
     return passwords
 
 
@@ -217,7 +218,7 @@ def write_client_files(layout: SecureLayout, passwords: dict[str, str]) -> None:
     _private_dir(layout.clients_dir)
     for principal in PRINCIPALS:
         path = layout.client_file(principal)
-        _write_private(path, client_properties(layout, principal, passwords[principal]))
+        write_private(path, client_properties(layout, principal, passwords[principal]))
 
 
 # ------------------------------------------------------------------------ broker config
@@ -275,11 +276,11 @@ def write_compose_secrets(
     inside = SecureLayout(Path(mount))
     _private_dir(layout.clients_dir)
     for principal in PRINCIPALS:
-        _write_private(
+        write_private(
             layout.client_file(principal),
             client_properties(inside, principal, passwords[principal]),
         )
-    _write_private(
+    write_private(
         layout.clients_dir / "admin-java.properties",
         "security.protocol=SASL_SSL\n"
         f"sasl.mechanism={MECHANISM}\n"
@@ -315,13 +316,13 @@ def write_compose_secrets(
             "message.max.bytes": "2097152",
         }
     )
-    _write_private(
+    write_private(
         out / "server.properties",
         "# written by streamscribe broker secrets\n"
         + "".join(f"{k}={v}\n" for k, v in sorted(props.items())),
     )
     scram = " ".join(f"'{a}'" for a in scram_arguments(passwords))
-    _write_private(
+    write_private(
         out / "kafka-run.sh",
         "#!/bin/bash\n# written by streamscribe broker secrets: format once (SCRAM users), run\n"
         "set -euo pipefail\n"
@@ -353,8 +354,10 @@ class AclSpec:
         )
 
 
-def acl_specs(prefix: str, stem: str) -> list[AclSpec]:
-    """The ACLs of the four principals for topics ``prefix*`` and groups ``stem-*``."""
+def acl_specs(settings: Settings) -> list[AclSpec]:
+    """The ACLs of the four principals for the settings' topics (``<prefix>NAME``) and the
+    groups and internal topics named by :meth:`Settings.group_for` (``<stem>-ROLE``)."""
+    prefix = settings.topic_prefix
 
     def topic(user: str, name: str, *ops: str, pattern: str = "LITERAL") -> list[AclSpec]:
         return [AclSpec(f"User:{user}", "TOPIC", pattern, name, op) for op in ops]
@@ -369,15 +372,15 @@ def acl_specs(prefix: str, stem: str) -> list[AclSpec]:
         *topic("edge", t["transcripts"], "READ", "DESCRIBE"),
         *topic("edge", t["events"], "READ", "DESCRIBE"),
         *topic("edge", t["commands"], "READ", "DESCRIBE"),
-        *group("edge", f"{stem}-gateway", "READ"),
+        *group("edge", settings.group_for("gateway"), "READ"),
         *topic("processors", t["audio"], "READ", "WRITE", "DESCRIBE"),  # + idle ticks
         *topic("processors", t["utterances"], "READ", "WRITE", "DESCRIBE"),
         *topic("processors", t["transcripts"], "WRITE", "DESCRIBE"),
         *topic("processors", t["events"], "WRITE", "DESCRIBE"),
         *topic("processors", t["deadletter"], "WRITE", "DESCRIBE"),
         *topic("processors", prefix, "CREATE", pattern="PREFIXED"),
-        *topic("processors", f"{stem}-processors", "ALL", pattern="PREFIXED"),
-        *group("processors", f"{stem}-processors", "READ", "DESCRIBE"),
+        *topic("processors", settings.group_for("processors"), "ALL", pattern="PREFIXED"),
+        *group("processors", settings.group_for("processors"), "READ", "DESCRIBE"),
         *topic("sinks", t["transcripts"], "READ", "DESCRIBE"),
         *topic("sinks", t["events"], "READ", "DESCRIBE"),
         *topic("sinks", t["alerts"], "READ", "WRITE", "DESCRIBE"),
@@ -386,16 +389,11 @@ def acl_specs(prefix: str, stem: str) -> list[AclSpec]:
         *[
             a
             for g in ("sink", "metrics", "alerts", "assistant")
-            for a in group("sinks", f"{stem}-{g}", "READ")
+            for a in group("sinks", settings.group_for(g), "READ")
         ],
         # the assistant's session-state changelog, <stem>-assistant*-sessions-changelog
-        *topic("sinks", f"{stem}-assistant", "ALL", pattern="PREFIXED"),
+        *topic("sinks", settings.group_for("assistant"), "ALL", pattern="PREFIXED"),
     ]
-
-
-def stem_of(prefix: str) -> str:
-    """Group ids and internal topics are scoped by the topic prefix's stem."""
-    return prefix.rstrip(".-_") or "streamscribe"
 
 
 def apply_acls(bootstrap: str, specs: list[AclSpec]) -> int:

@@ -90,10 +90,9 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     require_broker(settings)  # one line, in seconds, when nothing listens
     if args.action == "create":
         if args.acls:
-            from streamscribe.broker_secure import acl_specs, apply_acls, stem_of
+            from streamscribe.broker_secure import acl_specs, apply_acls
 
-            prefix = settings.topic_prefix
-            count = apply_acls(settings.bootstrap, acl_specs(prefix, stem_of(prefix)))
+            count = apply_acls(settings.bootstrap, acl_specs(settings))
             print(f"ACLs: {count} (the principals of docs/security.md)")
         partitions = args.partitions or settings.partitions
         for name, outcome in create_topics(settings.bootstrap, topics.specs(partitions)).items():

@@ -12,7 +12,6 @@ from streamscribe.broker_secure import (
     acl_specs,
     ensure_passwords,
     listener_properties,
-    stem_of,
 )
 from streamscribe.core.errors import UsageError
 from streamscribe.core.security import (
@@ -126,7 +125,7 @@ def test_aiokafka_credentials() -> None:
 
 
 def test_acl_plan_least_privilege() -> None:
-    specs = acl_specs("streamscribe.", stem_of("streamscribe."))
+    specs = acl_specs(Settings())
     by = {(a.principal, a.name, a.operation) for a in specs}
     audio = "streamscribe.audio"
     assert ("User:edge", audio, "WRITE") in by
@@ -142,7 +141,8 @@ def test_acl_plan_least_privilege() -> None:
         ("User:sinks", "streamscribe-alerts"),
         ("User:sinks", "streamscribe-assistant"),
     }
-    assert stem_of("t1.") == "t1" and stem_of("acme-") == "acme"
+    scoped = {a.name for a in acl_specs(Settings(topic_prefix="t1.")) if a.resource == "GROUP"}
+    assert "t1-sink" in scoped and "t1-processors" in scoped
 
 
 def test_broker_listeners_and_private_passwords(tmp_path: Path) -> None:
