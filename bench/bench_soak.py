@@ -7,7 +7,8 @@ One worker (both stages) lives through ``--sessions`` (500) short sessions of re
 sent ``--window`` (10) at a time as fast as the producer goes; the next window starts when
 the segmenter has ended the last one. After the first ``--first`` (50) sessions and at
 the end, once their finals are out and the worker has been quiet for ``--settle-s`` (the
-worker commits every second and flushes its changelogs before it does), it samples:
+worker commits every second and flushes its changelogs before it does) and for the done
+markers' time to live (``--line-done-ttl-s``, 10 s here) plus 5 s, it samples:
 
 - the worker's RSS (``VmRSS`` of the process and its children, from ``/proc``);
 - each table's live keys, computed from outside by reading its changelog topic
@@ -179,7 +180,16 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, Any]:
     topics = fresh_topics(bootstrap, "soak")
     group = f"soak-{uuid.uuid4().hex[:8]}"
     tag = uuid.uuid4().hex[:6]
-    worker = launch_worker(bootstrap, topics, work, group, "segmenter,recognizer")
+    worker = launch_worker(
+        bootstrap,
+        topics,
+        work,
+        group,
+        "segmenter,recognizer",
+        line_done_ttl_s=str(args.line_done_ttl_s),
+    )
+    # a sample waits out the done markers' time to live (plus a sweep and a commit)
+    settle_s = max(args.settle_s, args.line_done_ttl_s + 5.0)
     started = time.monotonic()
     snaps: list[dict[str, Any]] = []
     try:
@@ -212,7 +222,7 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, Any]:
                 if done == args.first or done == args.sessions:
                     if not finals.wait_lines(expected, 300):
                         raise TimeoutError("finals missing")
-                    time.sleep(args.settle_s)
+                    time.sleep(settle_s)
                     snaps.append(
                         sample(bootstrap, group, worker.pid, events.ended(), f"after {done}")
                     )
@@ -236,6 +246,7 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, Any]:
     return {
         "sessions": args.sessions,
         "window": args.window,
+        "line_done_ttl_s": args.line_done_ttl_s,
         "files": {f.name: lines_per[f] for f in files},
         "finals": n_finals,
         "chunks_sent": delivery.sent,
@@ -261,6 +272,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--first", type=int, default=50, help="first sample after this many")
     p.add_argument("--window", type=int, default=10, help="sessions sent at once")
     p.add_argument("--settle-s", type=float, default=8.0)
+    p.add_argument(
+        "--line-done-ttl-s",
+        type=float,
+        default=10.0,
+        help="the worker's STREAMSCRIBE_LINE_DONE_TTL_S (default 300 s there; 10 here, so"
+        " that a sample sees the channels' last done markers go)",
+    )
     p.add_argument("--keep-topics", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)

@@ -84,6 +84,11 @@ EXIT_ERROR_BUDGET = 3
 MAX_PENDING_FINALS = 256
 
 
+def retire_interval_s(settings: Settings) -> float:
+    """How often the done markers are swept: a tenth of their time to live, 1..30 s."""
+    return min(30.0, max(1.0, settings.line_done_ttl_s / 10))
+
+
 class RecognizerStage:
     """Registers the recognizer agent, its two tables and the model loader on ``app``.
 
@@ -134,6 +139,10 @@ class RecognizerStage:
         @app.task
         async def load_model() -> None:
             await self.ensure_asr()
+
+        @app.timer(interval=retire_interval_s(settings))
+        async def retire_lines() -> None:
+            self.retire()
 
     async def ensure_asr(self) -> Any:
         if self.asr is None:
@@ -257,7 +266,9 @@ class RecognizerStage:
             if before is not None:
                 await asyncio.shield(before)  # the channel's previous final goes out first
             with event_scope(ev):
-                done = self.core.finish(decode, out)
+                done = self.core.finish(
+                    decode, out, source=(ev.message.partition, ev.message.offset)
+                )
                 sent = await self.topics.transcripts.send(
                     key=decode.msg.key, value=done.event.encode()
                 )
@@ -290,6 +301,29 @@ class RecognizerStage:
             logging.shutdown()
             sys.stderr.flush()
             os._exit(EXIT_ERROR_BUDGET)
+
+    def retire(self) -> int:
+        """Tombstone the done markers no replay needs any more (:meth:`RecognizerCore.retired`).
+
+        Runs on a timer, outside any event, so each tombstone goes to the changelog
+        partition the marker was written to (its final's partition) by hand. Nothing
+        depends on it being durable: a marker whose tombstone is lost is found again by a
+        later sweep. Returns how many went.
+        """
+        if self.app.rebalancing:
+            return 0
+        topic = self.topics.names.utterances
+        committed = {
+            tp.partition: offset
+            for tp, offset in self.app.monitor.tp_committed_offsets.items()
+            if tp.topic == topic
+        }
+        gone = self.core.retired(list(self.lines.items()), committed)
+        for partition, lid in gone:
+            self.lines.send_changelog(partition, lid, None, value_serializer="raw")
+            self.lines.data.pop(lid, None)
+        self.core.stats.retired += len(gone)
+        return len(gone)
 
     def _write(self, writes: Iterable[TableWrite]) -> None:
         for w in writes:

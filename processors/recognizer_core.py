@@ -57,7 +57,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -158,6 +158,7 @@ class RecognizerConfig:
     speculative_finals: bool = True
     max_lag_us: int = 1_000_000  # an update older than this gets no partial / speculation
     post: PostProcessor = field(default_factory=PostProcessor)
+    done_ttl_us: int = 300_000_000  # a channel's last done marker is kept this long
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecognizerConfig:
@@ -175,6 +176,7 @@ class RecognizerConfig:
             speculative_finals=settings.speculative_finals,
             max_lag_us=int(settings.partial_max_lag_s * 1e6),
             post=PostProcessor.from_settings(settings),
+            done_ttl_us=int(settings.line_done_ttl_s * 1e6),
         )
 
 
@@ -248,6 +250,7 @@ class RecognizerStats:
     speculative_finals: int = 0
     speculations_discarded: int = 0
     behind: int = 0  # updates older than max_lag: no partial, no speculation
+    retired: int = 0  # done markers tombstoned (the agent's sweep)
 
 
 def decode_message(value: bytes, key: bytes | None) -> UtteranceMessage:
@@ -325,6 +328,7 @@ class RecognizerCore:
         self._clock = clock
         self._open: dict[str, RecognizerLine] = {}
         self._parked: dict[str, RecognizerLine] = {}  # lines of revoked partitions
+        self._assigned: set[int] = set()  # utterance partitions this worker holds
 
     def __len__(self) -> int:
         """Open lines held in memory."""
@@ -350,6 +354,8 @@ class RecognizerCore:
         verdict = Verdict.ACCEPT if line is None else line.verdict(msg.part)
         if verdict != Verdict.ACCEPT:
             self.stats.duplicates += 1
+            if msg.kind == KIND_FINAL:  # rare (a replay after a crash): worth a line
+                log.info("final message of line %s ignored: %s", lid, verdict)
             if verdict == Verdict.LATE and msg.kind == KIND_FINAL:
                 # A final replayed after a crash between its done marker (durable first)
                 # and the deletion of its audio: delete what may be left (no-ops otherwise).
@@ -444,8 +450,14 @@ class RecognizerCore:
             origin=self.config.group_id,
         )
 
-    def finish(self, decode: Decode, out: DecodeOutcome) -> Finished:
-        """Finish a line with its decoded final (``out.error`` set: it failed after retries)."""
+    def finish(
+        self, decode: Decode, out: DecodeOutcome, source: tuple[int, int] | None = None
+    ) -> Finished:
+        """Finish a line with its decoded final (``out.error`` set: it failed after retries).
+
+        ``source`` is the (partition, offset) of the final's message: the done marker keeps
+        it, so that :meth:`retired` deletes the marker only once that offset is committed.
+        """
         msg, line, lid = decode.msg, decode.job.line, decode.line_id
         self.budget.record(out.error is None)
         self.stats.speculative_finals += out.speculative and out.error is None
@@ -470,17 +482,18 @@ class RecognizerCore:
             origin=self.config.group_id,
         )
         writes = [TableWrite(AUDIO_TABLE, piece_key(lid, i)) for i in range(line.next_part)]
-        # A small "done" marker makes a replayed part of this line recognisable as late;
-        # the marker of the line before it is no longer needed.
-        writes.append(
-            TableWrite(LINES_TABLE, lid, RecognizerLine.done_doc(line.role, line.start_sample))
-        )
+        # A small "done" marker makes a replayed part of this line recognisable as late. It
+        # says where the final was read and when, so that :meth:`retired` can delete it once
+        # no replay can bring the line back.
+        marker = RecognizerLine.done_doc(line.role, line.start_sample)
+        marker["done_at_us"] = self._clock()
+        if source is not None:
+            marker["source"] = [int(source[0]), int(source[1])]
+        writes.append(TableWrite(LINES_TABLE, lid, marker))
         self._open.pop(lid, None)
         self._parked.pop(lid, None)
         if msg.utterance > 0:
-            previous = line_id(msg.session_id, msg.channel, msg.utterance - 1)
-            writes.append(TableWrite(LINES_TABLE, previous))
-            self._drop(previous)
+            self._drop(line_id(msg.session_id, msg.channel, msg.utterance - 1))
         self.stats.finals += 1
         if error is None:
             return Finished(event, tuple(writes))
@@ -496,19 +509,76 @@ class RecognizerCore:
         the line last wrote, the dropped line itself is taken back (it also holds the
         partials published since that copy, so no stable word is retracted).
         """
+        self._assigned.difference_update(partitions)
         gone = [lid for lid, line in self._open.items() if line.partition in partitions]
         for lid in gone:
             line = self._open.pop(lid)
             line.evicted, line.speculation = True, None
-            self._parked[lid] = line
+            # Parked only while it is its changelog copy plus partials. A line that took a
+            # part its copy lacks (its final, which writes no copy, decoding now) must be
+            # rebuilt from the copy: the final's message comes again and is decoded again;
+            # a parked line would call it a duplicate and ack it while the first decode,
+            # whose ack a new generation ignores, may never finish.
+            if line.written is not None and line.written.get("next_part") == line.next_part:
+                self._parked[lid] = line
         return gone
 
     def assigned(self, partitions: Collection[int]) -> None:
-        """Partitions assigned: forget the dropped lines of partitions that went elsewhere."""
+        """Partitions assigned (the whole new assignment): forget the dropped lines of
+        partitions that went elsewhere."""
+        self._assigned = set(partitions)
         self._parked = {k: v for k, v in self._parked.items() if v.partition in partitions}
+
+    def retired(
+        self, items: Iterable[tuple[str, Any]], committed: Mapping[int, int]
+    ) -> list[tuple[int, str]]:
+        """Done markers that may go now, as ``(partition, line id)`` (tombstone each).
+
+        A marker is only there to make a replayed message of its line late, so it may go
+        when no replay can bring one: its final's offset is committed (``committed`` maps
+        an utterance partition to its committed offset, the next one to read), and either
+        the channel's next line exists (its own marker or copy takes over, as it always
+        did) or the marker is older than ``done_ttl_us`` (the channel's last line: the
+        session ended, or is silent that long). Only partitions this worker holds count.
+        Markers without a source (written before markers carried one) are kept.
+
+        >>> core = RecognizerCore(_doc_config(), {"s/0/1": {}}, {}, clock=lambda: 10**9)
+        >>> core.assigned({0})
+        >>> done = lambda at, off: {"done": True, "done_at_us": at, "source": [0, off]}
+        >>> items = [("s/0/0", done(10**9, 4)), ("t/0/0", done(0, 5)), ("u/0/0", done(0, 9))]
+        >>> core.retired(items, {0: 6})  # s/0/0: the next line exists; u/0/0: not committed
+        [(0, 's/0/0'), (0, 't/0/0')]
+        """
+        now = self._clock()
+        out = []
+        for lid, doc in items:
+            if not doc or not doc.get("done") or not doc.get("source"):
+                continue
+            partition, offset = int(doc["source"][0]), int(doc["source"][1])
+            if partition not in self._assigned or committed.get(partition, -1) <= offset:
+                continue
+            old = now - int(doc.get("done_at_us", 0)) >= self.config.done_ttl_us
+            if old or self._stored_lines.get(next_line_id(lid)) is not None:
+                out.append((partition, lid))
+        return out
 
     def _drop(self, lid: str) -> None:
         for lines in (self._open, self._parked):
             line = lines.pop(lid, None)
             if line is not None:
                 line.evicted = True
+
+
+def next_line_id(lid: str) -> str:
+    """The id of the line after ``lid`` in its channel (session ids may hold ``/``).
+
+    >>> next_line_id("a/b/0/7")
+    'a/b/0/8'
+    """
+    head, _, utterance = lid.rpartition("/")
+    return f"{head}/{int(utterance) + 1}"
+
+
+def _doc_config() -> RecognizerConfig:
+    """A minimal config for the doctests."""
+    return RecognizerConfig("g", PartialPolicy(interval_samples=8000), max_error_rate=0.2)

@@ -91,6 +91,7 @@ RECOGNIZER_COUNTERS: Final = {
     "speculative_finals": "Finals whose text came from a speculative decode",
     "speculations_discarded": "Speculative decodes discarded (speech went on)",
     "behind": "Updates older than the partial lag bound: no partial, no speculation",
+    "retired": "Done markers of finished lines tombstoned (no replay needs them any more)",
 }
 DECODE_COUNTERS: Final = {
     "finals": "Final decodes run",

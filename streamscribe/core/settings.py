@@ -122,6 +122,10 @@ class Settings(BaseModel):
     # decodes the final from it while the segmenter still waits out min_silence_ms.
     # False = no candidate, no speculation (the behaviour before it existed).
     speculative_finals: bool = True
+    # A finished line leaves a small done marker in recognizer-lines (a replayed message of
+    # it is late). It goes once its final's offset is committed and the channel's next line
+    # exists, or, for a channel's last line, after this long (processors/recognizer_core.py).
+    line_done_ttl_s: float = 300.0
 
     # WebSocket gateway (producers/gateway, docs/websocket.md)
     gateway_host: str = "127.0.0.1"

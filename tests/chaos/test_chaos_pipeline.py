@@ -40,7 +40,7 @@ from streamscribe.consumers.store import TranscriptStore
 from streamscribe.core.admin import create_topics
 from streamscribe.processors.offline import UtteranceText
 from streamscribe.schemas.events import DeadLetter, SessionEvent
-from streamscribe.schemas.topics import Topics
+from streamscribe.schemas.topics import Topics, changelog_topic
 from streamscribe.schemas.transcripts import FinalTranscript
 from streamscribe.schemas.utterances import UtteranceMessage
 from tests.chaos.audit import AuditProducer, FinalsAudit
@@ -132,7 +132,12 @@ def _wait_drained(
 
 
 def _dump(
-    bootstrap: str, topics: Topics, tmp: Path, events: list, finals: list[FinalTranscript]
+    bootstrap: str,
+    topics: Topics,
+    group: str,
+    tmp: Path,
+    events: list,
+    finals: list[FinalTranscript],
 ) -> set[tuple[str, int, int]]:
     """What a failed run needs for its post-mortem (the broker goes with the run): the
     events, every utterance message's header and every final, as JSON lines in ``tmp``.
@@ -145,10 +150,24 @@ def _dump(
              "part": m.part, "kind": m.kind, "start": m.start_sample, "end": m.end_sample,
              "reason": m.reason, "degraded": m.degraded, "bytes": len(m.payload)}
         )  # fmt: skip
+    lines = []  # the recognizer's table: each line's copies, done markers, tombstones
+    fields = ("next_part", "done", "source", "missing")
+    for r in read_topic(bootstrap, changelog_topic(group, "recognizer-lines")):
+        doc = json.loads(r.value) if r.value else None
+        lines.append(
+            {
+                "p": r.partition,
+                "o": r.offset,
+                "t": r.timestamp_ms,
+                "key": json.loads(r.key or b"null"),
+                "doc": doc and {k: doc.get(k) for k in fields},
+            }
+        )
     for name, rows in (
         ("events", [e.to_dict() for e in events]),
         ("utterances", heads),
         ("finals", [f.to_dict() for f in finals]),
+        ("recognizer_lines", lines),
     ):
         (tmp / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
     return {(h["session"], 0, h["utt"]) for h in heads if h["kind"] == "final"}
@@ -262,7 +281,7 @@ def chaos(
         channels = {(s.session_id, 0) for s in plan.sessions}
         events = wait_session_end(bootstrap, topics, channels, timeout_s=IDLE_TIMEOUT_S * 3)
         dls = [DeadLetter.decode(r.value) for r in read_topic(bootstrap, topics.deadletter)]
-        segmented = _dump(bootstrap, topics, tmp, events, audit.finals())
+        segmented = _dump(bootstrap, topics, group, tmp, events, audit.finals())
         sink2.stop()
         sink_crash = json.loads((tmp / "sink1.json").read_text())
         sink_after = json.loads((tmp / "sink2.json").read_text())

@@ -36,6 +36,7 @@ from streamscribe.processors.recognizer_core import (
     Verdict,
     decode_message,
 )
+from streamscribe.processors.recognizer_line import RecognizerLine
 from streamscribe.processors.text import normalized_words
 from streamscribe.schemas.pcm import PCM_S16LE, decode_payload, encode_payload
 from streamscribe.schemas.transcripts import FinalTranscript, PartialTranscript
@@ -124,6 +125,7 @@ class Harness:
     )
     core: RecognizerCore = field(init=False)
     verdicts: list[str] = field(default_factory=list)
+    now_us: int = NOW_US
 
     def __post_init__(self) -> None:
         self.core = self.restart()
@@ -131,7 +133,10 @@ class Harness:
     def restart(self) -> RecognizerCore:
         """A fresh core (a new worker) over the same tables."""
         self.core = RecognizerCore(
-            self.config, self.tables[LINES_TABLE], self.tables[AUDIO_TABLE], clock=lambda: NOW_US
+            self.config,
+            self.tables[LINES_TABLE],
+            self.tables[AUDIO_TABLE],
+            clock=lambda: self.now_us,
         )
         return self.core
 
@@ -154,11 +159,16 @@ class Harness:
         result = [self.asr(seg) for seg in decode.job.segments]  # a partial: per segment
         return DecodeOutcome(result=result, start_us=20, end_us=21)
 
-    def complete(self, decode: Decode, out: DecodeOutcome | None = None) -> Any:
+    def complete(
+        self,
+        decode: Decode,
+        out: DecodeOutcome | None = None,
+        source: tuple[int, int] | None = None,
+    ) -> Any:
         out = out or self.outcome(decode)
         if not decode.final:
             return self.core.partial_event(decode, out)
-        done = self.core.finish(decode, out)
+        done = self.core.finish(decode, out, source)
         self.write(done.writes)
         return done
 
@@ -304,12 +314,63 @@ def test_final_fields() -> None:
     }
 
 
-def test_the_final_deletes_the_previous_lines_done_marker() -> None:
+def _finish_line(h: Harness, msgs: list[UtteranceMessage], offset: int) -> None:
+    """Run a line's messages; its final as if read at ``offset`` of partition 0."""
+    for msg in msgs[:-1]:
+        h.accept(msg)
+    final = h.accept(msgs[-1])
+    assert final is not None and final.final
+    h.complete(final, source=(0, offset))
+
+
+def test_done_markers_go_once_committed_and_superseded_or_old() -> None:
+    ttl = 60_000_000
+    h = Harness(config=replace(_config(), done_ttl_us=ttl))
+    first, second = (
+        line_messages(noise(1.0), utterance=0),
+        line_messages(noise(1.0, 1), utterance=1),
+    )
+    _finish_line(h, first, offset=10)
+    _finish_line(h, second, offset=20)
+    lines = h.tables[LINES_TABLE]
+    assert sorted(lines) == ["s/0/0", "s/0/1"]  # the final no longer deletes the one before
+    assert lines["s/0/0"]["source"] == [0, 10] and lines["s/0/0"]["done_at_us"] == NOW_US
+
+    def retired(committed: dict[int, int]) -> list[tuple[int, str]]:
+        return h.core.retired(list(lines.items()), committed)
+
+    assert retired({0: 21}) == []  # partition 0 is not this worker's (yet)
+    h.core.assigned({0, 1})
+    assert retired({}) == [] and retired({0: 10}) == []  # offset 10 not committed yet
+    assert retired({0: 11}) == [(0, "s/0/0")]  # committed, and the next line exists
+    assert retired({0: 21}) == [(0, "s/0/0")]  # the channel's last line waits for the ttl
+    h.now_us = NOW_US + ttl - 1
+    assert retired({0: 21}) == [(0, "s/0/0")]
+    h.now_us = NOW_US + ttl
+    assert retired({0: 21}) == [(0, "s/0/0"), (0, "s/0/1")]
+    assert retired({0: 20}) == [(0, "s/0/0")]  # ... and for its own offset's commit
+    h.core.evict({0})  # revoked: another worker owns the markers now
+    assert retired({0: 21}) == []
+    h.core.assigned({0})
+    # a marker written before markers carried their source is kept
+    lines["old/0/0"] = RecognizerLine.done_doc("agent", 0)
+    assert (0, "old/0/0") not in retired({0: 10**9})
+
+
+def test_a_replay_after_the_marker_went_is_transcribed_again_identically() -> None:
+    """The ttl only matters for a copy of a line replayed after it: such a copy (from the
+    segmenter's own replay) holds the line from its first part, so it gives the same final."""
     h = Harness()
-    h.run(line_messages(noise(1.0), utterance=0))
-    assert "s/0/0" in h.tables[LINES_TABLE]
-    h.run(line_messages(noise(1.0, seed=1), utterance=1))
-    assert list(h.tables[LINES_TABLE]) == ["s/0/1"]
+    msgs = line_messages(noise(2.0))
+    _finish_line(h, msgs, offset=5)
+    before = h.tables[LINES_TABLE]["s/0/0"]
+    h.core.assigned({0})
+    h.now_us += h.config.done_ttl_us
+    assert h.core.retired(list(h.tables[LINES_TABLE].items()), {0: 6}) == [(0, "s/0/0")]
+    del h.tables[LINES_TABLE]["s/0/0"]
+    again = h.run(msgs)
+    assert again[-1].event.text == Harness().run(msgs)[-1].event.text
+    assert before["done"] and h.tables[LINES_TABLE]["s/0/0"]["done"]
 
 
 # --------------------------------------------------------------------- errors
@@ -446,6 +507,24 @@ def test_a_partition_that_comes_back_keeps_its_lines_stable_prefix() -> None:
     after = h.run(msgs[8:])
     assert _events(before + after) == whole
     assert h.verdicts[8] == Verdict.ACCEPT and line is not None and line.done
+
+
+def test_a_final_decoding_at_a_revoke_is_decoded_again_when_its_message_comes_back() -> None:
+    """Revoked while its final decodes, assigned back, the final's message read again: the
+    line is rebuilt from its table copy and the final decoded again. (Parked with the final
+    taken, the line called the message a duplicate: acked at once, while the first decode,
+    whose ack the new generation ignores, might never publish: a final lost.)"""
+    msgs = line_messages(noise(2.0, seed=5))
+    h = Harness()
+    h.run(msgs[:-1])
+    first = h.accept(msgs[-1])
+    assert first is not None and first.final  # decoding; not finished, not acked
+    assert h.core.evict({0}) == ["s/0/0"] and h.core.parked == 0
+    h.core.assigned({0})
+    again = h.accept(msgs[-1])
+    assert h.verdicts[-1] == Verdict.ACCEPT and again is not None and again.final
+    final = h.complete(again).event
+    assert final == _events(Harness().run(msgs))[-1]
 
 
 def test_a_line_written_elsewhere_meanwhile_is_rebuilt_from_the_tables() -> None:
