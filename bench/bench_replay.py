@@ -58,14 +58,49 @@ def audio_seconds(sessions: int) -> float:
     return sum(lengths[i % len(FILES)] for i in range(sessions))
 
 
-def run_arm(bootstrap: str, sessions: int, processes: int, work: Path) -> dict[str, Any]:
+def expected_finals(sessions: int) -> int:
+    """The finals of ``sessions`` sessions: the offline segmenter's lines per file."""
+    from streamscribe.processors.segmenter import segment_file
+
+    per_file = [len(segment_file(asset(f))) for f in FILES]
+    return sum(per_file[i % len(FILES)] for i in range(sessions))
+
+
+def wait_finals(
+    bootstrap: str, topic: str, ids: set[str], expected: int, timeout_s: float = 180.0
+) -> int:
+    """Until ``expected`` distinct final lines of ``ids`` are on ``topic`` (or time is up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = set()
+        for msg in read_records(bootstrap, topic, timeout_s=60):
+            t = decode_transcript(msg.value())
+            if t.session_id in ids and isinstance(t, FinalTranscript):
+                lines.add((t.session_id, t.channel, t.utterance))
+        if len(lines) >= expected or time.monotonic() > deadline:
+            return len(lines)
+        time.sleep(1.0)
+
+
+def run_arm(
+    bootstrap: str, sessions: int, processes: int, work: Path, split: bool = False
+) -> dict[str, Any]:
+    """One arm: ``processes`` worker processes of both stages, or (``split``) one process
+    per stage, ``worker --stages segmenter`` and ``worker --stages recognizer`` in one group
+    (the co-partitioned topics' partitions spread over them by stage)."""
     from tests.procs import Proc, streamscribe_cmd
 
-    topics = fresh_topics(bootstrap, f"replay{processes}")
+    topics = fresh_topics(bootstrap, f"replay{'s' if split else processes}")
     group = f"bench-replay-{uuid.uuid4().hex[:8]}"
     base = f"r{uuid.uuid4().hex[:6]}"
-    extra = ("--workers", str(processes)) if processes > 1 else ()
-    worker = launch_worker(bootstrap, topics, work, group, STAGES, *extra)
+    workers: dict[str, Any] = {}
+    if split:
+        for stage in ("recognizer", "segmenter"):
+            (work / stage).mkdir(exist_ok=True)
+            workers[stage] = launch_worker(bootstrap, topics, work / stage, group, stage)
+    else:
+        extra = ("--workers", str(processes)) if processes > 1 else ()
+        workers["worker"] = launch_worker(bootstrap, topics, work, group, STAGES, *extra)
     files = [str(asset(f)) for f in FILES]
     cmd = streamscribe_cmd(
         "produce", *files, "--sessions", str(sessions), "--pace", "asap", "--session-id", base
@@ -74,10 +109,11 @@ def run_arm(bootstrap: str, sessions: int, processes: int, work: Path) -> dict[s
     ids = {f"{base}-{i:03d}" for i in range(sessions)}
     try:
         with (
-            CpuSampler({"worker": worker.pid}, period_s=0.25) as cpu,
+            CpuSampler({k: w.pid for k, w in workers.items()}, period_s=0.25) as cpu,
             EventWatcher(bootstrap, topics.events) as events,
         ):
-            wait_ready(worker, STAGES, processes=processes)
+            for name, w in workers.items():
+                wait_ready(w, STAGES if name == "worker" else name, processes=processes)
             time.sleep(5)  # partitions assigned, model warm
             start = time.time()
             producer = Proc(cmd, work / f"producer-{group}.log", env=env)
@@ -87,10 +123,13 @@ def run_arm(bootstrap: str, sessions: int, processes: int, work: Path) -> dict[s
             producer_cpu = cpu.samples["producer"][-1][1] if cpu.samples["producer"] else 0.0
             producer.stop()
             ended = events.wait_ended(ids, timeout_s=600)
-            time.sleep(3)  # the last finals follow the end events
-            worker_cpu = cpu.at("worker", time.time()) - cpu.at("worker", start)
+            # the last finals follow the end events (a recognizer of its own may be behind)
+            got = wait_finals(bootstrap, topics.transcripts, ids, expected_finals(sessions))
+            now = time.time()
+            cpu_by = {k: cpu.at(k, now) - cpu.at(k, start) for k in workers}
     finally:
-        worker.stop()
+        for w in workers.values():
+            w.stop()
     finals, partials, last = 0, 0, 0
     for msg in read_records(bootstrap, topics.transcripts, timeout_s=300):
         t = decode_transcript(msg.value())
@@ -105,8 +144,10 @@ def run_arm(bootstrap: str, sessions: int, processes: int, work: Path) -> dict[s
         drop_topics(bootstrap, topics_with_prefix(bootstrap, prefix))
     audio = audio_seconds(sessions)
     wall = last / 1000 - start
+    worker_cpu = sum(cpu_by.values())
     return {
-        "processes": processes,
+        "processes": 2 if split else processes,
+        "split_stages": split,
         "sessions": sessions,
         "audio_s": round(audio, 1),
         "all_sessions_ended": ended,
@@ -114,8 +155,11 @@ def run_arm(bootstrap: str, sessions: int, processes: int, work: Path) -> dict[s
         "last_final_after_s": round(wall, 2),
         "times_real_time": round(audio / wall, 1),
         "finals": finals,
+        "finals_expected": expected_finals(sessions),
+        "final_lines_seen": got,
         "partials": partials,
         "worker_cpu_s": round(worker_cpu, 1),
+        "worker_cpu_s_by_process": {k: round(v, 1) for k, v in cpu_by.items()},
         "worker_cpu_s_per_audio_s": round(worker_cpu / audio, 4),
         "producer_cpu_s": round(producer_cpu, 1),
     }
@@ -125,7 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bootstrap")
     ap.add_argument("--sessions", type=int, default=40)
-    ap.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--arms",
+        nargs="+",
+        default=["1", "split", "2"],
+        help="N = worker --workers N (both stages); split = one process per stage",
+    )
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     bootstrap = bootstrap_address(args.bootstrap)
@@ -134,9 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     out: dict[str, Any] = {"machine": machine(), "files": list(FILES), "arms": []}
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
-        for n in args.processes:
-            print(f"{args.sessions} sessions --pace asap, worker --workers {n} ...", flush=True)
-            arm = run_arm(bootstrap, args.sessions, n, Path(tmp))
+        for spec in args.arms:
+            split = spec == "split"
+            n = 1 if split else int(spec)
+            what = "one process per stage" if split else f"worker --workers {n}"
+            print(f"{args.sessions} sessions --pace asap, {what} ...", flush=True)
+            work = Path(tmp) / spec
+            work.mkdir()
+            arm = run_arm(bootstrap, args.sessions, n, work, split=split)
             out["arms"].append(arm)
             print(f"  {json.dumps(arm)}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ partials. The finals slot serves speculative finals too.
 
 ``workers`` decodes run at a time, each in the ASR thread pool (never on the event loop).
 A final is never dropped and jumps ahead of every waiting partial. A partial replaces the
-waiting partial of the same line (only the newest is decoded), and a partial that waited
+waiting partial of the same line (only the newest is decoded; it keeps the line's place,
+so lines are served in the order their wait began), and a partial whose request waited
 longer than the policy allows is shed, and with two or more decode slots all but one
 decode finals only — so when the worker falls behind, the partial rate of each line falls
 and finals keep their latency. (Partial batches may run on a thread of lower OS priority,
@@ -86,7 +87,8 @@ class _Job:
     line_id: str
     audio: Any
     final: bool
-    queued_at: float = field(default_factory=time.monotonic)
+    queued_at: float = field(default_factory=time.monotonic)  # its line's wait began
+    submitted_at: float = field(default_factory=time.monotonic)  # this request came
     future: asyncio.Future[DecodeOutcome] | None = None
     on_done: Callable[[DecodeOutcome], Awaitable[None]] | None = None
     speculative: bool = False
@@ -171,11 +173,20 @@ class DecodeScheduler:
         segments: Sequence[Any],
         on_done: Callable[[DecodeOutcome], Awaitable[None]],
     ) -> None:
-        """Queue a partial decode of ``segments`` (replacing the line's waiting partial)."""
-        if line_id in self._partials:
+        """Queue a partial decode of ``segments`` (replacing the line's waiting partial).
+
+        The newer request takes the waiting one's place in the queue: lines are served in
+        the order their wait began, so under load every line's partials stretch alike.
+        (Moved to the back instead, a line that updates while it waits could be passed
+        over again and again: measured at 48 sessions, 40 % of the lines longer than
+        1.5 s got no partial at all.)
+        """
+        job = _Job(line_id, tuple(segments), final=False, on_done=on_done)
+        waiting = self._partials.get(line_id)
+        if waiting is not None:
             self.stats.coalesced += 1
-            del self._partials[line_id]
-        self._partials[line_id] = _Job(line_id, tuple(segments), final=False, on_done=on_done)
+            job.queued_at = waiting.queued_at
+        self._partials[line_id] = job  # a key already there keeps its position
         self._notify()
 
     def cancel_partials(self, line_id: str) -> None:
@@ -236,11 +247,12 @@ class DecodeScheduler:
         return out
 
     def _more_partials(self, limit: int) -> list[_Job]:
-        """Up to ``limit`` more waiting partials that are not stale (oldest first)."""
+        """Up to ``limit`` more waiting partials whose request is not stale (longest
+        waiting first)."""
         now, jobs = time.monotonic(), list[_Job]()
         while self._partials and len(jobs) < limit:
             _, job = self._partials.popitem(last=False)
-            if now - job.queued_at <= self.stale_after_s:
+            if now - job.submitted_at <= self.stale_after_s:
                 jobs.append(job)
             else:
                 self.stats.shed += 1

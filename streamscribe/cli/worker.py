@@ -8,6 +8,7 @@ Example::
 
     streamscribe worker --group-id streamscribe-processors
     streamscribe worker --workers 3 --instance-id pod-a    # children pod-a-0 .. pod-a-2
+    streamscribe worker --split-stages      # a segmenter process and a recognizer process
     streamscribe worker --group-id retranscribe-2026-11   # a new group reads all history
     streamscribe worker --group-id live-only --from-latest  # a new group skips history
     streamscribe worker --metrics-host 0.0.0.0 --metrics-port 9109        # /metrics
@@ -55,6 +56,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     )
     if args.instance_index is None:
         require_broker(settings)  # one line, in seconds, when nothing listens
+    if args.split_stages and args.instance_index is None:
+        if len(stages) < 2:
+            raise UsageError("--split-stages runs each stage in its own process: give both")
+        per_stage = [child_argv(args, stages=stage) for stage in stages]
+        return spawn_children([argv for argv in per_stage for _ in range(args.workers)])
     if args.workers > 1 and args.instance_index is None:
         return spawn_workers(args.workers, child_argv(args))
     instance = settings.instance_id
@@ -70,11 +76,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def child_argv(args: argparse.Namespace) -> list[str]:
+def child_argv(args: argparse.Namespace, stages: str | None = None) -> list[str]:
     """The command line of one child of ``--workers N``, from the parsed arguments.
 
-    The global options, then ``worker`` with every option but ``--workers`` (the caller
-    adds ``--instance-index i``)::
+    The global options, then ``worker`` with every option but ``--workers`` and
+    ``--split-stages`` (the caller adds ``--instance-index i``; ``stages`` replaces
+    ``--stages``)::
 
         >>> from streamscribe.cli import build_parser
         >>> child_argv(build_parser().parse_args(["worker", "--workers", "2", "--from-latest"]))
@@ -91,7 +98,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     argv += ["--log-level", args.log_level, "worker"]
     for flag, value in (
         ("--group-id", args.group_id),
-        ("--stages", args.stages),
+        ("--stages", stages or args.stages),
         ("--instance-id", args.instance_id),
         ("--metrics-host", args.metrics_host),
         ("--metrics-port", None if args.metrics_port is None else str(args.metrics_port)),
@@ -105,7 +112,13 @@ def child_argv(args: argparse.Namespace) -> list[str]:
 
 
 def spawn_workers(n: int, argv: list[str]) -> int:
-    """Run ``n`` worker processes (child ``i`` gets ``--instance-index i``); wait for them all.
+    """Run ``n`` worker processes of ``argv`` (:func:`spawn_children`)."""
+    return spawn_children([argv] * n)
+
+
+def spawn_children(argvs: list[list[str]]) -> int:
+    """Run one worker process per ``argvs`` entry (child ``i`` gets ``--instance-index i``);
+    wait for them all.
 
     SIGTERM or Ctrl-C stops every child (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``),
     and so does a child that dies with a non-zero code; the exit code is the largest of
@@ -113,7 +126,7 @@ def spawn_workers(n: int, argv: list[str]) -> int:
     """
     procs = [
         subprocess.Popen([sys.executable, "-m", CLI_MODULE, *argv, "--instance-index", str(i)])
-        for i in range(n)
+        for i, argv in enumerate(argvs)
     ]
     code = EXIT_OK
     try:
@@ -170,6 +183,12 @@ def register(sub: SubParsers) -> None:
     add_start_options(p, "audio")
     p.add_argument("--workers", type=int, default=1, help="worker processes to run")
     p.add_argument("--stages", help="comma list of stages (default segmenter,recognizer)")
+    p.add_argument(
+        "--split-stages",
+        action="store_true",
+        help="run each stage in processes of its own (with --workers N: N per stage), one"
+        " consumer group; on 2 cores the Python work of the two stages then runs in parallel",
+    )
     p.add_argument(
         "--instance-id",
         help="static group membership id, unique per worker (e.g. the pod name): a worker"

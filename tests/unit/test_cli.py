@@ -185,6 +185,37 @@ def test_worker_children_are_started_from_the_cli_module(
     ]  # fmt: skip
 
 
+def test_split_stages_starts_a_process_per_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[list[str]] = []
+
+    class FakeChild:
+        def __init__(self, cmd: list[str]) -> None:
+            started.append(cmd)
+            self.returncode = 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+        def poll(self) -> int:
+            return 0
+
+        def terminate(self) -> None:
+            pass
+
+    from streamscribe.processors import worker as _imported_before_popen_is_faked  # noqa: F401
+
+    monkeypatch.setattr(worker, "require_broker", lambda settings: None)
+    monkeypatch.setattr(worker.subprocess, "Popen", FakeChild)
+    assert cli.main(["worker", "--split-stages", "--workers", "2", "--group-id", "g"]) == 0
+    stages = [c[c.index("--stages") + 1] for c in started]
+    assert stages == ["segmenter", "segmenter", "recognizer", "recognizer"]
+    assert [c[-1] for c in started] == ["0", "1", "2", "3"]  # --instance-index i
+    assert all("--split-stages" not in c and "--workers" not in c for c in started)
+    assert all(c[c.index("--group-id") + 1] == "g" for c in started)  # one group
+    # a usage error (exit 2, one line): one stage cannot be split
+    assert cli.main(["worker", "--split-stages", "--stages", "recognizer"]) == 2
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -109,6 +109,38 @@ def test_error_budget() -> None:
     assert not b.exceeded()
 
 
+def test_a_coalesced_partial_keeps_its_lines_place_in_the_queue() -> None:
+    """Lines are served in the order their wait began: a line that updates while it waits
+    is decoded with its newest audio, in its old place (not passed over again)."""
+    order: list[tuple[str, object]] = []
+
+    def decode(line_id: str, audio: object) -> str:
+        order.append((line_id, audio))
+        time.sleep(0.03)
+        return "t"
+
+    async def scenario() -> None:
+        sched = DecodeScheduler(
+            decode, ThreadPoolExecutor(1), workers=1, stale_after_s=5.0, batch_max=1
+        )
+
+        async def on_done(out: object) -> None:
+            pass
+
+        await sched.start()
+        sched.submit_partial("p0", ["p0"], on_done)  # decoding: the others wait
+        await asyncio.sleep(0.01)
+        for lid in ("a", "b", "c"):
+            sched.submit_partial(lid, [f"{lid}-1"], on_done)
+        sched.submit_partial("a", ["a-2"], on_done)  # a updates while it waits
+        await asyncio.sleep(0.3)
+        await sched.stop()
+        assert sched.stats.coalesced == 1 and sched.stats.shed == 0
+
+    asyncio.run(scenario())
+    assert order == [("p0", "p0"), ("a", "a-2"), ("b", "b-1"), ("c", "c-1")]
+
+
 def test_scheduler_finals_first_partials_coalesced_and_shed() -> None:
     order: list[str] = []
 
