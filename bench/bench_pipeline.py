@@ -809,7 +809,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "flat_slack_s": args.flat_slack,
             "sla_ms": args.sla_ms,
             "pace": "realtime",
-            "worker": f"one process, --stages {STAGES}, settings defaults otherwise",
+            "worker": (
+                "two processes, --stages segmenter and --stages recognizer"
+                if args.split_stages
+                else f"one process, --stages {STAGES}"
+            )
+            + ", settings defaults otherwise",
         },
         "peer": peer_baseline(not args.no_peer),
         "points": [],

@@ -1,4 +1,5 @@
-"""Three faust-streaming 0.15.3 bugs that lose messages around a crash, and their fixes.
+"""Three faust-streaming 0.15.3 bugs that lose messages around a crash, their fixes, and a
+warning when faust commits over records it never processed.
 
 Every streamscribe worker calls :func:`install_faust_fixes` before faust starts
 (:func:`streamscribe.processors.faust_app.make_app` does). Each fix is idempotent and says
@@ -161,8 +162,44 @@ def install_fetch_snapshot() -> None:
     AIOKafkaConsumerThread._streamscribe_snapshot = True
 
 
+def install_gap_warning() -> None:
+    """Say so when faust records a "gap" in an input partition (idempotent; no fix).
+
+    faust commits over offsets it believes do not exist: the jump between two records it
+    handed to the stream. Our input topics are neither compacted nor transactional, so a
+    gap is either records another worker processed while this one did not hold the
+    partition (harmless) or records this consumer fetched and never processed -- the way
+    each bug above lost messages. A warning with the range makes the second kind visible
+    in a worker's log instead of silent.
+    """
+    import logging
+
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer, "_streamscribe_gap_warning", False):
+        return
+    add_gap = Consumer._add_gap
+    log = logging.getLogger("streamscribe.processors.faust_fixes")
+
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        log.warning(
+            "%s[%d]: offsets %d..%d were not handed to this worker's stream (committed %s);"
+            " faust will commit past them",
+            tp.topic,
+            tp.partition,
+            offset_from,
+            offset_to - 1,
+            self._committed_offset.get(tp),
+        )
+        await add_gap(self, tp, offset_from, offset_to)
+
+    Consumer._add_gap = _add_gap
+    Consumer._streamscribe_gap_warning = True
+
+
 def install_faust_fixes() -> None:
     """The fixes above; every streamscribe worker installs them before faust starts."""
     install_complete_producer_flush()
     install_seek_before_resume()
     install_fetch_snapshot()
+    install_gap_warning()

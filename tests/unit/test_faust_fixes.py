@@ -1,4 +1,4 @@
-"""The two faust-streaming workarounds every worker installs (``install_faust_fixes``).
+"""The faust-streaming workarounds every worker installs (``install_faust_fixes``).
 
 The crash tests on the real broker (foundation counter, segmenter SIGKILL) are the proof
 that no message is lost; these pin down the mechanics on faust's own classes.
@@ -143,3 +143,23 @@ def test_fetch_uses_the_partitions_active_when_it_began() -> None:
     assert set(got) == {A0}  # not A1, paused (never active) while the fetch waited
     assert asyncio.run(AIOKafkaConsumerThread._fetch_records(thread, consumer, set())) == {}
     assert fetcher.calls == 1  # an empty set fetches nothing (aiokafka would read "all")
+
+
+def test_a_gap_is_logged_and_still_recorded(caplog: Any) -> None:
+    """faust commits over a gap; the warning says which offsets, the gap stays faust's."""
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    class _GapConsumer:
+        pass
+
+    consumer: Any = _GapConsumer()
+    consumer._committed_offset = defaultdict(lambda: None, {A1: 4})
+    consumer._gap = defaultdict(IntervalTree)
+    with caplog.at_level("WARNING", logger="streamscribe.processors.faust_fixes"):
+        asyncio.run(Consumer._add_gap(consumer, A1, 5, 9))
+    assert "audio[1]: offsets 5..8 were not handed to this worker's stream (committed 4)" in (
+        caplog.text
+    )
+    assert sorted((i.begin, i.end) for i in consumer._gap[A1]) == [(5, 10)]
