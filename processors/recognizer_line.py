@@ -205,6 +205,7 @@ class DecodeJob:
     anchor: int = 0
     cut: int | None = None
     prefix: str = ""
+    parts: int = 0  # the line's parts when the job was built: a partial's revision
 
     @property
     def audio(self) -> Audio:
@@ -240,6 +241,7 @@ class RecognizerLine:
         self.speculation: Speculation | None = None  # in memory only
         self.anchor = 0  # buffer offset where partial windows start (module docstring)
         self.anchor_text = ""  # the committed text of the audio before the anchor
+        self.revision = 0  # of the last partial published (in memory only)
         self._audio = _AudioBuffer()
 
     # ---------------------------------------------------------------- parts in
@@ -288,37 +290,53 @@ class RecognizerLine:
         """A decode of the audio so far: the whole line (final) or its tail window."""
         audio = self.audio
         if final:
-            return DecodeJob(self, (audio,), self.audio_samples, True)
+            return DecodeJob(self, (audio,), self.audio_samples, True, parts=self.next_part)
         window = audio[self.anchor :]
         cut = (policy or PartialPolicy()).cut(window)
         segments = (window,) if cut is None else (window[:cut], window[cut:])
         return DecodeJob(
-            self, segments, self.audio_samples, False, self.anchor, cut, self.anchor_text
+            self,
+            segments,
+            self.audio_samples,
+            False,
+            self.anchor,
+            cut,
+            self.anchor_text,
+            parts=self.next_part,
         )
 
     def apply_partial(self, job: DecodeJob, texts: list[str]) -> tuple[str, str, int] | None:
         """Stabilise a decoded partial job (one text per segment): ``(text, stable_text,
         revision)``, or None when the line no longer takes partials (finished, or evicted
-        from this worker). A cut job commits its first segment's text, unless another
-        job moved the anchor since it was built."""
-        if not self.open or self.stabilizer.closed:
+        from this worker) or a partial of a later part went out already. A cut job commits
+        its first segment's text, unless another job moved the anchor since it was built.
+
+        The revision is the number of the line's parts the job saw (:meth:`finish`): it
+        grows with every published partial, and it is the same whichever worker decodes.
+        """
+        if not self.open or self.stabilizer.closed or job.parts <= self.revision:
             return None
         if job.cut is not None and job.anchor == self.anchor:
             self.anchor_text = join_text(job.prefix, texts[0])
             self.anchor = job.anchor + job.cut
         view = self.stabilizer.update(join_text(job.prefix, *texts))
-        return view.text, view.stable_text, view.revision
+        self.revision = job.parts
+        return view.text, view.stable_text, job.parts
 
     def finish(self, text: str | None) -> tuple[str, int]:
         """Close the line with the final text (None: decode failed, keep the stable prefix).
 
-        Returns ``(text, revision)`` of the final; the audio buffer is released.
+        Returns ``(text, revision)`` of the final; the audio buffer is released. The
+        revision is the line's number of parts, the final's included: above every
+        partial's, and a function of the line's messages only, so a final decoded again
+        after a crash (by this worker or another) is the same event as the first copy.
         """
         final = self.stabilizer.finalize(self.stabilizer.stable_text if text is None else text)
         self.done = True
         self.speculation = None
         self._audio = _AudioBuffer()
-        return final.text, final.revision
+        self.revision = self.next_part
+        return final.text, self.next_part
 
     # ------------------------------------------------------- the changelog copy
     def to_doc(self) -> dict[str, Any]:

@@ -3,9 +3,12 @@
 Two distinct types, one wire shape (``TranscriptEvent`` JSON, ``kind`` tells which):
 
 - :class:`PartialTranscript` — the line so far; ``stable_text`` is a prefix of ``text``
-  that later partials of the same line never retract; ``revision`` increases.
-- :class:`FinalTranscript` — the line's final text; it replaces every partial. Stored
-  idempotently downstream under ``(session_id, channel, utterance)``.
+  that later partials of the same line never retract; ``revision`` increases (it is the
+  number of the line's utterance parts the partial saw, so it may skip numbers).
+- :class:`FinalTranscript` — the line's final text; it replaces every partial. Its
+  ``revision`` is the line's number of parts, above every partial's; a final published
+  again after a crash is the same event (text and revision). Stored idempotently
+  downstream under ``(session_id, channel, utterance)``.
 
 Example::
 

@@ -278,14 +278,17 @@ def test_partials_are_stable_and_the_final_replaces_them() -> None:
     events = _events(h.run(msgs))
     partials, final = events[:-1], events[-1]
     assert partials and all(isinstance(p, PartialTranscript) for p in partials)
-    assert [p.revision for p in partials] == list(range(1, len(partials) + 1))
+    # a revision is the number of the line's parts a partial saw (the final: all of them)
+    parts_seen = [round(p.end_ms * SAMPLE_RATE / 1000 - START) // PART for p in partials]
+    assert [p.revision for p in partials] == parts_seen
     for a, b in itertools.pairwise(partials):
+        assert b.revision > a.revision
         assert b.stable_text.startswith(a.stable_text) and b.text.startswith(a.stable_text)
         assert b.end_ms > a.end_ms
     assert partials[-1].stable_text  # the fake ASR agrees with itself: words became stable
     assert partials[0].start_ms == START * 1000 / SAMPLE_RATE
     assert partials[0].end_ms == (START + 8000) * 1000 / SAMPLE_RATE
-    assert final.revision == len(partials) + 1
+    assert final.revision == len(msgs) > partials[-1].revision
 
 
 def test_final_fields() -> None:
@@ -305,7 +308,7 @@ def test_final_fields() -> None:
     assert final.raw_text == fake_asr(audio).text and final.confidence == 0.9
     assert final.text == "W" + final.raw_text[1:]  # post-processed: sentence case
     assert final.error is None and final.reason == "silence" and final.summary == {"words": 3}
-    assert final.revision == len(results)  # after every partial of the line
+    assert final.revision == len(msgs)  # the number of the line's parts: above every partial
     assert final.timestamps == {
         **STAMPS,
         "decode_start_us": 20,
@@ -742,6 +745,24 @@ def test_a_crash_between_a_finals_writes_loses_nothing() -> None:
     h.restart()
     again = h.run(msgs[-1:])
     assert _events(again) == [once]
+
+
+def test_a_final_decoded_again_after_a_crash_is_the_same_event() -> None:
+    """Published, then a crash before its done marker: the replay decodes the final again
+    from a line rebuilt from its table copy, which lacks the partial published after that
+    copy. The second copy must be the same event, revision included (the chaos suite saw
+    revisions 2 and 1 for one line while the revision counted published partials)."""
+    msgs = line_messages(noise(3.0))
+    h = Harness()
+    partials = h.run(msgs[:-1])
+    assert partials and partials[-1].end_ms == msgs[-2].end_ms  # after the last copy
+    decode = h.accept(msgs[-1])
+    assert decode is not None and decode.final
+    first = h.core.finish(decode, h.outcome(decode)).event  # published; then the crash
+    h.restart()
+    again = h.run(msgs[-1:])
+    assert _events(again) == [first]
+    assert first.revision == len(msgs)
 
 
 def test_a_part_lost_with_a_crash_is_taken_again_from_the_replay() -> None:
