@@ -7,10 +7,12 @@ Each arm: fresh topics and consumer group; one ``streamscribe worker --from-earl
 ``streamscribe produce FILES --sessions S --pace asap`` (the three bundled recordings,
 session ``i`` plays file ``i % 3``). Measured: from the load generator's start to the
 arrival (broker LogAppendTime) of the last final on the transcripts topic, so *speed* =
-audio seconds / that wall time; finals and partials published (a replay is behind real
-time from its first chunk, so the recognizer publishes no partials and starts no
-speculative finals: ``partial_max_lag_s``); worker and load-generator CPU; every session
-ended.
+audio seconds / that wall time; finals and partials published (``--pace asap`` marks the
+sessions not live, ``SessionMeta.live``: the recognizer publishes no partials, starts no
+speculative finals, and decodes waiting finals in batches of up to
+``STREAMSCRIBE_REPLAY_BATCH_MAX``); worker and load-generator CPU; every session ended;
+the WER of each file's finals against the references (batched finals may differ from the
+offline text in a near-tie token).
 
 Run (about 2 minutes on 2 cores)::
 
@@ -48,6 +50,7 @@ from streamscribe.schemas.transcripts import FinalTranscript, decode_transcript
 
 RESULTS: Final = ROOT / "bench" / "results" / "replay.json"
 FILES: Final = ("beckett.wav", "two_cities.wav", "endgame_nagg_nell.wav")
+REFERENCES: Final = ROOT / "tests" / "data" / "references.json"
 STAGES: Final = "segmenter,recognizer"
 
 
@@ -82,25 +85,73 @@ def wait_finals(
         time.sleep(1.0)
 
 
+def parse_arm(spec: str) -> tuple[int, bool, int | None]:
+    """``N`` | ``split`` | ``splitK``, optionally ``:bB`` (``STREAMSCRIBE_REPLAY_BATCH_MAX=B``):
+    (processes, split, batch max or None for the default). ``N``: ``worker --workers N``;
+    ``splitK``: K segmenter processes and one recognizer process.
+
+    >>> parse_arm("split:b1"), parse_arm("2"), parse_arm("split2")
+    ((1, True, 1), (2, False, None), (2, True, None))
+    """
+    head, _, tail = spec.partition(":")
+    batch = int(tail[1:]) if tail.startswith("b") else None
+    if head.startswith("split"):
+        return int(head.removeprefix("split") or 1), True, batch
+    return int(head), False, batch
+
+
+def finals_wer(finals: dict[str, list[tuple[int, int, str]]], base: str) -> dict[str, float]:
+    """WER of each file's sessions' finals (joined in time order) against the references
+    (files without one are left out)."""
+    from tests.wer import error_counts
+
+    references = json.loads(REFERENCES.read_text(encoding="utf-8"))
+    errors = {f: [0, 0] for f in FILES}
+    for sid, lines in finals.items():
+        name = FILES[int(sid.removeprefix(f"{base}-")) % len(FILES)]
+        if name not in references:
+            continue
+        hyp = " ".join(text for _, _, text in sorted(lines))
+        counts = error_counts(references[name], hyp)
+        errors[name][0] += counts.errors
+        errors[name][1] += counts.reference_words
+    return {f: round(e / n, 4) for f, (e, n) in errors.items() if n}
+
+
 def run_arm(
-    bootstrap: str, sessions: int, processes: int, work: Path, split: bool = False
+    bootstrap: str,
+    sessions: int,
+    processes: int,
+    work: Path,
+    split: bool = False,
+    batch_max: int | None = None,
 ) -> dict[str, Any]:
-    """One arm: ``processes`` worker processes of both stages, or (``split``) one process
-    per stage, ``worker --stages segmenter`` and ``worker --stages recognizer`` in one group
-    (the co-partitioned topics' partitions spread over them by stage)."""
+    """One arm: ``processes`` worker processes of both stages, or (``split``) ``processes``
+    segmenter processes, ``worker --stages segmenter``, and one ``worker --stages
+    recognizer``, in one group (the co-partitioned topics' partitions spread over them by
+    stage). ``batch_max``: the workers' ``STREAMSCRIBE_REPLAY_BATCH_MAX`` (None: the
+    default)."""
     from tests.procs import Proc, streamscribe_cmd
+
+    extra_env = {} if batch_max is None else {"replay_batch_max": str(batch_max)}
 
     topics = fresh_topics(bootstrap, f"replay{'s' if split else processes}")
     group = f"bench-replay-{uuid.uuid4().hex[:8]}"
     base = f"r{uuid.uuid4().hex[:6]}"
     workers: dict[str, Any] = {}
     if split:
-        for stage in ("recognizer", "segmenter"):
-            (work / stage).mkdir(exist_ok=True)
-            workers[stage] = launch_worker(bootstrap, topics, work / stage, group, stage)
+        names = ["recognizer"] + [
+            "segmenter" if processes == 1 else f"segmenter{i}" for i in range(processes)
+        ]
+        for name in names:
+            (work / name).mkdir(exist_ok=True)
+            stage = name.rstrip("0123456789")
+            workers[name] = launch_worker(bootstrap, topics, work / name, group, stage, **extra_env)
     else:
         extra = ("--workers", str(processes)) if processes > 1 else ()
-        workers["worker"] = launch_worker(bootstrap, topics, work, group, STAGES, *extra)
+        workers["worker"] = launch_worker(
+            bootstrap, topics, work, group, STAGES, *extra, **extra_env
+        )
     files = [str(asset(f)) for f in FILES]
     cmd = streamscribe_cmd(
         "produce", *files, "--sessions", str(sessions), "--pace", "asap", "--session-id", base
@@ -113,7 +164,8 @@ def run_arm(
             EventWatcher(bootstrap, topics.events) as events,
         ):
             for name, w in workers.items():
-                wait_ready(w, STAGES if name == "worker" else name, processes=processes)
+                stage = STAGES if name == "worker" else name.rstrip("0123456789")
+                wait_ready(w, stage, processes=1 if split else processes)
             time.sleep(5)  # partitions assigned, model warm
             start = time.time()
             producer = Proc(cmd, work / f"producer-{group}.log", env=env)
@@ -131,6 +183,7 @@ def run_arm(
         for w in workers.values():
             w.stop()
     finals, partials, last = 0, 0, 0
+    texts: dict[str, list[tuple[int, int, str]]] = {}
     for msg in read_records(bootstrap, topics.transcripts, timeout_s=300):
         t = decode_transcript(msg.value())
         if t.session_id not in ids:
@@ -138,6 +191,7 @@ def run_arm(
         if isinstance(t, FinalTranscript):
             finals += 1
             last = max(last, msg.timestamp()[1])
+            texts.setdefault(t.session_id, []).append((t.utterance, t.channel, t.text))
         else:
             partials += 1
     for prefix in (topics.prefix, f"{group}-"):
@@ -146,8 +200,9 @@ def run_arm(
     wall = last / 1000 - start
     worker_cpu = sum(cpu_by.values())
     return {
-        "processes": 2 if split else processes,
+        "processes": processes + 1 if split else processes,
         "split_stages": split,
+        "replay_batch_max": batch_max if batch_max is not None else "default",
         "sessions": sessions,
         "audio_s": round(audio, 1),
         "all_sessions_ended": ended,
@@ -162,6 +217,7 @@ def run_arm(
         "worker_cpu_s_by_process": {k: round(v, 1) for k, v in cpu_by.items()},
         "worker_cpu_s_per_audio_s": round(worker_cpu / audio, 4),
         "producer_cpu_s": round(producer_cpu, 1),
+        "finals_wer_by_file": finals_wer(texts, base),
     }
 
 
@@ -173,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--arms",
         nargs="+",
         default=["1", "split", "2"],
-        help="N = worker --workers N (both stages); split = one process per stage",
+        help="N = worker --workers N (both stages); split = one process per stage, splitK ="
+        " K segmenter processes and one recognizer;"
+        " :bK = STREAMSCRIBE_REPLAY_BATCH_MAX=K (e.g. split:b1 = finals one by one)",
     )
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -183,14 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     out: dict[str, Any] = {"machine": machine(), "files": list(FILES), "arms": []}
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
-        for spec in args.arms:
-            split = spec == "split"
-            n = 1 if split else int(spec)
-            what = "one process per stage" if split else f"worker --workers {n}"
+        for i, spec in enumerate(args.arms):
+            n, split, batch = parse_arm(spec)
+            what = f"{n} segmenter + 1 recognizer processes" if split else f"--workers {n}"
+            if batch is not None:
+                what += f", replay batch max {batch}"
             print(f"{args.sessions} sessions --pace asap, {what} ...", flush=True)
-            work = Path(tmp) / spec
+            work = Path(tmp) / f"{i}-{spec.replace(':', '-')}"
             work.mkdir()
-            arm = run_arm(bootstrap, args.sessions, n, work, split=split)
+            arm = run_arm(bootstrap, args.sessions, n, work, split=split, batch_max=batch)
             out["arms"].append(arm)
             print(f"  {json.dumps(arm)}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)

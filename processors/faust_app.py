@@ -96,7 +96,11 @@ def event_scope(event: Any) -> Iterator[None]:
 
 
 def make_app(
-    settings: Settings, *, instance: str | None = None, from_earliest: bool = False
+    settings: Settings,
+    *,
+    instance: str | None = None,
+    from_earliest: bool = False,
+    standby_replicas: int = 1,
 ) -> faust.App:
     """The processors' faust app; its id is the consumer group (``settings.group_id``).
 
@@ -106,6 +110,12 @@ def make_app(
     member's session to expire (``session_timeout_s``, 6 s by default). (Static
     membership once lost messages here; that was faust's restart seek bug, fixed by
     :func:`install_seek_before_resume`; ``bench/bench_crash_restart.py --arms static``.)
+
+    ``standby_replicas``: faust's ``table_standby_replicas`` (a warm copy of other members'
+    tables, for a faster takeover). A process that runs only some of the stages must use
+    0: the group's leader builds every member's assignment from its own tables, so a
+    standby of a table the leader does not have fails faust's assignment check in the
+    member (``AssertionError`` in ``on_assignment``: ``worker --split-stages --workers 2``).
     """
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     install_faust_fixes()
@@ -130,6 +140,7 @@ def make_app(
         producer_max_request_size=2_500_000,
         stream_wait_empty=False,
         topic_allow_declare=True,
+        table_standby_replicas=standby_replicas,
     )
 
 

@@ -118,6 +118,7 @@ class RecognizerStage:
             stale_after_s=settings.partial_stale_s,
             decode_batch=self._transcribe_batch,
             batch_max=settings.partial_batch_max,
+            final_batch_max=settings.replay_batch_max,
             partial_executor=ThreadPoolExecutor(
                 1,
                 "asr-partials",
@@ -162,7 +163,8 @@ class RecognizerStage:
         return self.asr.transcribe(audio)
 
     def _transcribe_batch(self, items: list[tuple[str, Audio]]) -> list[Any]:
-        """Partial segments in one batch; an injected failure fails only its own line."""
+        """Partial segments, or finals of sessions not watched live, in one batch; an
+        injected failure fails only its own line."""
         fail = injected_failures(lambda audio: None, self._fail_patterns)
         out: list[Any] = [None] * len(items)
         todo = []

@@ -213,6 +213,11 @@ class Decode:
         """Whether this is the line's (real, not speculative) final decode."""
         return self.job.final and not self.speculative
 
+    @property
+    def batchable(self) -> bool:
+        """A final of a session not watched live: it may be decoded in a batch."""
+        return self.final and not self.msg.live
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -250,6 +255,7 @@ class RecognizerStats:
     speculative_finals: int = 0
     speculations_discarded: int = 0
     behind: int = 0  # updates older than max_lag: no partial, no speculation
+    not_live: int = 0  # updates of sessions not watched live: no partial, no speculation
     retired: int = 0  # done markers tombstoned (the agent's sweep)
 
 
@@ -384,7 +390,11 @@ class RecognizerCore:
         self.stats.speculations_discarded += discarded
         decode = None
         lag = self._clock() - msg.captured_at_us if msg.captured_at_us > 0 else 0
-        if lag > self.config.max_lag_us:
+        if not msg.live:
+            # The session is not watched live (a recording replayed as fast as it is read):
+            # finals only, the CPU goes to them.
+            self.stats.not_live += 1
+        elif lag > self.config.max_lag_us:
             # Behind (overload, or a recording replayed faster than real time): nobody is
             # waiting on this line's partials now; its final comes soon and costs less.
             self.stats.behind += 1

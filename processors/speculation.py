@@ -69,4 +69,4 @@ async def final_outcome(scheduler: DecodeScheduler, decode: Decode) -> DecodeOut
         out: DecodeOutcome = await handle
         if out.error is None:
             return out
-    return await scheduler.decode_final(decode.line_id, decode.audio)
+    return await scheduler.decode_final(decode.line_id, decode.audio, batch=decode.batchable)

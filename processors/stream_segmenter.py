@@ -222,6 +222,7 @@ class ChannelState:
     rate: int | None = None  # the channel's sample rate: that of its first admitted chunk
     end_offset: int = -1  # offset of the arrival that ended the stream (-1: not ended)
     last_captured_us: int = -1  # the newest capture time of an admitted chunk
+    live: bool = True  # the session's metadata said it is watched live (SessionMeta.live)
 
     def to_bytes(self) -> bytes:
         """The changelog copy: one header (jitter, segmenter, contract bookkeeping) + buffers."""
@@ -232,6 +233,7 @@ class ChannelState:
             "rate": self.rate,
             "end_offset": self.end_offset,
             "captured": self.last_captured_us,
+            "live": self.live,
             "jitter": self.jitter.state_meta(),
             "seg": self.seg.state_meta(),
         }
@@ -262,6 +264,7 @@ class ChannelState:
             int(rate) if rate is not None else None,
             int(m.get("end_offset", -1)),
             int(m.get("captured", -1)),
+            bool(m.get("live", True)),
         )
 
     def refuse(self, chunk: Chunk) -> ValidationError | None:
@@ -367,6 +370,8 @@ class StreamSegmenter:
                         st = target
                         res.events.append((self._session_start(b.key, st, a), a.ref))
                     st.last_captured_us = max(st.last_captured_us, a.chunk.captured_at_us)
+                    if a.chunk.session_meta is not None:
+                        st.live = a.chunk.session_meta.live
                     if st.jitter.finished:
                         st.end_offset = a.offset
                     for item in items:
@@ -562,6 +567,7 @@ class StreamSegmenter:
             received_at_us=s.received_at_us,
             decided_at_us=self.clock(),
             origin=self.origin,
+            live=st.live,
         )
         if isinstance(ev, UtteranceUpdate):
             st.parts[ev.utterance] = part + 1

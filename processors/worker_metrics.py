@@ -91,6 +91,7 @@ RECOGNIZER_COUNTERS: Final = {
     "speculative_finals": "Finals whose text came from a speculative decode",
     "speculations_discarded": "Speculative decodes discarded (speech went on)",
     "behind": "Updates older than the partial lag bound: no partial, no speculation",
+    "not_live": "Updates of sessions not watched live (replays): no partial, no speculation",
     "retired": "Done markers of finished lines tombstoned (no replay needs them any more)",
 }
 DECODE_COUNTERS: Final = {
@@ -103,6 +104,8 @@ DECODE_COUNTERS: Final = {
     "speculative_dropped": "Speculative decodes dropped while queued (speech resumed)",
     "partial_batches": "Batched partial decoder runs (partials / partial_batches = batch size)",
     "speculative_skipped": "Speculative decodes not started: every finals slot was busy",
+    "final_batches": "Batched decoder runs of finals of sessions not watched live",
+    "batched_finals": "Finals decoded in a batch (batched_finals / final_batches = batch size)",
 }
 
 

@@ -62,6 +62,13 @@ class ProduceJob:
     encoding: str | None = None
     language: str = "en"
     call_id: str | None = None
+    live: bool | None = None  # None: live unless the pace is asap (SessionMeta.live)
+
+    @property
+    def is_live(self) -> bool:
+        """Whether the sessions are marked live: ``live`` if given, else not for ``asap``
+        (a recording read as fast as it can be: nobody watches it, so finals only)."""
+        return self.live if self.live is not None else parse_pace(self.pace).speed is not None
 
 
 @dataclass
@@ -151,6 +158,7 @@ def _streams(
             call_id=job.call_id,
             channels=plan.source.channels,
             roles=plan.roles,
+            live=job.is_live,
         )
         chunks = chunk_channel(
             plan.source,

@@ -18,7 +18,9 @@ from typing import Any
 from streamscribe.core.errors import ContractError
 from streamscribe.schemas.avro_codec import AvroType
 
-AUDIO_CHUNK_TYPE = AvroType("AudioChunk", type_id=1, versions={1: "audio_chunk.v1.avsc"})
+AUDIO_CHUNK_TYPE = AvroType(
+    "AudioChunk", type_id=1, versions={1: "audio_chunk.v1.avsc", 2: "audio_chunk.v2.avsc"}
+)
 AUDIO_SCHEMA_VERSION = AUDIO_CHUNK_TYPE.current
 
 ROLE_AGENT = "agent"
@@ -29,13 +31,21 @@ DEFAULT_STEREO_ROLES = (ROLE_AGENT, ROLE_CUSTOMER)
 
 @dataclass(frozen=True)
 class SessionMeta:
-    """Session metadata, carried by each channel's first chunk."""
+    """Session metadata, carried by each channel's first chunk.
+
+    ``live`` (v2): False for a recording replayed as fast as it can be read (``produce
+    --pace asap``): nobody watches it as it happens, so it gets finals only, and the
+    recognizer may decode them in batches (cheaper, but a batched final can differ from
+    the offline transcription in a near-tie token, mostly punctuation). A v1 chunk reads
+    as live.
+    """
 
     source: str
     language: str = "en"
     call_id: str | None = None
     channels: int = 1
     roles: tuple[str, ...] = ()
+    live: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -10,6 +10,11 @@ An update flagged ``end_candidate`` (v3) ends exactly where the utterance will e
 silence that just began holds: a recognizer may start the final's decode on it. If the
 silence holds, the final follows with an empty tail and the same ``end_sample``; if speech
 resumes, it was just an update. Versions 1 and 2 are still read (``end_candidate`` false).
+
+``live`` (v4) is False when the session's metadata says nobody watches it as it happens
+(:class:`~streamscribe.schemas.audio.SessionMeta`, a recording replayed ``--pace asap``):
+a recognizer sends no partials for it and may decode its finals in batches. Older
+versions read as live.
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ from streamscribe.schemas.avro_codec import AvroType
 UTTERANCE_TYPE = AvroType(
     "UtteranceMessage",
     type_id=2,
-    versions={1: "utterance.v1.avsc", 2: "utterance.v2.avsc", 3: "utterance.v3.avsc"},
+    versions={
+        1: "utterance.v1.avsc",
+        2: "utterance.v2.avsc",
+        3: "utterance.v3.avsc",
+        4: "utterance.v4.avsc",
+    },
 )
 KIND_UPDATE: Final = "update"
 KIND_FINAL: Final = "final"
@@ -58,6 +68,7 @@ class UtteranceMessage:
     summary_json: str | None = None
     origin: str | None = None  # v2: the processor group whose segmenter wrote it
     end_candidate: bool = False  # v3: an update ending where the utterance may end
+    live: bool = True  # v4: False: the session is not watched live (finals only)
     sample_rate: int = SAMPLE_RATE
     schema_version: int = UTTERANCE_TYPE.current
 

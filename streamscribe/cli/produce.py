@@ -39,6 +39,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
         encoding=args.encoding,
         language=args.language,
         call_id=args.call_id,
+        live=args.live,
     )
     report = run_produce(job, settings)
     for line in report.lines():
@@ -102,6 +103,13 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--encoding", help="pcm_s16le | pcm_mulaw | pcm_f32le (default: from file)")
     p.add_argument("--language", default="en")
     p.add_argument("--call-id")
+    p.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mark the sessions watched live (partials) or not (finals only, decoded in"
+        " batches); default: live unless --pace asap",
+    )
     p.set_defaults(handler=cmd_produce)
 
     p = sub.add_parser("mic", help="a microphone session")

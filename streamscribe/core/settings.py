@@ -109,6 +109,10 @@ class Settings(BaseModel):
     # quietest frame and the words before are committed (processors/recognizer_line.py).
     partial_window_s: float = 2.5
     partial_batch_max: int = 16  # partial decodes batched into one decoder run
+    # Finals of sessions not watched live (SessionMeta.live false: produce --pace asap)
+    # waiting together are decoded in one batch of up to this many (1: one by one). Live
+    # finals are always decoded alone: exactly the offline transcription.
+    replay_batch_max: int = 8
     # An update captured longer ago than this (overload, or a replay faster than real time)
     # gets no partial and no speculative final: the worker spends its CPU catching up.
     partial_max_lag_s: float = 1.0

@@ -68,9 +68,17 @@ def worker(bootstrap: str, topics: Topics, tmp: Path, **kw: str) -> Iterator[Pro
 
 
 def produce(bootstrap: str, topics: Topics, files: list[str], **kw: object) -> ProduceReport:
+    """Publish ``files`` as sessions marked live unless ``live=False`` is given.
+
+    Live, whatever the pace: the tests compare finals with the offline transcription
+    exactly, and a session marked not live (``produce --pace asap`` on the command line)
+    may have its finals decoded in batches, which can differ in a near-tie token
+    (``test_recognizer_stage.py`` tests that mode on its own).
+    """
     settings = Settings.from_env().with_overrides(
         bootstrap_servers=bootstrap, topic_prefix=topics.prefix
     )
+    kw.setdefault("live", True)
     report = run_produce(ProduceJob(files=files, **kw), settings, progress=None)  # type: ignore[arg-type]
     assert report.delivery.failed == 0 and report.delivery.delivered == report.delivery.sent
     return report

@@ -180,3 +180,37 @@ def test_injected_inference_failure(
     dls = [d for d in dead_letters(kafka_bootstrap, asr_topics) if d.session_id == "fail-b"]
     assert len(dls) == 1 and dls[0].stage == "recognizer"
     assert dls[0].source_topic == asr_topics.utterances and "fail-b/0/1" in dls[0].reason
+
+
+def test_a_replay_not_watched_live_gets_finals_only_decoded_in_batches(
+    kafka_bootstrap: str,
+    asr_topics: Topics,
+    asr_worker: Proc,
+    assets: Path,
+    references: dict[str, str],
+    offline: dict[str, list[str]],
+) -> None:
+    """``produce --pace asap`` marks the sessions not live (``SessionMeta.live``): no
+    partial at all, every line's final, finals that waited together decoded in one batch
+    (they share their decode timestamps), and words as accurate as the offline run's."""
+    rep = produce(
+        kafka_bootstrap,
+        asr_topics,
+        [str(assets / "two_cities.wav")],
+        session_id="rp",
+        sessions=6,
+        live=None,  # the default of the command line: not live at --pace asap
+    )
+    n = len(offline["two_cities.wav"])
+    partials, finals = wait_finals(kafka_bootstrap, asr_topics, dict.fromkeys(rep.sessions, n))
+    assert [p for p in partials if p.session_id in rep.sessions] == []
+    by = finals_by_line(finals)
+    mine = [f for k, f in by.items() if k[0] in rep.sessions]
+    assert len(mine) == 6 * n and all(f.error is None for f in mine)
+    spans: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for f in mine:
+        spans[(f.timestamps["decode_start_us"], f.timestamps["decode_end_us"])].add(f.session_id)
+    assert max(len(s) for s in spans.values()) >= 2, "no final was decoded in a batch"
+    offline_wer = wer(references["two_cities.wav"], " ".join(offline["two_cities.wav"]))
+    for sid in rep.sessions:
+        assert wer(references["two_cities.wav"], " ".join(_texts(by, sid))) <= offline_wer + 0.03

@@ -114,6 +114,7 @@ def test_secured_pipeline_stores_the_offline_finals(
         "sec-beckett",
         "--pace",
         "asap",
+        "--live",  # finals one by one: exactly the offline text
     )
     assert produced.returncode == 0, produced.stderr
     assert "delivered: 100, failed: 0" in produced.stdout

@@ -26,7 +26,7 @@ from streamscribe.schemas.transcripts import (
     PartialTranscript,
     decode_transcript,
 )
-from streamscribe.schemas.utterances import UtteranceMessage
+from streamscribe.schemas.utterances import UTTERANCE_TYPE, UtteranceMessage
 
 AVRO_DIR = Path(__file__).resolve().parents[2] / "schemas" / "avro"
 
@@ -80,29 +80,51 @@ def test_trailing_bytes_of_same_version_are_rejected() -> None:
         AudioChunk.decode(_chunk().encode() + b"xx")
 
 
-def _v2_type(tmp_path: Path) -> AvroType:
-    schema = json.loads((AVRO_DIR / "audio_chunk.v1.avsc").read_text())
+def _v3_type(tmp_path: Path) -> AvroType:
+    """A hypothetical next version of the audio chunk: one more field appended at the end."""
+    schema = json.loads((AVRO_DIR / "audio_chunk.v2.avsc").read_text())
     schema["fields"].append({"name": "gain_db", "type": ["null", "float"], "default": None})
-    path = tmp_path / "audio_chunk.v2.avsc"
+    path = tmp_path / "audio_chunk.v3.avsc"
     path.write_text(json.dumps(schema))
-    return AvroType("AudioChunk", 1, {1: "audio_chunk.v1.avsc", 2: str(path)})
+    return AvroType(
+        "AudioChunk", 1, {1: "audio_chunk.v1.avsc", 2: "audio_chunk.v2.avsc", 3: str(path)}
+    )
 
 
-def test_reader_v1_reads_v2_with_appended_optional_field(tmp_path: Path) -> None:
-    v2 = _v2_type(tmp_path)
+def test_reader_v2_reads_v3_with_appended_optional_field(tmp_path: Path) -> None:
+    v3 = _v3_type(tmp_path)
     c = _chunk()
-    rec = {**c.__dict__, "session_meta": None, "gain_db": -3.5, "schema_version": 2}
-    data = v2.encode(rec)
-    assert data[2] == 2
-    decoded = AudioChunk.decode(data)  # the current reader is v1
-    assert decoded.payload == c.payload and decoded.seq == c.seq and decoded.schema_version == 2
+    rec = {**c.__dict__, "session_meta": None, "gain_db": -3.5, "schema_version": 3}
+    data = v3.encode(rec)
+    assert data[2] == 3
+    decoded = AudioChunk.decode(data)  # the current reader is v2
+    assert decoded.payload == c.payload and decoded.seq == c.seq and decoded.schema_version == 3
 
 
-def test_reader_v2_reads_v1(tmp_path: Path) -> None:
-    v2 = _v2_type(tmp_path)
-    rec = v2.decode(_chunk().encode())
+def test_reader_v3_reads_v2(tmp_path: Path) -> None:
+    v3 = _v3_type(tmp_path)
+    rec = v3.decode(_chunk().encode())
     assert rec["gain_db"] is None and rec["seq"] == 7
-    assert AUDIO_CHUNK_TYPE.current == 1
+    assert AUDIO_CHUNK_TYPE.current == 2
+
+
+def test_session_meta_live_v2_and_v1_both_ways() -> None:
+    """v2 appends ``live`` to the session metadata (the chunk's last field): a v1 chunk
+    reads as live, and a v1 reader reads a v2 chunk, metadata included."""
+    import dataclasses
+
+    meta = SessionMeta(source="call.wav", channels=2, roles=("agent", "customer"), live=False)
+    c = dataclasses.replace(_chunk(), session_meta=meta)
+    back = AudioChunk.decode(c.encode())
+    assert back.session_meta == meta and back.session_meta.live is False
+    v1 = AvroType("AudioChunk", 1, {1: "audio_chunk.v1.avsc"})
+    rec = v1.decode(c.encode())  # an old reader ignores the appended field
+    assert rec["session_meta"]["roles"] == ["agent", "customer"]
+    assert "live" not in rec["session_meta"] and rec["payload"] == c.payload
+    rec.pop("schema_version")
+    old = AudioChunk.decode(v1.encode({**rec, "schema_version": 1}))
+    assert old.session_meta is not None and old.session_meta.live is True
+    assert old.schema_version == 1 and old.session_meta.roles == meta.roles
 
 
 def test_utterance_message_round_trip() -> None:
@@ -251,7 +273,7 @@ def test_utterance_v2_reads_v1_and_v1_reads_v2() -> None:
         origin="g1",
     )
     data = m.encode()
-    assert data[2] == 3 and UtteranceMessage.decode(data).origin == "g1"
+    assert data[2] == UTTERANCE_TYPE.current and UtteranceMessage.decode(data).origin == "g1"
     v1 = AvroType("UtteranceMessage", 2, {1: "utterance.v1.avsc"})
     assert v1.decode(data)["payload"] == m.payload  # an old reader ignores the new fields
     rec = dataclasses.asdict(m)
@@ -259,6 +281,25 @@ def test_utterance_v2_reads_v1_and_v1_reads_v2() -> None:
     old = v1.encode({**rec, "schema_version": 1})
     back = UtteranceMessage.decode(old)
     assert back.origin is None and back.schema_version == 1 and back.payload == m.payload
+
+
+def test_utterance_v4_live_defaults_true_and_v3_reads_v4() -> None:
+    import dataclasses
+
+    m = UtteranceMessage("s", 0, "agent", 0, "final", 1, 0, 2, 4, b"\x01\x00" * 2)
+    replay = dataclasses.replace(m, live=False)
+    assert UtteranceMessage.decode(replay.encode()).live is False
+    assert UtteranceMessage.decode(m.encode()).live is True
+    v3 = AvroType(
+        "UtteranceMessage",
+        2,
+        {1: "utterance.v1.avsc", 2: "utterance.v2.avsc", 3: "utterance.v3.avsc"},
+    )
+    rec = v3.decode(replay.encode())  # a v3 reader ignores the appended field
+    assert rec["payload"] == m.payload and "live" not in rec
+    rec.pop("schema_version")
+    back = UtteranceMessage.decode(v3.encode({**rec, "schema_version": 3}))
+    assert back.live is True and back.schema_version == 3 and back.end_candidate is False
 
 
 def test_utterance_v3_end_candidate_defaults_false_and_v2_reads_v3() -> None:

@@ -196,3 +196,13 @@ def test_mulaw_file_with_another_encoding_is_converted(tmp_path: Path) -> None:
     assert src.encoding == "pcm_s16le" and src.samples.dtype == np.int16
     (chunk,) = chunk_channel(src, 0, session_id="s", role="r")
     assert np.array_equal(np.frombuffer(chunk.payload, "<i2"), mulaw_decode(codes.tobytes()))
+
+
+def test_sessions_are_live_unless_read_as_fast_as_possible() -> None:
+    from streamscribe.producers.file_producer import ProduceJob
+
+    assert ProduceJob(["a.wav"], pace="realtime").is_live
+    assert ProduceJob(["a.wav"], pace="x4").is_live  # someone may watch a fast replay
+    assert not ProduceJob(["a.wav"], pace="asap").is_live
+    assert ProduceJob(["a.wav"], pace="asap", live=True).is_live
+    assert not ProduceJob(["a.wav"], pace="realtime", live=False).is_live

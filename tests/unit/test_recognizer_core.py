@@ -684,6 +684,30 @@ def test_updates_captured_too_long_ago_get_no_partial_and_no_speculation() -> No
     assert h.core.stats.behind == 6
 
 
+def test_a_session_not_watched_live_gets_finals_only_and_its_final_may_be_batched() -> None:
+    """``live`` false (a recording replayed as fast as it is read): fresh updates get no
+    partial and no speculation; the final is decoded as always and marked batchable (a
+    live line's final never is)."""
+    import dataclasses
+
+    h = Harness()
+    msgs = [dataclasses.replace(m, live=False) for m in line_messages(noise(3.0))]
+    msgs[5] = dataclasses.replace(msgs[5], end_candidate=True)
+    updates = msgs[:-1]
+    assert [h.accept(m) for m in updates] == [None] * len(updates)
+    assert h.core.stats.not_live == len(updates) and h.core.stats.behind == 0
+    assert h.core.stats.speculations == 0 and h.core.stats.partials == 0
+    final = h.accept(msgs[-1])
+    assert final is not None and final.final and final.batchable
+    result = h.complete(final)
+    assert result.event.raw_text == fake_asr(noise(3.0)).text
+    live = Harness()
+    live_msgs = line_messages(noise(3.0), session="live")
+    decodes = [live.accept(m) for m in live_msgs]
+    assert any(d is not None and not d.final for d in decodes)  # partials
+    assert decodes[-1] is not None and decodes[-1].final and not decodes[-1].batchable
+
+
 def test_partials_and_finals_are_post_processed_and_keep_the_model_text() -> None:
     """The published text is cleaned and sentence-cased (redacted when configured, here
     cards); the model's own words stay in raw_text; stable_text stays a prefix."""

@@ -105,7 +105,7 @@ def test_channel_state_is_one_codec_and_round_trips_exactly(vad: SileroVad) -> N
     blob = res.state.to_bytes()
     s = unpack_state(blob, "channel")  # one header, no blob nested in another
     assert set(s.meta) == {
-        "role", "parts", "degraded", "rate", "end_offset", "captured", "jitter", "seg"
+        "role", "parts", "degraded", "rate", "end_offset", "captured", "live", "jitter", "seg"
     }  # fmt: skip
     assert {"audio", "vad_rnn", "ring_power", "jitter_payloads"} <= set(s.arrays)
     assert core.load(blob).to_bytes() == blob

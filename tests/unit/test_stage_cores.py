@@ -209,3 +209,81 @@ def test_a_final_never_waits_behind_partials_with_two_slots() -> None:
         return took
 
     assert asyncio.run(scenario()) < 0.2  # not behind a 0.3 s partial
+
+
+def test_finals_of_sessions_not_watched_live_are_batched_live_ones_alone() -> None:
+    """Waiting finals marked ``batch`` (a replay) go to ``decode_batch`` together, up to
+    ``final_batch_max``; a live final is decoded alone (exactly the offline text) and
+    keeps its place; an item that failed in the batch is decoded again alone."""
+    alone: list[str] = []
+    batches: list[list[str]] = []
+
+    def decode(line_id: str, audio: object) -> str:
+        alone.append(line_id)
+        time.sleep(0.02)
+        return f"alone {line_id}"
+
+    def batch(items: list[tuple[str, object]]) -> list[object]:
+        batches.append([lid for lid, _ in items])
+        time.sleep(0.02)
+        return [RuntimeError("bad row") if lid == "r3" else f"batch {lid}" for lid, _ in items]
+
+    async def scenario() -> list[object]:
+        sched = DecodeScheduler(
+            decode, ThreadPoolExecutor(1), workers=1, decode_batch=batch, final_batch_max=3
+        )
+        await sched.start()
+        blocker = asyncio.ensure_future(sched.decode_final("live0", None))
+        await asyncio.sleep(0.005)  # live0 is decoding: the rest wait together
+        jobs = [
+            sched.decode_final("r1", None, batch=True),
+            sched.decode_final("live1", None),
+            sched.decode_final("r2", None, batch=True),
+            sched.decode_final("r3", None, batch=True),
+            sched.decode_final("r4", None, batch=True),
+        ]
+        outs = await asyncio.gather(blocker, *jobs)
+        await sched.stop()
+        assert sched.stats.final_batches == 1 and sched.stats.batched_finals == 2
+        assert sched.stats.finals == 6
+        return [o.result for o in outs]
+
+    results = asyncio.run(scenario())
+    # queue: r1 live1 r2 r3 r4 -> one batch r1 r2 r3; then live1 and r4 (nothing to pair)
+    assert batches == [["r1", "r2", "r3"]]
+    assert results == [
+        "alone live0",
+        "batch r1",
+        "alone live1",
+        "batch r2",
+        "alone r3",  # failed in the batch: decoded again alone
+        "alone r4",
+    ]
+    assert alone == ["live0", "r3", "live1", "r4"]
+
+
+def test_a_session_marked_not_live_gives_utterances_marked_not_live() -> None:
+    """``SessionMeta.live`` of the first chunk reaches every utterance message, and is
+    kept in the channel's changelog copy (restored after every chunk: same messages)."""
+    import dataclasses
+
+    from streamscribe.schemas.audio import SessionMeta
+
+    core = StreamSegmenter(SileroVad(), clock=lambda: 0)
+    arrivals = _arrivals("replay")
+    first = arrivals[0].chunk
+    meta = SessionMeta(source="beckett.wav", live=False)
+    arrivals[0] = dataclasses.replace(
+        arrivals[0], chunk=dataclasses.replace(first, session_meta=meta)
+    )
+    key = ChannelKey("replay", 0)
+    state: bytes | None = None
+    msgs = []
+    for a in arrivals:
+        (res,) = core.process([ChannelBatch(key, state, [a])])
+        msgs += [m for m, _ in res.utterances]
+        state = None if res.state is None else res.state.to_bytes()
+    assert len([m for m in msgs if m.kind == "final"]) == 6
+    assert {m.live for m in msgs} == {False}
+    (plain,) = core.process([ChannelBatch(ChannelKey("p", 0), None, _arrivals("p"))])
+    assert plain.utterances and {m.live for m, _ in plain.utterances} == {True}
