@@ -1,4 +1,4 @@
-"""Three faust-streaming 0.15.3 bugs that lose messages around a crash, their fixes, and a
+"""Four faust-streaming 0.15.3 bugs that lose messages around a crash, their fixes, and a
 warning when faust commits over records it never processed.
 
 Every streamscribe worker calls :func:`install_faust_fixes` before faust starts
@@ -197,9 +197,56 @@ def install_gap_warning() -> None:
     Consumer._streamscribe_gap_warning = True
 
 
+def install_commit_below_pending() -> None:
+    """Never commit past a message that was handed to the stream and is not acked yet.
+
+    faust commits, per partition, the run of consecutive acked offsets that starts the
+    list of acked offsets (``Consumer._new_offset``). Its guard against a hole before that
+    run compares with the committed offset as if that were the last processed offset, but
+    faust keeps Kafka's meaning, the *next* one: with offset C committed, C unacked and
+    C+1.. acked, ``min(acked) - C`` is 1, the guard (``> 1``) lets it through, and faust
+    commits past C (with nothing committed yet, or C = 0, there is no guard at all). An
+    agent that acks out of order hits exactly this: the recognizer acks a final's message
+    only once the final is published, while later messages of the partition are acked at
+    once. A SIGKILL before the final is out then loses it: the successor starts after C.
+    The chaos suite saw it once (a final whose message the group had committed past, never
+    published); ``tests/unit/test_faust_fixes.py`` reproduces it on faust's own method.
+
+    The fix: no commit for a partition while a message of it, handed to the stream in
+    this consumer generation, is unacked below the run faust would commit (it is then
+    committed with the next commit after its ack).
+    """
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer, "_streamscribe_commit_below_pending", False):
+        return
+    new_offset = Consumer._new_offset
+
+    def _new_offset(self: Any, tp: Any) -> int | None:
+        acked = self._acked[tp]
+        if acked:
+            first = min(acked)
+            generation = self.app.consumer_generation_id
+            for message in list(self._unacked_messages):
+                if (
+                    message.tp == tp
+                    and not message.acked
+                    and message.offset < first
+                    and message.generation_id in (generation, None)
+                ):
+                    return None
+        result: int | None = new_offset(self, tp)
+        return result
+
+    _new_offset.__wrapped__ = new_offset
+    Consumer._new_offset = _new_offset
+    Consumer._streamscribe_commit_below_pending = True
+
+
 def install_faust_fixes() -> None:
     """The fixes above; every streamscribe worker installs them before faust starts."""
     install_complete_producer_flush()
     install_seek_before_resume()
     install_fetch_snapshot()
+    install_commit_below_pending()
     install_gap_warning()

@@ -112,7 +112,9 @@ class RecognizerStage:
         self.pieces = app.Table(AUDIO_TABLE, partitions=p, default=None, value_type=bytes)
         self.core = RecognizerCore(config, self.lines, self.pieces)
         self.scheduler = DecodeScheduler(
-            injected_failures(self._transcribe, config.fail_patterns),
+            injected_failures(
+                self._transcribe, config.fail_patterns, config.slow_patterns, config.slow_s
+            ),
             executor,
             workers=settings.asr_workers,
             stale_after_s=settings.partial_stale_s,

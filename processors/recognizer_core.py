@@ -57,6 +57,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -155,6 +156,8 @@ class RecognizerConfig:
     policy: PartialPolicy
     max_error_rate: float
     fail_patterns: tuple[str, ...] = ()
+    slow_patterns: tuple[str, ...] = ()
+    slow_s: float = 0.0
     speculative_finals: bool = True
     max_lag_us: int = 1_000_000  # an update older than this gets no partial / speculation
     post: PostProcessor = field(default_factory=PostProcessor)
@@ -163,7 +166,8 @@ class RecognizerConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> RecognizerConfig:
         """``update_interval_s``, ``partial_growth``, ``partial_window_s``, ``max_error_rate``,
-        ``asr_fail_lines`` (comma-separated ``fnmatch`` patterns of line ids), the group id."""
+        ``asr_fail_lines`` and ``asr_slow_lines`` (comma-separated ``fnmatch`` patterns of
+        line ids), ``asr_slow_s``, the group id."""
         return cls(
             group_id=settings.group_id,
             policy=PartialPolicy(
@@ -173,6 +177,8 @@ class RecognizerConfig:
             ),
             max_error_rate=settings.max_error_rate,
             fail_patterns=tuple(p for p in settings.asr_fail_lines.split(",") if p),
+            slow_patterns=tuple(p for p in settings.asr_slow_lines.split(",") if p),
+            slow_s=settings.asr_slow_s,
             speculative_finals=settings.speculative_finals,
             max_lag_us=int(settings.partial_max_lag_s * 1e6),
             post=PostProcessor.from_settings(settings),
@@ -277,9 +283,14 @@ def decode_message(value: bytes, key: bytes | None) -> UtteranceMessage:
 
 
 def injected_failures(
-    transcribe: Callable[[Audio], Any], patterns: Sequence[str]
+    transcribe: Callable[[Audio], Any],
+    patterns: Sequence[str],
+    slow: Sequence[str] = (),
+    slow_s: float = 0.0,
 ) -> Callable[[str, Audio], Any]:
-    """The scheduler's decode function: ``transcribe``, failing on lines matching a pattern.
+    """The scheduler's decode function: ``transcribe``, failing on lines matching a pattern
+    of ``patterns``, and first sleeping ``slow_s`` on lines matching one of ``slow`` (fault
+    injection for tests: a final that takes long).
 
     >>> decode = injected_failures(len, ["fail-*/0/1"])
     >>> decode("ok/0/1", [0.0, 0.0])
@@ -293,6 +304,8 @@ def injected_failures(
     def decode(lid: str, audio: Audio) -> Any:
         if any(fnmatch.fnmatchcase(lid, p) for p in patterns):
             raise AsrError(f"injected inference failure for line {lid}")
+        if slow_s > 0 and any(fnmatch.fnmatchcase(lid, p) for p in slow):
+            time.sleep(slow_s)  # in the decode thread, like a long decode
         return transcribe(audio)
 
     return decode

@@ -121,6 +121,10 @@ class Settings(BaseModel):
     partial_nice: int = 0
     partial_stale_s: float = 1.5  # shed a partial whose update is older than this
     asr_fail_lines: str = ""  # fault injection: comma list of line-id patterns that fail
+    # fault injection: comma list of line-id patterns whose decode first sleeps asr_slow_s
+    # (a final that takes long: the window a crash must not lose it in)
+    asr_slow_lines: str = ""
+    asr_slow_s: float = 0.0
     # Speculative finals: the segmenter flags the update that ends where the utterance will
     # end if the silence holds (post-roll after the first silent frame), and the recognizer
     # decodes the final from it while the segmenter still waits out min_silence_ms.

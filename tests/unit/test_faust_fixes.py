@@ -163,3 +163,51 @@ def test_a_gap_is_logged_and_still_recorded(caplog: Any) -> None:
         caplog.text
     )
     assert sorted((i.begin, i.end) for i in consumer._gap[A1]) == [(5, 10)]
+
+
+class _Msg:
+    def __init__(self, tp: TP, offset: int, generation: int = 3) -> None:
+        self.tp, self.offset, self.generation_id, self.acked = tp, offset, generation, False
+
+
+def _commit_state(committed: int | None, acked: list[int], unacked: list[_Msg]) -> Any:
+    """What ``Consumer._new_offset`` reads of a consumer (faust's own attribute names)."""
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    state: Any = type("_CommitConsumer", (), {})()
+    state._acked = defaultdict(list, {A0: list(acked)})
+    state._acked_index = defaultdict(set, {A0: set(acked)})
+    state._gap = defaultdict(IntervalTree)
+    state._committed_offset = defaultdict(lambda: None, {A0: committed})
+    state._unacked_messages = set(unacked)
+    state.app = type("_App", (), {"consumer_generation_id": 3})()
+    return state
+
+
+def test_faust_alone_commits_past_the_unacked_message_at_the_committed_offset() -> None:
+    """The bug, on faust's own method: 89 committed (next to read), 89 still unacked (a
+    final decoding), 90 and 91 acked: faust commits 92, past 89."""
+    new_offset = Consumer._new_offset.__wrapped__  # faust's, without the fix
+    assert new_offset(_commit_state(89, [90, 91], [_Msg(A0, 89)]), A0) == 92
+    assert new_offset(_commit_state(None, [1, 2], [_Msg(A0, 0)]), A0) == 3  # no guard at all
+
+
+def test_no_commit_past_a_message_handed_to_the_stream_and_not_acked() -> None:
+    final = _Msg(A0, 89)
+    state = _commit_state(89, [90, 91], [final])
+    assert Consumer._new_offset(state, A0) is None  # 89 is decoding: nothing committed
+    final.acked = True
+    state._acked[A0].append(89)
+    state._acked_index[A0].add(89)
+    assert Consumer._new_offset(state, A0) == 92  # once acked, all of it
+    fresh = _commit_state(None, [1, 2], [_Msg(A0, 0)])  # nothing committed yet
+    assert Consumer._new_offset(fresh, A0) is None
+    # a message of an older generation (before a rebalance) is refetched, not waited for
+    old = _commit_state(89, [90, 91], [_Msg(A0, 89, generation=2)])
+    assert Consumer._new_offset(old, A0) == 92
+    other = _commit_state(89, [89, 90], [_Msg(A1, 10)])  # another partition's: no effect
+    assert Consumer._new_offset(other, A0) == 91
+    behind = _commit_state(80, [80, 81, 83], [_Msg(A0, 82)])  # commits the run below it
+    assert Consumer._new_offset(behind, A0) == 82

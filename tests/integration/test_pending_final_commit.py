@@ -1,0 +1,100 @@
+"""A final still decoding when its worker is SIGKILLed is not lost (issue 13, the chaos
+suite's one unexplained loss).
+
+faust-streaming 0.15.3 commits past an unacked message that sits exactly at the committed
+offset once later messages of the partition are acked (``Consumer._new_offset``), and the
+recognizer acks a final's message only after the final is published, while the updates of
+the next lines are acked at once. Here every final of one session is held in its decode
+(fault injection: ``STREAMSCRIBE_ASR_SLOW_LINES``) while its other messages are acked;
+the group's committed offset on the utterances topic must stay at the first held final,
+and after a SIGKILL a second worker publishes every final. Before
+``faust_fixes.install_commit_below_pending`` the group committed the whole topic and the
+second worker published nothing for the session.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streamscribe.core.admin import create_topics
+from streamscribe.processors.asr import MoonshineAsr
+from streamscribe.processors.offline import transcribe_file
+from streamscribe.schemas.topics import Topics
+from streamscribe.schemas.utterances import KIND_FINAL, UtteranceMessage
+from tests.integration.kafka_read import read_topic
+from tests.integration.pipeline import finals_by_line, produce, start_worker, wait_finals
+
+pytestmark = pytest.mark.integration
+
+SESSION = "held"
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int | None:
+    """The group's committed offset on partition 0 of ``topic`` (None: nothing yet)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 0})
+    try:
+        (tp,) = c.committed([TopicPartition(topic, 0)], timeout=10)
+        return tp.offset if tp.offset >= 0 else None
+    finally:
+        c.close()
+
+
+def test_a_final_still_decoding_at_a_sigkill_is_published_after_it(
+    kafka_bootstrap: str, tmp_path: Path, assets: Path
+) -> None:
+    wav = assets / "beckett.wav"
+    offline = [u.text for u in transcribe_file(wav, asr=MoonshineAsr.load())]
+    topics = Topics(f"held{uuid.uuid4().hex[:8]}.")
+    create_topics(kafka_bootstrap, topics.specs(1))  # one partition: every message in line
+    group = f"held-{uuid.uuid4().hex[:6]}"
+    common = {"partitions": "1", "speculative_finals": "false"}
+    for name in ("w1", "w2"):
+        (tmp_path / name).mkdir()
+    first = start_worker(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "w1",
+        group=group,
+        log_name="w1.log",
+        asr_slow_lines=f"{SESSION}/0/*",
+        asr_slow_s="600",
+        **common,
+    )
+    try:
+        produce(kafka_bootstrap, topics, [str(wav)], session_id=SESSION)
+        final_offsets: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(final_offsets) < len(offline):
+            assert time.monotonic() < deadline, "the segmenter did not end every line"
+            final_offsets = [
+                r.offset
+                for r in read_topic(kafka_bootstrap, topics.utterances)
+                if UtteranceMessage.decode(r.value).kind == KIND_FINAL
+            ]
+            time.sleep(0.5)
+        last = max(r.offset for r in read_topic(kafka_bootstrap, topics.utterances))
+        time.sleep(4)  # several commit intervals (1 s) after every later message was acked
+        committed = _committed(kafka_bootstrap, group, topics.utterances)
+        assert committed is not None and committed <= final_offsets[0] < last, (
+            committed,
+            final_offsets,
+            last,
+        )
+    finally:
+        first.kill9()
+        first.stop()
+    second = start_worker(
+        kafka_bootstrap, topics, tmp_path / "w2", group=group, log_name="w2.log", **common
+    )
+    try:
+        _, finals = wait_finals(kafka_bootstrap, topics, {SESSION: len(offline)}, timeout_s=120)
+        by_line = finals_by_line(finals)
+        assert [by_line[(SESSION, 0, u)].text for u in range(len(offline))] == offline
+    finally:
+        second.stop()
