@@ -241,3 +241,12 @@ def test_session_ids_are_shown_escaped_and_elided() -> None:
     assert tried >= 1 and failures == 0
     rtl = consumers.shown_id("a\u202eb\n" + "x" * 10_000)
     assert "\u202e" not in rtl and "\n" not in rtl and len(rtl) == consumers.SHOWN_ID_CHARS
+
+
+def test_produce_live_flag_defaults_to_the_pace() -> None:
+    """``--live`` / ``--no-live`` override; without either the job decides from the pace
+    (``ProduceJob.is_live``: not live at ``asap``)."""
+    parser = cli.build_parser()
+    assert parser.parse_args(["produce", "a.wav"]).live is None
+    assert parser.parse_args(["produce", "a.wav", "--live"]).live is True
+    assert parser.parse_args(["produce", "a.wav", "--pace", "realtime", "--no-live"]).live is False
