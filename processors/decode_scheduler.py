@@ -373,18 +373,22 @@ class DecodeScheduler:
         for job, result in zip(jobs, results, strict=True):
             out = DecodeOutcome(start_us=start_us, end_us=end_us, waited_s=picked - job.queued_at)
             if isinstance(result, BaseException):
-                out.start_us = time.time_ns() // 1000
-                try:
-                    out.result = await self._decode_with_retries(job)
-                except Exception as exc:  # the model failed after its retries: reported
-                    out.error = exc
-                out.end_us = time.time_ns() // 1000
+                await self._decode_alone(job, out)
             else:
                 out.result = result
                 self.stats.batched_finals += 1
             self.stats.finals += 1
             if job.future is not None and not job.future.done():
                 job.future.set_result(out)
+
+    async def _decode_alone(self, job: _Job, out: DecodeOutcome) -> None:
+        """Decode ``job`` alone with the retries into ``out`` (result or error, times)."""
+        out.start_us = time.time_ns() // 1000
+        try:
+            out.result = await self._decode_with_retries(job)
+        except Exception as exc:  # the model failed after its retries: reported
+            out.error = exc
+        out.end_us = time.time_ns() // 1000
 
     async def _loop(self, mode: str = ANY) -> None:
         while True:
@@ -402,12 +406,7 @@ class DecodeScheduler:
                     continue
             out = DecodeOutcome(waited_s=time.monotonic() - job.queued_at)
             out.speculative = job.speculative
-            out.start_us = time.time_ns() // 1000
-            try:
-                out.result = await self._decode_with_retries(job)
-            except Exception as exc:  # the model failed after its retries: reported
-                out.error = exc
-            out.end_us = time.time_ns() // 1000
+            await self._decode_alone(job, out)
             if job.speculative:
                 self.stats.speculative += 1
             else:
