@@ -28,6 +28,9 @@ offline transcription of its audio -- except the finals of sessions not watched 
 decoded in batches of up to ``final_batch_max`` when several wait: measured on the bundled
 recordings' utterances, a batch of 8 costs 0.61 of decoding them alone, and about one
 final in ten then differs from its offline text in a near-tie token (mostly punctuation).
+Live finals are batched the same way only when the worker is behind: once the final taken
+had waited ``behind_after_s`` in the queue, the finals waiting with it (speculations
+excepted) join its batch, because they would all be late otherwise.
 
 Example::
 
@@ -112,6 +115,7 @@ class SchedulerStats:
     speculative_skipped: int = 0  # not started: every finals slot was busy
     final_batches: int = 0  # batched decoder runs of finals of sessions not watched live
     batched_finals: int = 0  # finals decoded in those (batched_finals / final_batches)
+    behind_batches: int = 0  # of those, batches of live finals (the worker was behind)
 
 
 class DecodeScheduler:
@@ -129,12 +133,16 @@ class DecodeScheduler:
         batch_max: int = 16,
         partial_executor: Executor | None = None,
         final_batch_max: int = 1,
+        behind_after_s: float | None = None,
     ) -> None:
         self.decode = decode
         self.decode_batch = decode_batch or self._one_by_one
         self.decode_final_batch = self.decode_batch  # untimed: metrics wrap decode_batch
         self.batch_max = max(1, batch_max)
         self.final_batch_max = max(1, final_batch_max)
+        # A live final that waited this long means the worker is behind: the finals waiting
+        # then are decoded in one batch (None: live finals always alone).
+        self.behind_after_s = behind_after_s
         self.executor = executor
         self.partial_executor = partial_executor or executor
         self.workers = workers
@@ -340,15 +348,27 @@ class DecodeScheduler:
     def _count_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
 
-    def _more_batch_finals(self, limit: int) -> list[_Job]:
+    def _behind(self, job: _Job) -> bool:
+        """Whether live final ``job`` waited so long that the worker is behind."""
+        return (
+            self.behind_after_s is not None
+            and not job.speculative
+            and time.monotonic() - job.queued_at >= self.behind_after_s
+        )
+
+    def _more_batch_finals(self, limit: int, *, behind: bool = False) -> list[_Job]:
         """Up to ``limit`` more waiting batchable finals (queue order; the others keep
-        their places)."""
-        if limit <= 0 or not any(j.batch for j in self._finals):
+        their places); ``behind``: every waiting final that is not a speculation."""
+
+        def fits(j: _Job) -> bool:
+            return j.batch or (behind and not j.speculative)
+
+        if limit <= 0 or not any(fits(j) for j in self._finals):
             return []
         taken: list[_Job] = []
         kept: deque[_Job] = deque()
         for j in self._finals:
-            if j.batch and len(taken) < limit:
+            if fits(j) and len(taken) < limit:
                 taken.append(j)
             else:
                 kept.append(j)
@@ -370,6 +390,8 @@ class DecodeScheduler:
             results = [exc] * len(jobs)
         end_us = time.time_ns() // 1000
         self.stats.final_batches += 1
+        if not all(job.batch for job in jobs):
+            self.stats.behind_batches += 1
         for job, result in zip(jobs, results, strict=True):
             out = DecodeOutcome(start_us=start_us, end_us=end_us, waited_s=picked - job.queued_at)
             if isinstance(result, BaseException):
@@ -399,8 +421,9 @@ class DecodeScheduler:
             if not job.final:
                 await self._run_partials([job, *self._more_partials(self.batch_max - 1)])
                 continue
-            if job.batch and self.final_batch_max > 1:
-                more = self._more_batch_finals(self.final_batch_max - 1)
+            behind = self._behind(job)
+            if (job.batch or behind) and self.final_batch_max > 1:
+                more = self._more_batch_finals(self.final_batch_max - 1, behind=behind)
                 if more:
                     await self._run_final_batch([job, *more])
                     continue

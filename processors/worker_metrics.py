@@ -104,7 +104,8 @@ DECODE_COUNTERS: Final = {
     "speculative_dropped": "Speculative decodes dropped while queued (speech resumed)",
     "partial_batches": "Batched partial decoder runs (partials / partial_batches = batch size)",
     "speculative_skipped": "Speculative decodes not started: every finals slot was busy",
-    "final_batches": "Batched decoder runs of finals of sessions not watched live",
+    "final_batches": "Batched decoder runs of finals (replays, or live ones while behind)",
+    "behind_batches": "Of those, batches of live finals: a final had waited final_behind_ms",
     "batched_finals": "Finals decoded in a batch (batched_finals / final_batches = batch size)",
 }
 

@@ -23,6 +23,12 @@ from streamscribe.schemas.topics import Topics
 
 BROKER_FIXTURES = {"kafka_bootstrap", "topics", "broker_settings"}
 
+# Workers started by the tests decode every live final alone, even when they fall behind:
+# most integration tests compare finals with the offline transcription word for word, and a
+# final decoded in a batch may differ in a near-tie token. (The batching of a worker that
+# is behind has its own tests, which set ``final_behind_ms``.)
+os.environ.setdefault("STREAMSCRIBE_FINAL_BEHIND_MS", "0")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:

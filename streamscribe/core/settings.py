@@ -110,9 +110,14 @@ class Settings(BaseModel):
     partial_window_s: float = 2.5
     partial_batch_max: int = 16  # partial decodes batched into one decoder run
     # Finals of sessions not watched live (SessionMeta.live false: produce --pace asap)
-    # waiting together are decoded in one batch of up to this many (1: one by one). Live
-    # finals are always decoded alone: exactly the offline transcription.
+    # waiting together are decoded in one batch of up to this many (1: one by one).
     replay_batch_max: int = 8
+    # A live final is decoded alone (exactly the offline transcription) unless it waited in
+    # the decode queue this long: the worker is behind, and the finals waiting then are
+    # decoded in one batch of up to replay_batch_max (a batch of 8 costs about 0.6 of
+    # decoding them alone; about one final in ten then differs from its offline text in a
+    # near-tie token). 0: live finals always alone.
+    final_behind_ms: float = 150.0
     # An update captured longer ago than this (overload, or a replay faster than real time)
     # gets no partial and no speculative final: the worker spends its CPU catching up.
     partial_max_lag_s: float = 1.0

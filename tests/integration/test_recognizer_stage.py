@@ -214,3 +214,44 @@ def test_a_replay_not_watched_live_gets_finals_only_decoded_in_batches(
     offline_wer = wer(references["two_cities.wav"], " ".join(offline["two_cities.wav"]))
     for sid in rep.sessions:
         assert wer(references["two_cities.wav"], " ".join(_texts(by, sid))) <= offline_wer + 0.03
+
+
+def test_live_finals_that_waited_the_behind_bound_are_decoded_in_batches(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    assets: Path,
+    references: dict[str, str],
+    offline: dict[str, list[str]],
+) -> None:
+    """A worker that is behind (``final_behind_ms``: here 1 ms, with one decode slot, so any
+    final that waits at all counts) decodes the live finals waiting together in one batch:
+    every line's final still comes, without error, some share their decode timestamps, and
+    the words are as accurate as the offline run's."""
+    topics = Topics(f"behind{uuid.uuid4().hex[:8]}.")
+    create_topics(kafka_bootstrap, topics.specs(4))
+    proc = start_worker(
+        kafka_bootstrap,
+        topics,
+        tmp_path,
+        group=f"behind-{uuid.uuid4().hex[:6]}",
+        final_behind_ms="1",
+        asr_workers="1",
+    )
+    try:
+        rep = produce(
+            kafka_bootstrap, topics, [str(assets / "two_cities.wav")], session_id="bh", sessions=6
+        )
+        n = len(offline["two_cities.wav"])
+        _, finals = wait_finals(kafka_bootstrap, topics, dict.fromkeys(rep.sessions, n))
+    finally:
+        proc.stop()
+    by = finals_by_line(finals)
+    mine = [f for k, f in by.items() if k[0] in rep.sessions]
+    assert len(mine) == 6 * n and all(f.error is None for f in mine)
+    spans: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for f in mine:
+        spans[(f.timestamps["decode_start_us"], f.timestamps["decode_end_us"])].add(f.session_id)
+    assert max(len(s) for s in spans.values()) >= 2, "no live final was decoded in a batch"
+    offline_wer = wer(references["two_cities.wav"], " ".join(offline["two_cities.wav"]))
+    for sid in rep.sessions:
+        assert wer(references["two_cities.wav"], " ".join(_texts(by, sid))) <= offline_wer + 0.03

@@ -262,6 +262,55 @@ def test_finals_of_sessions_not_watched_live_are_batched_live_ones_alone() -> No
     assert alone == ["live0", "r3", "live1", "r4"]
 
 
+def test_live_finals_are_batched_only_once_one_waited_the_behind_bound() -> None:
+    """A live final that waited ``behind_after_s`` in the queue (the worker is behind) takes
+    the finals waiting with it into one batch (speculations excluded); finals that did not
+    wait that long are decoded alone, one by one."""
+    alone: list[str] = []
+    batches: list[list[str]] = []
+
+    def decode(line_id: str, audio: object) -> str:
+        alone.append(line_id)
+        time.sleep(0.01 if line_id.startswith("q") else 0.12)
+        return f"alone {line_id}"
+
+    def batch(items: list[tuple[str, object]]) -> list[object]:
+        batches.append([lid for lid, _ in items])
+        time.sleep(0.02)
+        return [f"batch {lid}" for lid, _ in items]
+
+    async def scenario() -> list[object]:
+        sched = DecodeScheduler(
+            decode,
+            ThreadPoolExecutor(1),
+            workers=1,
+            decode_batch=batch,
+            final_batch_max=3,
+            behind_after_s=0.08,
+        )
+        await sched.start()
+        # quick finals one after the other: none waits 80 ms, each alone
+        for i in range(3):
+            assert (await sched.decode_final(f"q{i}", None)).result == f"alone q{i}"
+        blocker = asyncio.ensure_future(sched.decode_final("slow", None))  # 120 ms
+        await asyncio.sleep(0.005)
+        spec = sched.submit_speculative("s0", None)
+        jobs = [sched.decode_final(f"l{i}", None) for i in range(4)]
+        outs = await asyncio.gather(blocker, *jobs)
+        spec_out = await spec
+        await sched.stop()
+        assert sched.stats.final_batches == 1 and sched.stats.behind_batches == 1
+        assert sched.stats.batched_finals == 3
+        return [o.result for o in outs] + [spec_out.result]
+
+    results = asyncio.run(scenario())
+    # l0..l3 waited behind "slow" (> 80 ms): l0 takes l1 and l2 (batch of 3), l3 alone;
+    # the speculation s0 is never batched
+    assert batches == [["l0", "l1", "l2"]]
+    assert results == ["alone slow", "batch l0", "batch l1", "batch l2", "alone l3", "alone s0"]
+    assert alone == ["q0", "q1", "q2", "slow", "l3", "s0"]  # finals before speculations
+
+
 def test_a_session_marked_not_live_gives_utterances_marked_not_live() -> None:
     """``SessionMeta.live`` of the first chunk reaches every utterance message, and is
     kept in the channel's changelog copy (restored after every chunk: same messages)."""
