@@ -113,7 +113,7 @@ class SchedulerStats:
     speculative_dropped: int = 0  # dropped while queued (speech resumed)
     partial_batches: int = 0  # decode_batch calls (partials / partial_batches = mean batch)
     speculative_skipped: int = 0  # not started: every finals slot was busy
-    final_batches: int = 0  # batched decoder runs of finals of sessions not watched live
+    final_batches: int = 0  # batched decoder runs of finals (replays; live ones while behind)
     batched_finals: int = 0  # finals decoded in those (batched_finals / final_batches)
     behind_batches: int = 0  # of those, batches of live finals (the worker was behind)
 
