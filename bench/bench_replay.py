@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -85,19 +86,30 @@ def wait_finals(
         time.sleep(1.0)
 
 
-def parse_arm(spec: str) -> tuple[int, bool, int | None]:
-    """``N`` | ``split`` | ``splitK``, optionally ``:bB`` (``STREAMSCRIBE_REPLAY_BATCH_MAX=B``):
-    (processes, split, batch max or None for the default). ``N``: ``worker --workers N``;
-    ``splitK``: K segmenter processes and one recognizer process.
+OPTIONS = {"b": "replay_batch_max", "g": "replay_gather_ms"}
 
-    >>> parse_arm("split:b1"), parse_arm("2"), parse_arm("split2")
-    ((1, True, 1), (2, False, None), (2, True, None))
+
+def parse_arm(spec: str) -> tuple[int, bool, dict[str, str]]:
+    """``N`` | ``split`` | ``splitK``, then the options ``:bB``
+    (``STREAMSCRIBE_REPLAY_BATCH_MAX=B``) and ``:gMS`` (``STREAMSCRIBE_REPLAY_GATHER_MS=MS``):
+    (processes, split, the workers' settings).
+    ``N``: ``worker --workers N``; ``splitK``: K segmenter processes and one recognizer
+    process.
+
+    >>> parse_arm("split:b1"), parse_arm("2")
+    ((1, True, {'replay_batch_max': '1'}), (2, False, {}))
+    >>> parse_arm("split2:b4:g0")
+    (2, True, {'replay_batch_max': '4', 'replay_gather_ms': '0'})
     """
-    head, _, tail = spec.partition(":")
-    batch = int(tail[1:]) if tail.startswith("b") else None
+    head, *options = spec.split(":")
+    env = {}
+    for option in options:
+        if option[:1] not in OPTIONS or not option[1:]:
+            raise ValueError(f"unknown arm option {option!r} in {spec!r} (b<N>, g<ms>)")
+        env[OPTIONS[option[:1]]] = option[1:]
     if head.startswith("split"):
-        return int(head.removeprefix("split") or 1), True, batch
-    return int(head), False, batch
+        return int(head.removeprefix("split") or 1), True, env
+    return int(head), False, env
 
 
 def finals_wer(finals: dict[str, list[tuple[int, int, str]]], base: str) -> dict[str, float]:
@@ -124,16 +136,16 @@ def run_arm(
     processes: int,
     work: Path,
     split: bool = False,
-    batch_max: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One arm: ``processes`` worker processes of both stages, or (``split``) ``processes``
     segmenter processes, ``worker --stages segmenter``, and one ``worker --stages
     recognizer``, in one group (the co-partitioned topics' partitions spread over them by
-    stage). ``batch_max``: the workers' ``STREAMSCRIBE_REPLAY_BATCH_MAX`` (None: the
-    default)."""
+    stage). ``env``: the workers' settings (``replay_batch_max`` and the like; the defaults
+    otherwise)."""
     from tests.procs import Proc, streamscribe_cmd
 
-    extra_env = {} if batch_max is None else {"replay_batch_max": str(batch_max)}
+    extra_env = dict(env or {})
 
     topics = fresh_topics(bootstrap, f"replay{'s' if split else processes}")
     group = f"bench-replay-{uuid.uuid4().hex[:8]}"
@@ -184,6 +196,7 @@ def run_arm(
             w.stop()
     finals, partials, last = 0, 0, 0
     texts: dict[str, list[tuple[int, int, str]]] = {}
+    decodes: dict[tuple[Any, Any], int] = {}  # finals of one decoder run share its times
     for msg in read_records(bootstrap, topics.transcripts, timeout_s=300):
         t = decode_transcript(msg.value())
         if t.session_id not in ids:
@@ -192,8 +205,13 @@ def run_arm(
             finals += 1
             last = max(last, msg.timestamp()[1])
             texts.setdefault(t.session_id, []).append((t.utterance, t.channel, t.text))
+            span = (t.timestamps.get("decode_start_us"), t.timestamps.get("decode_end_us"))
+            decodes[span] = decodes.get(span, 0) + 1
         else:
             partials += 1
+    # the first chunk's broker append time (LogAppendTime): the producer's own start-up
+    # (interpreter, imports, reading the files) left out
+    first_audio = min(m.timestamp()[1] for m in read_records(bootstrap, topics.audio)) / 1000
     for prefix in (topics.prefix, f"{group}-"):
         drop_topics(bootstrap, topics_with_prefix(bootstrap, prefix))
     audio = audio_seconds(sessions)
@@ -202,17 +220,24 @@ def run_arm(
     return {
         "processes": processes + 1 if split else processes,
         "split_stages": split,
-        "replay_batch_max": batch_max if batch_max is not None else "default",
+        "replay_batch_max": int(extra_env.get("replay_batch_max", 0)) or "default",
+        "replay_gather_ms": extra_env.get("replay_gather_ms", "default"),
         "sessions": sessions,
         "audio_s": round(audio, 1),
         "all_sessions_ended": ended,
         "produce_s": round(produced - start, 2),
         "last_final_after_s": round(wall, 2),
         "times_real_time": round(audio / wall, 1),
+        "first_audio_after_s": round(first_audio - start, 2),
+        "times_real_time_from_first_audio": round(audio / (last / 1000 - first_audio), 1),
         "finals": finals,
         "finals_expected": expected_finals(sessions),
         "final_lines_seen": got,
         "partials": partials,
+        # decoder runs by how many finals they decoded: {"1": finals alone, "8": ...}
+        "final_decodes_by_batch_size": {
+            str(k): v for k, v in sorted(Counter(decodes.values()).items())
+        },
         "worker_cpu_s": round(worker_cpu, 1),
         "worker_cpu_s_by_process": {k: round(v, 1) for k, v in cpu_by.items()},
         "worker_cpu_s_per_audio_s": round(worker_cpu / audio, 4),
@@ -231,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=["1", "split", "2"],
         help="N = worker --workers N (both stages); split = one process per stage, splitK ="
         " K segmenter processes and one recognizer;"
-        " :bK = STREAMSCRIBE_REPLAY_BATCH_MAX=K (e.g. split:b1 = finals one by one)",
+        " :bK = STREAMSCRIBE_REPLAY_BATCH_MAX=K (e.g. split:b1 = finals one by one),"
+        " :gMS = STREAMSCRIBE_REPLAY_GATHER_MS=MS (1:g0 = no gathering)",
     )
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -242,14 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": machine(), "files": list(FILES), "arms": []}
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         for i, spec in enumerate(args.arms):
-            n, split, batch = parse_arm(spec)
+            n, split, env = parse_arm(spec)
             what = f"{n} segmenter + 1 recognizer processes" if split else f"--workers {n}"
-            if batch is not None:
-                what += f", replay batch max {batch}"
+            what += "".join(f", {k} {v}" for k, v in env.items())
             print(f"{args.sessions} sessions --pace asap, {what} ...", flush=True)
             work = Path(tmp) / f"{i}-{spec.replace(':', '-')}"
             work.mkdir()
-            arm = run_arm(bootstrap, args.sessions, n, work, split=split, batch_max=batch)
+            arm = run_arm(bootstrap, args.sessions, n, work, split=split, env=env)
             out["arms"].append(arm)
             print(f"  {json.dumps(arm)}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,9 @@ final in ten then differs from its offline text in a near-tie token (mostly punc
 Live finals are batched the same way only when the worker is behind: once the final taken
 had waited ``behind_after_s`` in the queue, the finals waiting with it (speculations
 excepted) join its batch, because they would all be late otherwise.
+A replay's finals are gathered first (``gather_s``): a slot that would start a batch of
+fewer than ``final_batch_max`` of them, while nothing else waits, leaves them queued until
+the batch is full or the oldest has waited ``gather_s``.
 
 Example::
 
@@ -43,6 +46,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -134,6 +138,7 @@ class DecodeScheduler:
         partial_executor: Executor | None = None,
         final_batch_max: int = 1,
         behind_after_s: float | None = None,
+        gather_s: float = 0.0,
     ) -> None:
         self.decode = decode
         self.decode_batch = decode_batch or self._one_by_one
@@ -143,6 +148,9 @@ class DecodeScheduler:
         # A live final that waited this long means the worker is behind: the finals waiting
         # then are decoded in one batch (None: live finals always alone).
         self.behind_after_s = behind_after_s
+        # A replay's batch of finals waits up to this long (from its oldest final's arrival)
+        # to fill up, while nothing else waits (0: take what is there).
+        self.gather_s = gather_s
         self.executor = executor
         self.partial_executor = partial_executor or executor
         self.workers = workers
@@ -175,10 +183,15 @@ class DecodeScheduler:
     def backlog(self) -> int:
         return len(self._finals) + len(self._speculative) + len(self._partials)
 
-    async def _wait_for_work(self) -> None:
-        """Sleep until a job is submitted (every idle slot wakes and looks)."""
+    async def _wait_for_work(self, timeout_s: float | None = None) -> None:
+        """Sleep until a job is submitted (every idle slot wakes and looks), or at most
+        ``timeout_s``."""
         event = self._wake
-        await event.wait()
+        if timeout_s is None:
+            await event.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout_s)
 
     def _notify(self) -> None:
         """Wake every idle slot: swap in a fresh event and set the old one."""
@@ -356,6 +369,21 @@ class DecodeScheduler:
             and time.monotonic() - job.queued_at >= self.behind_after_s
         )
 
+    def _gather_left_s(self, job: _Job) -> float:
+        """How much longer replay final ``job`` (just taken) should wait for its batch to
+        fill: 0 once the batch would be full, the oldest waited ``gather_s``, or anything
+        that is not a replay final waits (a live final or a speculation goes first)."""
+        if self.gather_s <= 0 or not job.batch or self.final_batch_max <= 1:
+            return 0.0
+        left = self.gather_s - (time.monotonic() - job.queued_at)
+        if left <= 0 or self._speculative or self._partials:
+            return 0.0
+        if len(self._finals) + 1 >= self.final_batch_max:
+            return 0.0
+        if not all(j.batch for j in self._finals):
+            return 0.0
+        return left
+
     def _more_batch_finals(self, limit: int, *, behind: bool = False) -> list[_Job]:
         """Up to ``limit`` more waiting batchable finals (queue order; the others keep
         their places); ``behind``: every waiting final that is not a speculation."""
@@ -420,6 +448,10 @@ class DecodeScheduler:
                 continue
             if not job.final:
                 await self._run_partials([job, *self._more_partials(self.batch_max - 1)])
+                continue
+            if left := self._gather_left_s(job):
+                self._finals.appendleft(job)  # back in its place until the batch fills
+                await self._wait_for_work(left)
                 continue
             behind = self._behind(job)
             if (job.batch or behind) and self.final_batch_max > 1:

@@ -57,6 +57,11 @@ class _MelBank:
     window: Float64Array
     filters: Float64Array  # [n_mels, n_fft // 2 + 1]
     power_scale: float  # band power -> power relative to full scale
+    # Σ over the bands of ``filters``, times ``power_scale``: the band power of a frame is
+    # its power spectrum weighted by these and summed (the same sum as filtering into the
+    # 40 bands and adding them up, in another order: equal to ~1e-15 relative, 40× fewer
+    # products)
+    band_weights: Float64Array  # [n_fft // 2 + 1]
 
 
 @lru_cache(maxsize=4)
@@ -67,7 +72,9 @@ def _mel_bank(n_mels: int = N_MELS) -> _MelBank:
     ).astype(np.float64)
     # Parseval for a one-sided spectrum: mean-square of the windowed frame re the window.
     scale = 2.0 / (N_FFT * float(np.sum(window**2)))
-    return _MelBank(window=window, filters=filters, power_scale=scale)
+    return _MelBank(
+        window=window, filters=filters, power_scale=scale, band_weights=filters.sum(axis=0) * scale
+    )
 
 
 def to_db(power: npt.ArrayLike) -> Float64Array:
@@ -113,8 +120,9 @@ class StreamingLogMel:
         idx = ends[:, None] - WIN_SAMPLES + np.arange(WIN_SAMPLES)[None, :]
         frames = buf[idx].astype(np.float64) * self._bank.window
         spec = np.fft.rfft(frames, n=N_FFT, axis=1)
-        mel = (spec.real**2 + spec.imag**2) @ self._bank.filters.T
-        power = mel.sum(axis=1) * self._bank.power_scale
+        # a row-wise sum, not a matrix product: each frame's value does not depend on how
+        # many frames this push completes (BLAS would block them differently)
+        power = ((spec.real**2 + spec.imag**2) * self._bank.band_weights).sum(axis=1)
         return MelFrames(power=power, first_frame=first)
 
     def state_meta(self) -> dict[str, Any]:

@@ -121,6 +121,7 @@ class RecognizerStage:
             decode_batch=self._transcribe_batch,
             batch_max=settings.partial_batch_max,
             final_batch_max=settings.replay_batch_max,
+            gather_s=settings.replay_gather_ms / 1000,
             behind_after_s=(settings.final_behind_ms / 1000)
             if settings.final_behind_ms > 0
             else None,

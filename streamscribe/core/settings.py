@@ -112,6 +112,9 @@ class Settings(BaseModel):
     # Finals of sessions not watched live (SessionMeta.live false: produce --pace asap)
     # waiting together are decoded in one batch of up to this many (1: one by one).
     replay_batch_max: int = 8
+    # A replay's batch of finals waits up to this long for more finals to fill it, while
+    # nothing live waits (0: a slot takes what is there, often a single final).
+    replay_gather_ms: float = 250.0
     # A live final is decoded alone (exactly the offline transcription) unless it waited in
     # the decode queue this long: the worker is behind, and the finals waiting then are
     # decoded in one batch of up to replay_batch_max (a batch of 8 costs about 0.6 of

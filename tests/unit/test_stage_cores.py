@@ -262,6 +262,67 @@ def test_finals_of_sessions_not_watched_live_are_batched_live_ones_alone() -> No
     assert alone == ["live0", "r3", "live1", "r4"]
 
 
+def test_a_replays_finals_wait_up_to_gather_s_for_a_full_batch() -> None:
+    """With ``gather_s``, a slot leaves a replay's finals queued until ``final_batch_max``
+    wait (then decodes them at once) or the oldest waited ``gather_s``; a live final is
+    never held, and a replay final is not held while a live one waits."""
+    alone: list[str] = []
+    batches: list[list[str]] = []
+
+    def decode(line_id: str, audio: object) -> str:
+        alone.append(line_id)
+        time.sleep(0.01)
+        return f"alone {line_id}"
+
+    def batch(items: list[tuple[str, object]]) -> list[object]:
+        batches.append([lid for lid, _ in items])
+        time.sleep(0.01)
+        return [f"batch {lid}" for lid, _ in items]
+
+    async def scenario() -> dict[str, float]:
+        sched = DecodeScheduler(
+            decode,
+            ThreadPoolExecutor(2),
+            workers=2,
+            decode_batch=batch,
+            final_batch_max=4,
+            gather_s=0.3,
+        )
+        await sched.start()
+        waited: dict[str, float] = {}
+        # a lone replay final: held until it waited gather_s, then decoded (alone)
+        out = await sched.decode_final("r0", None, batch=True)
+        waited["r0"] = out.waited_s
+        # four arriving 20 ms apart: one batch as soon as the fourth is there
+        jobs = []
+        for i in range(1, 5):
+            jobs.append(asyncio.ensure_future(sched.decode_final(f"r{i}", None, batch=True)))
+            await asyncio.sleep(0.02)
+        for i, o in enumerate(await asyncio.gather(*jobs), start=1):
+            assert o.result == f"batch r{i}"
+            waited[f"r{i}"] = o.waited_s
+        # a live final is decoded at once, alone
+        out = await sched.decode_final("live", None)
+        assert out.result == "alone live"
+        waited["live"] = out.waited_s
+        # a replay final held for its batch is let go when a live final comes
+        held = asyncio.ensure_future(sched.decode_final("r5", None, batch=True))
+        await asyncio.sleep(0.05)
+        out = await sched.decode_final("live2", None)
+        waited["live2"] = out.waited_s
+        waited["r5"] = (await held).waited_s
+        await sched.stop()
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert 0.3 <= waited["r0"] < 0.6
+    assert batches == [["r1", "r2", "r3", "r4"]]
+    assert waited["r1"] < 0.25  # the batch filled long before the gather bound (0.3 s)
+    assert waited["live"] < 0.25
+    assert waited["live2"] < 0.25 and 0.05 <= waited["r5"] < 0.28
+    assert sorted(alone) == ["live", "live2", "r0", "r5"] and alone[:2] == ["r0", "live"]
+
+
 def test_live_finals_are_batched_only_once_one_waited_the_behind_bound() -> None:
     """A live final that waited ``behind_after_s`` in the queue (the worker is behind) takes
     the finals waiting with it into one batch (speculations excluded); finals that did not
