@@ -86,7 +86,7 @@ def wait_finals(
         time.sleep(1.0)
 
 
-OPTIONS = {"b": "replay_batch_max", "g": "replay_gather_ms"}
+OPTIONS = {"b": "replay_batch_max", "g": "replay_gather_ms", "s": "segmenter_batch_max"}
 
 
 def parse_arm(spec: str) -> tuple[int, bool, dict[str, str]]:
@@ -105,7 +105,7 @@ def parse_arm(spec: str) -> tuple[int, bool, dict[str, str]]:
     env = {}
     for option in options:
         if option[:1] not in OPTIONS or not option[1:]:
-            raise ValueError(f"unknown arm option {option!r} in {spec!r} (b<N>, g<ms>)")
+            raise ValueError(f"unknown arm option {option!r} in {spec!r} (b<N>, g<ms>, s<N>)")
         env[OPTIONS[option[:1]]] = option[1:]
     if head.startswith("split"):
         return int(head.removeprefix("split") or 1), True, env
@@ -222,6 +222,7 @@ def run_arm(
         "split_stages": split,
         "replay_batch_max": int(extra_env.get("replay_batch_max", 0)) or "default",
         "replay_gather_ms": extra_env.get("replay_gather_ms", "default"),
+        "segmenter_batch_max": extra_env.get("segmenter_batch_max", "default"),
         "sessions": sessions,
         "audio_s": round(audio, 1),
         "all_sessions_ended": ended,
@@ -257,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="N = worker --workers N (both stages); split = one process per stage, splitK ="
         " K segmenter processes and one recognizer;"
         " :bK = STREAMSCRIBE_REPLAY_BATCH_MAX=K (e.g. split:b1 = finals one by one),"
-        " :gMS = STREAMSCRIBE_REPLAY_GATHER_MS=MS (1:g0 = no gathering)",
+        " :gMS = STREAMSCRIBE_REPLAY_GATHER_MS=MS (1:g0 = no gathering),"
+        " :sN = STREAMSCRIBE_SEGMENTER_BATCH_MAX=N",
     )
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
