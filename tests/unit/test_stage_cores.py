@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -211,26 +212,46 @@ def test_a_final_never_waits_behind_partials_with_two_slots() -> None:
     assert asyncio.run(scenario()) < 0.2  # not behind a 0.3 s partial
 
 
+class _RecordingDecoder:
+    """Fake ``decode`` / ``decode_batch`` of a :class:`DecodeScheduler`: records the lines
+    decoded alone and each batch, sleeping ``alone_s(line_id)`` / ``batch_s`` for the model;
+    a batch row of a line in ``fail`` is an error."""
+
+    def __init__(
+        self,
+        alone_s: Callable[[str], float],
+        batch_s: float,
+        fail: frozenset[str] = frozenset(),
+    ) -> None:
+        self.alone: list[str] = []
+        self.batches: list[list[str]] = []
+        self.alone_s, self.batch_s, self.fail = alone_s, batch_s, fail
+
+    def decode(self, line_id: str, audio: object) -> str:
+        self.alone.append(line_id)
+        time.sleep(self.alone_s(line_id))
+        return f"alone {line_id}"
+
+    def batch(self, items: list[tuple[str, object]]) -> list[object]:
+        self.batches.append([lid for lid, _ in items])
+        time.sleep(self.batch_s)
+        return [RuntimeError("bad row") if lid in self.fail else f"batch {lid}" for lid, _ in items]
+
+
 def test_finals_of_sessions_not_watched_live_are_batched_live_ones_alone() -> None:
     """Waiting finals marked ``batch`` (a replay) go to ``decode_batch`` together, up to
     ``final_batch_max``; a live final is decoded alone (exactly the offline text) and
     keeps its place; an item that failed in the batch is decoded again alone."""
-    alone: list[str] = []
-    batches: list[list[str]] = []
-
-    def decode(line_id: str, audio: object) -> str:
-        alone.append(line_id)
-        time.sleep(0.02)
-        return f"alone {line_id}"
-
-    def batch(items: list[tuple[str, object]]) -> list[object]:
-        batches.append([lid for lid, _ in items])
-        time.sleep(0.02)
-        return [RuntimeError("bad row") if lid == "r3" else f"batch {lid}" for lid, _ in items]
+    fake = _RecordingDecoder(lambda _: 0.02, 0.02, fail=frozenset({"r3"}))
+    alone, batches = fake.alone, fake.batches
 
     async def scenario() -> list[object]:
         sched = DecodeScheduler(
-            decode, ThreadPoolExecutor(1), workers=1, decode_batch=batch, final_batch_max=3
+            fake.decode,
+            ThreadPoolExecutor(1),
+            workers=1,
+            decode_batch=fake.batch,
+            final_batch_max=3,
         )
         await sched.start()
         blocker = asyncio.ensure_future(sched.decode_final("live0", None))
@@ -266,25 +287,15 @@ def test_a_replays_finals_wait_up_to_gather_s_for_a_full_batch() -> None:
     """With ``gather_s``, a slot leaves a replay's finals queued until ``final_batch_max``
     wait (then decodes them at once) or the oldest waited ``gather_s``; a live final is
     never held, and a replay final is not held while a live one waits."""
-    alone: list[str] = []
-    batches: list[list[str]] = []
-
-    def decode(line_id: str, audio: object) -> str:
-        alone.append(line_id)
-        time.sleep(0.01)
-        return f"alone {line_id}"
-
-    def batch(items: list[tuple[str, object]]) -> list[object]:
-        batches.append([lid for lid, _ in items])
-        time.sleep(0.01)
-        return [f"batch {lid}" for lid, _ in items]
+    fake = _RecordingDecoder(lambda _: 0.01, 0.01)
+    alone, batches = fake.alone, fake.batches
 
     async def scenario() -> dict[str, float]:
         sched = DecodeScheduler(
-            decode,
+            fake.decode,
             ThreadPoolExecutor(2),
             workers=2,
-            decode_batch=batch,
+            decode_batch=fake.batch,
             final_batch_max=4,
             gather_s=0.3,
         )
@@ -327,25 +338,15 @@ def test_live_finals_are_batched_only_once_one_waited_the_behind_bound() -> None
     """A live final that waited ``behind_after_s`` in the queue (the worker is behind) takes
     the finals waiting with it into one batch (speculations excluded); finals that did not
     wait that long are decoded alone, one by one."""
-    alone: list[str] = []
-    batches: list[list[str]] = []
-
-    def decode(line_id: str, audio: object) -> str:
-        alone.append(line_id)
-        time.sleep(0.01 if line_id.startswith("q") else 0.12)
-        return f"alone {line_id}"
-
-    def batch(items: list[tuple[str, object]]) -> list[object]:
-        batches.append([lid for lid, _ in items])
-        time.sleep(0.02)
-        return [f"batch {lid}" for lid, _ in items]
+    fake = _RecordingDecoder(lambda lid: 0.01 if lid.startswith("q") else 0.12, 0.02)
+    alone, batches = fake.alone, fake.batches
 
     async def scenario() -> list[object]:
         sched = DecodeScheduler(
-            decode,
+            fake.decode,
             ThreadPoolExecutor(1),
             workers=1,
-            decode_batch=batch,
+            decode_batch=fake.batch,
             final_batch_max=3,
             behind_after_s=0.08,
         )
