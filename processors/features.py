@@ -55,12 +55,10 @@ Float64Array = npt.NDArray[np.float64]
 @dataclass(frozen=True)
 class _MelBank:
     window: Float64Array
-    filters: Float64Array  # [n_mels, n_fft // 2 + 1]
-    power_scale: float  # band power -> power relative to full scale
-    # Σ over the bands of ``filters``, times ``power_scale``: the band power of a frame is
-    # its power spectrum weighted by these and summed (the same sum as filtering into the
-    # 40 bands and adding them up, in another order: equal to ~1e-15 relative, 40× fewer
-    # products)
+    # The 40 mel filters summed over the bands, times the power scale (band power ->
+    # power relative to full scale): the band power of a frame is its power spectrum
+    # weighted by these and summed (the same sum as filtering into the 40 bands and adding
+    # them up, in another order: equal to ~1e-15 relative, 40× fewer products)
     band_weights: Float64Array  # [n_fft // 2 + 1]
 
 
@@ -72,9 +70,7 @@ def _mel_bank(n_mels: int = N_MELS) -> _MelBank:
     ).astype(np.float64)
     # Parseval for a one-sided spectrum: mean-square of the windowed frame re the window.
     scale = 2.0 / (N_FFT * float(np.sum(window**2)))
-    return _MelBank(
-        window=window, filters=filters, power_scale=scale, band_weights=filters.sum(axis=0) * scale
-    )
+    return _MelBank(window=window, band_weights=filters.sum(axis=0) * scale)
 
 
 def to_db(power: npt.ArrayLike) -> Float64Array:

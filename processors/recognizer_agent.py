@@ -17,6 +17,11 @@ later message of such a line rebuilds it from the tables (see :meth:`RecognizerC
   one channel are published in utterance order (each waits for the one before). Finals
   go through the worker's :class:`DecodeScheduler` ahead of every partial; at most
   ``MAX_PENDING_FINALS`` are in flight (the loop waits for the oldest beyond that).
+- A line of a session **not watched live** stores nothing in the tables: each of its
+  messages is held unacked (``Accepted.held``) and acked right after the line's final
+  event, so the committed offset never passes the line's first message until its final
+  is out, and a crash or a rebalance brings the whole line again from the topic. A replay
+  writes no audio changelog (a third of its recognizer CPU, ``bench/README.md``).
 - A **speculative final** (an end-candidate update, :mod:`speculation`) is handed to the
   scheduler with final priority and the loop goes on; the real final awaits it (or
   decodes afresh when its audio differs or the speculation failed) before it is published
@@ -135,6 +140,7 @@ class RecognizerStage:
         self._fail_patterns = config.fail_patterns
         self._pending: set[asyncio.Task[None]] = set()
         self._last_final: dict[tuple[str, int], asyncio.Future[None]] = {}  # published
+        self._held: dict[str, list[Any]] = {}  # events acked with their line's final
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
 
@@ -198,6 +204,7 @@ class RecognizerStage:
         for lid in self.core.evict(self._partitions(args)):
             self.scheduler.cancel_partials(lid)
             self.scheduler.cancel_speculative(lid)
+            self._held.pop(lid, None)  # come again from the committed offset
 
     async def _on_assigned(self, sender: Any, /, *args: Iterable[Any], **kwargs: Any) -> None:
         """faust sends ``on_partitions_assigned(app, assigned: set[TP])``."""
@@ -224,6 +231,9 @@ class RecognizerStage:
         decode = step.decode
         if step.discarded:  # new audio: a speculation still queued is of no use now
             self.scheduler.cancel_speculative(lid)
+        if step.held:  # its audio is in memory only: acked with the line's final
+            self._held.setdefault(lid, []).append(ev)
+            return False
         if decode is None:
             return True
         if decode.speculative:
@@ -295,6 +305,8 @@ class RecognizerStage:
                 await self.app.producer.flush()  # the done marker is durable ...
                 self._write(w for w in done.writes if w.table != LINES_TABLE)  # ... audio goes
             ev.ack()
+            for held in self._held.pop(decode.line_id, ()):
+                held.ack()
         except Exception:
             log.critical("final of %s failed; exiting before ack", decode.line_id, exc_info=True)
             logging.shutdown()

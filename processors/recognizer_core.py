@@ -17,6 +17,10 @@ agent, :mod:`recognizer_agent`, only decodes, sends and writes)::
   re-transcription group started from the earliest offset does not decode the first
   group's copies of the same lines.
 - A replayed part is dropped by its ``part`` index; a part of a finished line is late.
+- A line of a session **not watched live** (``live`` false) writes nothing but its done
+  marker: its audio is in memory only, its messages are ``Accepted.held`` (the agent acks
+  them with the final), so after a crash the topic gives the line again from its first
+  message; nothing of it is in the tables then, and it is rebuilt from those messages.
 - **Speculative finals** (``speculative_finals``): an update flagged ``end_candidate`` asks
   for a final decode of the line's audio so far (``Decode.speculative``; the agent queues
   it with final priority and does not wait). A final with an empty tail and the same end
@@ -230,12 +234,15 @@ class Accepted:
     """What one message asks for: table writes, and a decode (None: nothing to decode).
 
     ``discarded``: the line's speculation no longer applies (drop it if still queued).
+    ``held``: the message's audio was not stored (a session not watched live): ack it only
+    when its line's final is acked, so that the topic keeps it until then.
     """
 
     verdict: str
     writes: tuple[TableWrite, ...] = ()
     decode: Decode | None = None
     discarded: bool = False
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -389,7 +396,12 @@ class RecognizerCore:
         first = line.next_part
         if missing := line.append(msg.part, msg.end_sample, msg.payload):
             log.warning("line %s: parts %d..%d missing", lid, first, first + missing - 1)
+        # A line of a session not watched live keeps its audio in memory only: its
+        # messages stay unacked until its final is (Accepted.held), so after a crash or a
+        # rebalance the topic brings them all again and the line is rebuilt from them.
         piece = TableWrite(AUDIO_TABLE, piece_key(lid, msg.part), msg.payload)
+        pieces = (piece,) if msg.live else ()
+        line.stored = line.stored or bool(pieces)
         spec, line.speculation = line.speculation, None
         if msg.kind == KIND_FINAL:
             tail = len(msg.payload) // 2
@@ -398,16 +410,17 @@ class RecognizerCore:
                 spec = None
                 self.stats.speculations_discarded += 1
             final = Decode(lid, line.job(final=True), msg, speculation=spec)
-            return Accepted(verdict, (piece,), final, discarded=stale)
+            return Accepted(verdict, pieces, final, discarded=stale)
         discarded = spec is not None
         self.stats.speculations_discarded += discarded
         decode = None
         lag = self._clock() - msg.captured_at_us if msg.captured_at_us > 0 else 0
         if not msg.live:
             # The session is not watched live (a recording replayed as fast as it is read):
-            # finals only, the CPU goes to them.
+            # finals only, the CPU goes to them; nothing is written (see above).
             self.stats.not_live += 1
-        elif lag > self.config.max_lag_us:
+            return Accepted(verdict, (), None, discarded=discarded, held=True)
+        if lag > self.config.max_lag_us:
             # Behind (overload, or a recording replayed faster than real time): nobody is
             # waiting on this line's partials now; its final comes soon and costs less.
             self.stats.behind += 1
@@ -419,7 +432,7 @@ class RecognizerCore:
         elif line.partial_due(self.config.policy):
             decode = Decode(lid, line.job(final=False, policy=self.config.policy), msg)
         line.written = line.to_doc()
-        writes = (piece, TableWrite(LINES_TABLE, lid, line.written))
+        writes = (*pieces, TableWrite(LINES_TABLE, lid, line.written))
         return Accepted(verdict, writes, decode, discarded=discarded)
 
     def _lookup(self, lid: str, partition: int | None) -> RecognizerLine | None:
@@ -504,7 +517,11 @@ class RecognizerCore:
             reason=msg.reason,
             origin=self.config.group_id,
         )
-        writes = [TableWrite(AUDIO_TABLE, piece_key(lid, i)) for i in range(line.next_part)]
+        writes = (
+            [TableWrite(AUDIO_TABLE, piece_key(lid, i)) for i in range(line.next_part)]
+            if line.stored
+            else []  # not live: none of its audio was stored
+        )
         # A small "done" marker makes a replayed part of this line recognisable as late. It
         # says where the final was read and when, so that :meth:`retired` can delete it once
         # no replay can bring the line back.

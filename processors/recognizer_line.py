@@ -236,6 +236,7 @@ class RecognizerLine:
         self.done = False
         self.evicted = False  # dropped from memory (partition revoked): its jobs publish nothing
         self.written: dict[str, Any] | None = None  # the changelog copy last written
+        self.stored = False  # some part of it is in the audio table (False: not live)
         self.partition = partition
         self.stabilizer = LineStabilizer()
         self.speculation: Speculation | None = None  # in memory only
@@ -389,6 +390,7 @@ class RecognizerLine:
         line.anchor = int(doc.get("anchor", 0))
         line.anchor_text = str(doc.get("anchor_text", ""))
         line.written = dict(doc)
+        line.stored = True
         if line.done:
             return line
         state = doc.get("stabilizer")

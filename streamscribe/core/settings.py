@@ -89,10 +89,9 @@ class Settings(BaseModel):
     # The segmenter takes up to this many chunks at once (all channels' VAD in one batch,
     # one executor hop), waiting at most segmenter_batch_wait_s for more; 1 = one by one.
     # Only a backlog (a replay, a restart) fills a batch; each channel's state is written
-    # once per batch: 256 instead of 64 cut the changelog 3x and the CPU 11 % (bench/),
-    # not the default yet (a session that fits in one batch leaves no channel state: a
-    # test of `forget` that expects it failed once with 256).
-    segmenter_batch_max: int = 64
+    # once per batch: 256 instead of 64 cut the changelog 3x and the CPU 11 % (bench/).
+    # A session that starts and ends within one batch writes no channel state at all.
+    segmenter_batch_max: int = 256
     segmenter_batch_wait_s: float = 0.01
     gap_timeout_ms: int = 1000
     max_payload_bytes: int = 1_048_576

@@ -98,3 +98,60 @@ def test_a_final_still_decoding_at_a_sigkill_is_published_after_it(
         assert [by_line[(SESSION, 0, u)].text for u in range(len(offline))] == offline
     finally:
         second.stop()
+
+
+def test_a_replay_line_is_held_on_the_topic_until_its_final_and_survives_a_sigkill(
+    kafka_bootstrap: str, tmp_path: Path, assets: Path
+) -> None:
+    """A session not watched live (``produce --pace asap``) stores none of its audio in the
+    recognizer's tables: a line's messages stay unacked until its final is published, so
+    the topic holds them. Here line 2's final is held in its decode; lines 0 and 1 are
+    done, and the group's committed offset on the (one-partition) utterances topic must be
+    exactly the offset of line 2's first message: everything before it acked, nothing of
+    line 2 or after it. After a SIGKILL a second worker reads line 2 again from that
+    first message and publishes every final, as the offline run has them (finals one by
+    one here, ``replay_batch_max`` 1: a batch may differ in a near-tie token)."""
+    wav = assets / "beckett.wav"
+    offline = [u.text for u in transcribe_file(wav, asr=MoonshineAsr.load())]
+    assert len(offline) > 3
+    topics = Topics(f"rheld{uuid.uuid4().hex[:8]}.")
+    create_topics(kafka_bootstrap, topics.specs(1))
+    group = f"rheld-{uuid.uuid4().hex[:6]}"
+    common = {"partitions": "1", "replay_batch_max": "1"}
+    for name in ("w1", "w2"):
+        (tmp_path / name).mkdir()
+    first = start_worker(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "w1",
+        group=group,
+        log_name="w1.log",
+        asr_slow_lines=f"{SESSION}/0/2",
+        asr_slow_s="600",
+        **common,
+    )
+    try:
+        produce(kafka_bootstrap, topics, [str(wav)], session_id=SESSION, live=False)
+        _, done = wait_finals(kafka_bootstrap, topics, {SESSION: 2}, timeout_s=120)
+        assert {f.utterance for f in done} == {0, 1}
+        records = read_topic(kafka_bootstrap, topics.utterances)
+        messages = [(r.offset, UtteranceMessage.decode(r.value)) for r in records]
+        assert all(not m.live for _, m in messages)
+        line2 = min(offset for offset, m in messages if m.utterance == 2)
+        assert [m.utterance for offset, m in messages if offset < line2] == sorted(
+            m.utterance for offset, m in messages if offset < line2
+        ) and {m.utterance for offset, m in messages if offset < line2} == {0, 1}
+        time.sleep(4)  # several commit intervals (1 s) after lines 0 and 1 were acked
+        assert _committed(kafka_bootstrap, group, topics.utterances) == line2
+    finally:
+        first.kill9()
+        first.stop()
+    second = start_worker(
+        kafka_bootstrap, topics, tmp_path / "w2", group=group, log_name="w2.log", **common
+    )
+    try:
+        _, finals = wait_finals(kafka_bootstrap, topics, {SESSION: len(offline)}, timeout_s=120)
+        by_line = finals_by_line(finals)
+        assert [by_line[(SESSION, 0, u)].text for u in range(len(offline))] == offline
+    finally:
+        second.stop()

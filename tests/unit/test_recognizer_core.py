@@ -708,6 +708,45 @@ def test_a_session_not_watched_live_gets_finals_only_and_its_final_may_be_batche
     assert decodes[-1] is not None and decodes[-1].final and not decodes[-1].batchable
 
 
+def test_a_line_not_watched_live_is_held_in_memory_and_rebuilt_from_the_topic() -> None:
+    """Not live: no part goes to the tables (the audio stays on the topic); every update is
+    ``held`` (the agent acks it with the line's final), the final writes only its done
+    marker. A new core (a worker after a SIGKILL: nothing of the line in the tables) given
+    the same messages again from the first part rebuilds the line and the same final, and
+    after that final every message of the line is late. A live line still stores each part
+    and deletes them with its final."""
+
+    h = Harness()
+    msgs = [dataclasses.replace(m, live=False) for m in line_messages(noise(3.0))]
+    steps = [h.core.accept(m, 0) for m in msgs[:-1]]
+    assert all(s.held and s.writes == () and s.decode is None for s in steps)
+    h.restart()  # crashed before the final: the topic gives every message again
+    assert h.tables == {LINES_TABLE: {}, AUDIO_TABLE: {}}
+    assert [h.accept(m) for m in msgs[:-1]] == [None] * (len(msgs) - 1)
+    final_step = h.core.accept(msgs[-1], 0)
+    assert not final_step.held and final_step.writes == ()
+    assert final_step.decode is not None and final_step.decode.final
+    done = h.complete(final_step.decode, source=(0, 41))
+    assert done.event.raw_text == fake_asr(noise(3.0)).text
+    assert [(w.table, w.value is None) for w in done.writes] == [(LINES_TABLE, False)]
+    assert h.tables[AUDIO_TABLE] == {} and list(h.tables[LINES_TABLE]) == [msgs[0].line_id]
+    assert {h.core.accept(m, 0).verdict for m in msgs} == {Verdict.LATE}
+
+    live = Harness()
+    live_msgs = line_messages(noise(3.0), session="live")
+    live_steps = [live.core.accept(m, 0) for m in live_msgs[:-1]]
+    assert not any(s.held for s in live_steps)
+    for s in live_steps:
+        live.write(s.writes)
+    assert len(live.tables[AUDIO_TABLE]) == len(live_msgs) - 1
+    last = live.core.accept(live_msgs[-1], 0)
+    live.write(last.writes)
+    assert last.decode is not None
+    finished = live.complete(last.decode)
+    tombstones = [w for w in finished.writes if w.table == AUDIO_TABLE and w.value is None]
+    assert len(tombstones) == len(live_msgs) and live.tables[AUDIO_TABLE] == {}
+
+
 def test_partials_and_finals_are_post_processed_and_keep_the_model_text() -> None:
     """The published text is cleaned and sentence-cased (redacted when configured, here
     cards); the model's own words stay in raw_text; stable_text stays a prefix."""
