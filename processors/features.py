@@ -73,6 +73,13 @@ def _mel_bank(n_mels: int = N_MELS) -> _MelBank:
     return _MelBank(window=window, band_weights=filters.sum(axis=0) * scale)
 
 
+def warm_up() -> None:
+    """Build the mel bank now: librosa's first filter takes about a second (lazy imports,
+    numba), which a worker would otherwise pay on its first channel, in the middle of a
+    replay or of a live call."""
+    _mel_bank()
+
+
 def to_db(power: npt.ArrayLike) -> Float64Array:
     """``10 log10(power)`` floored at :data:`POWER_FLOOR` (-120 dB)."""
     return 10.0 * np.log10(np.maximum(np.asarray(power, dtype=np.float64), POWER_FLOOR))

@@ -35,6 +35,7 @@ import faust
 
 from streamscribe.core.errors import StreamscribeError
 from streamscribe.core.settings import Settings
+from streamscribe.processors import features
 from streamscribe.processors.faust_app import (
     StageTopics,
     dead_letter_for,
@@ -132,12 +133,14 @@ class SegmenterStage:
         async def load_models() -> None:
             await self.ensure_core()
 
+    def _load(self) -> SileroVad:
+        features.warm_up()  # the first channel does not wait for the mel bank (about 1 s)
+        return SileroVad(intra_op_threads=self.settings.ort_intra_threads)
+
     async def ensure_core(self) -> StreamSegmenter:
         if self.core is None:
             loop = asyncio.get_running_loop()
-            vad = await loop.run_in_executor(
-                self.executor, lambda: SileroVad(intra_op_threads=self.settings.ort_intra_threads)
-            )
+            vad = await loop.run_in_executor(self.executor, self._load)
             self.core = StreamSegmenter(
                 vad, self.seg_config, self.jitter_config, origin=self.settings.group_id
             )

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from streamscribe.processors.decode_scheduler import DecodeScheduler
@@ -281,6 +282,40 @@ def test_finals_of_sessions_not_watched_live_are_batched_live_ones_alone() -> No
         "alone r4",
     ]
     assert alone == ["live0", "r3", "live1", "r4"]
+
+
+def test_a_replay_batch_takes_the_waiting_finals_closest_to_its_head_in_length() -> None:
+    """More replay finals wait than a batch holds: the oldest heads the batch and the
+    others closest to its length join it (in queue order); the rest keep their places and
+    form the next batch. With no more than a batch waiting, queue order as before."""
+    fake = _RecordingDecoder(lambda lid: 0.15 if lid == "live" else 0.0, 0.01)
+    lengths = {"r0": 100, "r1": 1000, "r2": 105, "r3": 5000, "r4": 98, "r5": 7}
+
+    async def scenario() -> None:
+        sched = DecodeScheduler(
+            fake.decode,
+            ThreadPoolExecutor(1),
+            workers=1,
+            decode_batch=fake.batch,
+            final_batch_max=3,
+        )
+        await sched.start()
+        busy = asyncio.ensure_future(sched.decode_final("live", np.zeros(16)))
+        await asyncio.sleep(0.05)  # the one slot decodes "live"; the replay finals queue
+        jobs = [
+            asyncio.ensure_future(sched.decode_final(lid, np.zeros(n), batch=True))
+            for lid, n in lengths.items()
+        ]
+        await asyncio.gather(busy, *jobs)
+        # a batch of no more than final_batch_max waiting: queue order, lengths ignored
+        await asyncio.gather(
+            *(sched.decode_final(f"q{i}", np.zeros(10**i), batch=True) for i in range(3))
+        )
+        await sched.stop()
+
+    asyncio.run(scenario())
+    assert fake.alone == ["live"]
+    assert fake.batches == [["r0", "r2", "r4"], ["r1", "r3", "r5"], ["q0", "q1", "q2"]]
 
 
 def test_a_replays_finals_wait_up_to_gather_s_for_a_full_batch() -> None:
