@@ -22,6 +22,7 @@ Run (about 2 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -31,6 +32,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling bench modules
 
@@ -128,6 +131,33 @@ def finals_wer(finals: dict[str, list[tuple[int, int, str]]], base: str) -> dict
         errors[name][0] += counts.errors
         errors[name][1] += counts.reference_words
     return {f: round(e / n, 4) for f, (e, n) in errors.items() if n}
+
+
+def yardstick_cpu_s() -> float:
+    """The box's speed now: CPU seconds of the bare model (one ORT thread) decoding 16
+    slices of beckett.wav (2-9 s each) in two batches of 8, as a replay's finals are.
+    The same work costs 20-50 % more or less from one hour to the next on this box;
+    compare arms with this beside them."""
+    import wave
+
+    with wave.open(str(asset("beckett.wav")), "rb") as w:
+        assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
+        audio = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2") / 32768.0
+    slices = [audio[: int(16000 * (2 + i % 8))].astype(np.float32) for i in range(16)]
+    asr = _bare_model()
+    c0 = time.process_time()
+    for i in range(0, len(slices), 8):
+        asr.transcribe_batch(slices[i : i + 8])
+    return time.process_time() - c0
+
+
+@functools.cache
+def _bare_model() -> Any:
+    from streamscribe.processors.asr import MoonshineAsr
+
+    asr = MoonshineAsr.load(intra_threads=1)
+    asr.warm_up()
+    return asr
 
 
 def run_arm(
@@ -276,7 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.sessions} sessions --pace asap, {what} ...", flush=True)
             work = Path(tmp) / f"{i}-{spec.replace(':', '-')}"
             work.mkdir()
+            yardstick = yardstick_cpu_s()
             arm = run_arm(bootstrap, args.sessions, n, work, split=split, env=env)
+            arm["yardstick_cpu_s"] = round(yardstick, 2)  # see yardstick_cpu_s
             out["arms"].append(arm)
             print(f"  {json.dumps(arm)}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
