@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,38 @@ def _committed(bootstrap: str, group: str, topic: str) -> int | None:
         c.close()
 
 
+def _worker_held_in(
+    bootstrap: str, topics: Topics, tmp: Path, group: str, lines: str, **common: str
+) -> Any:
+    """The first worker: the final decodes of the lines matching ``lines`` hang (600 s)."""
+    for name in ("w1", "w2"):
+        (tmp / name).mkdir()
+    return start_worker(
+        bootstrap,
+        topics,
+        tmp / "w1",
+        group=group,
+        log_name="w1.log",
+        asr_slow_lines=lines,
+        asr_slow_s="600",
+        **common,
+    )
+
+
+def _second_worker_publishes_every_final(
+    bootstrap: str, topics: Topics, tmp: Path, group: str, offline: list[str], **common: str
+) -> None:
+    """After the first worker's SIGKILL: a second one in its group publishes every line's
+    final, as the offline run has them."""
+    second = start_worker(bootstrap, topics, tmp / "w2", group=group, log_name="w2.log", **common)
+    try:
+        _, finals = wait_finals(bootstrap, topics, {SESSION: len(offline)}, timeout_s=120)
+        by_line = finals_by_line(finals)
+        assert [by_line[(SESSION, 0, u)].text for u in range(len(offline))] == offline
+    finally:
+        second.stop()
+
+
 def test_a_final_still_decoding_at_a_sigkill_is_published_after_it(
     kafka_bootstrap: str, tmp_path: Path, assets: Path
 ) -> None:
@@ -54,18 +87,7 @@ def test_a_final_still_decoding_at_a_sigkill_is_published_after_it(
     create_topics(kafka_bootstrap, topics.specs(1))  # one partition: every message in line
     group = f"held-{uuid.uuid4().hex[:6]}"
     common = {"partitions": "1", "speculative_finals": "false"}
-    for name in ("w1", "w2"):
-        (tmp_path / name).mkdir()
-    first = start_worker(
-        kafka_bootstrap,
-        topics,
-        tmp_path / "w1",
-        group=group,
-        log_name="w1.log",
-        asr_slow_lines=f"{SESSION}/0/*",
-        asr_slow_s="600",
-        **common,
-    )
+    first = _worker_held_in(kafka_bootstrap, topics, tmp_path, group, f"{SESSION}/0/*", **common)
     try:
         produce(kafka_bootstrap, topics, [str(wav)], session_id=SESSION)
         final_offsets: list[int] = []
@@ -89,15 +111,9 @@ def test_a_final_still_decoding_at_a_sigkill_is_published_after_it(
     finally:
         first.kill9()
         first.stop()
-    second = start_worker(
-        kafka_bootstrap, topics, tmp_path / "w2", group=group, log_name="w2.log", **common
+    _second_worker_publishes_every_final(
+        kafka_bootstrap, topics, tmp_path, group, offline, **common
     )
-    try:
-        _, finals = wait_finals(kafka_bootstrap, topics, {SESSION: len(offline)}, timeout_s=120)
-        by_line = finals_by_line(finals)
-        assert [by_line[(SESSION, 0, u)].text for u in range(len(offline))] == offline
-    finally:
-        second.stop()
 
 
 def test_a_replay_line_is_held_on_the_topic_until_its_final_and_survives_a_sigkill(
@@ -118,18 +134,7 @@ def test_a_replay_line_is_held_on_the_topic_until_its_final_and_survives_a_sigki
     create_topics(kafka_bootstrap, topics.specs(1))
     group = f"rheld-{uuid.uuid4().hex[:6]}"
     common = {"partitions": "1", "replay_batch_max": "1"}
-    for name in ("w1", "w2"):
-        (tmp_path / name).mkdir()
-    first = start_worker(
-        kafka_bootstrap,
-        topics,
-        tmp_path / "w1",
-        group=group,
-        log_name="w1.log",
-        asr_slow_lines=f"{SESSION}/0/2",
-        asr_slow_s="600",
-        **common,
-    )
+    first = _worker_held_in(kafka_bootstrap, topics, tmp_path, group, f"{SESSION}/0/2", **common)
     try:
         produce(kafka_bootstrap, topics, [str(wav)], session_id=SESSION, live=False)
         _, done = wait_finals(kafka_bootstrap, topics, {SESSION: 2}, timeout_s=120)
@@ -146,12 +151,6 @@ def test_a_replay_line_is_held_on_the_topic_until_its_final_and_survives_a_sigki
     finally:
         first.kill9()
         first.stop()
-    second = start_worker(
-        kafka_bootstrap, topics, tmp_path / "w2", group=group, log_name="w2.log", **common
+    _second_worker_publishes_every_final(
+        kafka_bootstrap, topics, tmp_path, group, offline, **common
     )
-    try:
-        _, finals = wait_finals(kafka_bootstrap, topics, {SESSION: len(offline)}, timeout_s=120)
-        by_line = finals_by_line(finals)
-        assert [by_line[(SESSION, 0, u)].text for u in range(len(offline))] == offline
-    finally:
-        second.stop()

@@ -238,6 +238,14 @@ class _RecordingDecoder:
         time.sleep(self.batch_s)
         return [RuntimeError("bad row") if lid in self.fail else f"batch {lid}" for lid, _ in items]
 
+    async def scheduler(self, workers: int = 1, **kw: float) -> DecodeScheduler:
+        """A started scheduler over this fake, ``workers`` slots (``kw``: its options)."""
+        sched = DecodeScheduler(
+            self.decode, ThreadPoolExecutor(workers), workers=workers, decode_batch=self.batch, **kw
+        )
+        await sched.start()
+        return sched
+
 
 def test_finals_of_sessions_not_watched_live_are_batched_live_ones_alone() -> None:
     """Waiting finals marked ``batch`` (a replay) go to ``decode_batch`` together, up to
@@ -247,14 +255,7 @@ def test_finals_of_sessions_not_watched_live_are_batched_live_ones_alone() -> No
     alone, batches = fake.alone, fake.batches
 
     async def scenario() -> list[object]:
-        sched = DecodeScheduler(
-            fake.decode,
-            ThreadPoolExecutor(1),
-            workers=1,
-            decode_batch=fake.batch,
-            final_batch_max=3,
-        )
-        await sched.start()
+        sched = await fake.scheduler(final_batch_max=3)
         blocker = asyncio.ensure_future(sched.decode_final("live0", None))
         await asyncio.sleep(0.005)  # live0 is decoding: the rest wait together
         jobs = [
@@ -292,14 +293,7 @@ def test_a_replay_batch_takes_the_waiting_finals_closest_to_its_head_in_length()
     lengths = {"r0": 100, "r1": 1000, "r2": 105, "r3": 5000, "r4": 98, "r5": 7}
 
     async def scenario() -> None:
-        sched = DecodeScheduler(
-            fake.decode,
-            ThreadPoolExecutor(1),
-            workers=1,
-            decode_batch=fake.batch,
-            final_batch_max=3,
-        )
-        await sched.start()
+        sched = await fake.scheduler(final_batch_max=3)
         busy = asyncio.ensure_future(sched.decode_final("live", np.zeros(16)))
         await asyncio.sleep(0.05)  # the one slot decodes "live"; the replay finals queue
         jobs = [
@@ -326,15 +320,7 @@ def test_a_replays_finals_wait_up_to_gather_s_for_a_full_batch() -> None:
     alone, batches = fake.alone, fake.batches
 
     async def scenario() -> dict[str, float]:
-        sched = DecodeScheduler(
-            fake.decode,
-            ThreadPoolExecutor(2),
-            workers=2,
-            decode_batch=fake.batch,
-            final_batch_max=4,
-            gather_s=0.3,
-        )
-        await sched.start()
+        sched = await fake.scheduler(workers=2, final_batch_max=4, gather_s=0.3)
         waited: dict[str, float] = {}
         # a lone replay final: held until it waited gather_s, then decoded (alone)
         out = await sched.decode_final("r0", None, batch=True)
@@ -377,15 +363,7 @@ def test_live_finals_are_batched_only_once_one_waited_the_behind_bound() -> None
     alone, batches = fake.alone, fake.batches
 
     async def scenario() -> list[object]:
-        sched = DecodeScheduler(
-            fake.decode,
-            ThreadPoolExecutor(1),
-            workers=1,
-            decode_batch=fake.batch,
-            final_batch_max=3,
-            behind_after_s=0.08,
-        )
-        await sched.start()
+        sched = await fake.scheduler(final_batch_max=3, behind_after_s=0.08)
         # quick finals one after the other: none waits 80 ms, each alone
         for i in range(3):
             assert (await sched.decode_final(f"q{i}", None)).result == f"alone q{i}"
