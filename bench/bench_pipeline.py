@@ -466,10 +466,15 @@ def run_point(
             LagSampler(bootstrap, group, lag_topics, args.sample_s) as lag,
         ):
             processes = worker_processes(args.worker_args)
-            wait_ready(worker, stages, processes=processes)
+            # --worker-env split_stages=true: each worker is a process per stage
+            per_stage = "split_stages=true" in args.worker_env
+            wait_ready(worker, stages, processes=processes, per_stage=per_stage)
             if second is not None:
                 wait_ready(
-                    second, "segmenter" if args.split_stages else STAGES, processes=processes
+                    second,
+                    "segmenter" if args.split_stages else STAGES,
+                    processes=processes,
+                    per_stage=per_stage,
                 )
                 cpu.add("second", second.pid)
             marks["ready"] = time.time()

@@ -182,17 +182,24 @@ def launch_worker(
     return Proc(cmd, work / f"worker-{group}.log", env=env)
 
 
-def wait_ready(proc: Any, stages: str, timeout_s: float = 180.0, processes: int = 1) -> None:
-    """Until the log shows ``processes`` workers ready (``worker --workers N`` logs N)."""
+def wait_ready(
+    proc: Any, stages: str, timeout_s: float = 180.0, processes: int = 1, per_stage: bool = False
+) -> None:
+    """Until the log shows ``processes`` workers ready (``worker --workers N`` logs N);
+    ``per_stage``: each of them a process per stage (``STREAMSCRIBE_SPLIT_STAGES=true``),
+    each logging faust's Ready."""
     deadline = time.monotonic() + timeout_s
-    needles = [WORKER_READY, *([ASR_READY] if "recognizer" in stages else [])]
-    for needle in needles:
-        while proc.log_text().count(needle) < processes:
+    stage_count = len(stages.split(",")) if per_stage else 1
+    needles = [(WORKER_READY, processes * stage_count)]
+    if "recognizer" in stages:
+        needles.append((ASR_READY, processes))
+    for needle, count in needles:
+        while proc.log_text().count(needle) < count:
             proc.wait_for_log(needle, max(deadline - time.monotonic(), 0.1))
-            if proc.log_text().count(needle) < processes:
+            if proc.log_text().count(needle) < count:
                 time.sleep(0.2)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{processes} x {needle!r} not seen in {timeout_s} s")
+                raise TimeoutError(f"{count} x {needle!r} not seen in {timeout_s} s")
 
 
 class EventWatcher(TopicFollower):

@@ -69,9 +69,14 @@ def _background(
                 proc.wait()
 
 
-def _wait_log(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+def _wait_log(
+    log: Path, needle: str, proc: subprocess.Popen[bytes], timeout_s: float, count: int = 1
+) -> None:
+    """Until ``needle`` appears ``count`` times in ``log`` (a worker of a process per stage
+    logs faust's Ready once per process)."""
+
     def seen() -> bool:
-        if log.exists() and needle in log.read_text(errors="replace"):
+        if log.exists() and log.read_text(errors="replace").count(needle) >= count:
             return True
         if proc.poll() is not None:
             raise SystemExit(f"demo: a process exited early; see {log}")
@@ -173,6 +178,7 @@ def main() -> int:
         "STREAMSCRIBE_WORKER_DATA_DIR": str(root / f"worker-{run}"),
     }
     try:
+        from streamscribe.cli.worker import worker_processes
         from streamscribe.core.admin import create_topics
         from streamscribe.schemas.topics import Topics
 
@@ -186,7 +192,9 @@ def main() -> int:
         sink_cmd = _cli("sink", "--db", f"sqlite:///{db}", "--from-earliest")
         with _background(worker_cmd, wlog, env) as worker, _background(sink_cmd, slog, env):
             _wait_log(wlog, "ASR model loaded", worker, 180)
-            _wait_log(wlog, "[^Worker]: Ready", worker, 180)
+            # every stage process holds its partitions before the replay starts
+            ready = worker_processes(settings.split_stages)
+            _wait_log(wlog, "[^Worker]: Ready", worker, 180, count=ready)
             view = LiveView(bootstrap, topics.transcripts)
             view.thread.start()
             _say("replaying two_cities.wav (44 s) at real-time pace: partials, then finals")

@@ -2,13 +2,19 @@
 
 ``--workers N`` starts N children, each ``streamscribe ... worker ... --instance-index i``;
 their command line is built from the parsed arguments (:func:`child_argv`), never copied
-from ``sys.argv``.
+from ``sys.argv``. Where the process may use two cores or more, the two stages run in
+processes of their own by default (N of each; :func:`split_stages`): one process shares
+one interpreter lock between both stages' Python work, which on 2 cores made the
+32-session p95 about 3x worse (``bench/README.md``). A child dies with its parent
+(``PR_SET_PDEATHSIG``), so a SIGKILL of the worker is a SIGKILL of all of it, as for one
+process.
 
 Example::
 
     streamscribe worker --group-id streamscribe-processors
     streamscribe worker --workers 3 --instance-id pod-a    # children pod-a-0 .. pod-a-2
-    streamscribe worker --split-stages      # a segmenter process and a recognizer process
+    streamscribe worker                     # 2+ cores: a segmenter and a recognizer process
+    streamscribe worker --one-process       # both stages in this process
     streamscribe worker --group-id retranscribe-2026-11   # a new group reads all history
     streamscribe worker --group-id live-only --from-latest  # a new group skips history
     streamscribe worker --metrics-host 0.0.0.0 --metrics-port 9109        # /metrics
@@ -18,6 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
+import os
 import signal
 import subprocess
 import sys
@@ -56,9 +65,18 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     )
     if args.instance_index is None:
         require_broker(settings)  # one line, in seconds, when nothing listens
-    if args.split_stages and args.instance_index is None:
-        if len(stages) < 2:
-            raise UsageError("--split-stages runs each stage in its own process: give both")
+    elif not _die_with_parent(args.parent_pid):
+        return EXIT_OK  # the parent is gone already: nothing to run for
+    if args.split_stages and len(stages) < 2 and args.instance_index is None:
+        raise UsageError("--split-stages runs each stage in its own process: give both")
+    split = args.split_stages if args.split_stages is not None else settings.split_stages
+    if split_stages(split, stages) and args.instance_index is None:
+        print(
+            f"worker: {' and '.join(stages)} in processes of their own"
+            f" ({args.workers} of each; --one-process runs them in one)",
+            file=sys.stderr,
+            flush=True,
+        )
         per_stage = [child_argv(args, stages=stage) for stage in stages]
         return spawn_children([argv for argv in per_stage for _ in range(args.workers)])
     if args.workers > 1 and args.instance_index is None:
@@ -74,6 +92,49 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         log_level=args.worker_log_level,
     )
     return EXIT_OK
+
+
+def split_stages(choice: bool | None, stages: tuple[str, ...]) -> bool:
+    """Whether the worker runs each stage in processes of its own: ``choice`` (the flag or
+    ``STREAMSCRIBE_SPLIT_STAGES``) when given, else when it runs both stages and may use
+    two cores or more (:func:`usable_cores`).
+
+        >>> split_stages(None, ("segmenter",)), split_stages(False, ("a", "b"))
+        (False, False)
+    """
+    if choice is not None:
+        return choice and len(stages) > 1
+    return len(stages) > 1 and usable_cores() >= 2
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_processes(choice: bool | None = None, workers: int = 1) -> int:
+    """How many worker processes ``streamscribe worker [--workers N]`` runs for both
+    stages (each logs faust's ``Ready`` once it holds its partitions)."""
+    from streamscribe.processors.worker import STAGES
+
+    return workers * (len(STAGES) if split_stages(choice, STAGES) else 1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int | None) -> bool:
+    """In a child of :func:`spawn_children`: ask Linux to SIGKILL this process when its
+    parent dies, so no stage process outlives a killed worker (it would go on holding its
+    partitions). False when the parent died before the request took hold."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is not None and sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return parent_pid is None or os.getppid() == parent_pid
 
 
 def child_argv(args: argparse.Namespace, stages: str | None = None) -> list[str]:
@@ -124,8 +185,11 @@ def spawn_children(argvs: list[list[str]]) -> int:
     and so does a child that dies with a non-zero code; the exit code is the largest of
     the children's.
     """
+    pid_args = ["--parent-pid", str(os.getpid())]
     procs = [
-        subprocess.Popen([sys.executable, "-m", CLI_MODULE, *argv, "--instance-index", str(i)])
+        subprocess.Popen(
+            [sys.executable, "-m", CLI_MODULE, *argv, "--instance-index", str(i), *pid_args]
+        )
         for i, argv in enumerate(argvs)
     ]
     code = EXIT_OK
@@ -183,11 +247,22 @@ def register(sub: SubParsers) -> None:
     add_start_options(p, "audio")
     p.add_argument("--workers", type=int, default=1, help="worker processes to run")
     p.add_argument("--stages", help="comma list of stages (default segmenter,recognizer)")
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
         "--split-stages",
-        action="store_true",
+        action="store_const",
+        const=True,
+        default=None,
         help="run each stage in processes of its own (with --workers N: N per stage), one"
-        " consumer group; on 2 cores the Python work of the two stages then runs in parallel",
+        " consumer group, so the Python work of the two stages runs in parallel; the default"
+        " where this process may use 2 cores or more (STREAMSCRIBE_SPLIT_STAGES)",
+    )
+    mode.add_argument(
+        "--one-process",
+        dest="split_stages",
+        action="store_const",
+        const=False,
+        help="run both stages in one process (the default on one core)",
     )
     p.add_argument(
         "--instance-id",
@@ -196,6 +271,7 @@ def register(sub: SubParsers) -> None:
         " with --workers N, worker i gets ID-i",
     )
     p.add_argument("--instance-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-log-level", default="info", help="faust log level (default info)")
     p.add_argument(
         "--metrics-host",

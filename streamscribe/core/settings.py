@@ -84,6 +84,11 @@ class Settings(BaseModel):
     # restarted with the same id takes its partitions back at once; without one, a
     # restart waits for the old member's session to time out (session_timeout_s).
     instance_id: str | None = None
+    # `streamscribe worker` runs the segmenter and the recognizer in processes of their own
+    # (one consumer group) when True; in one process when False; None = split when the
+    # process may use 2 cores or more (on 2 cores it cut the 32-session p95 about 3x:
+    # bench/README.md). CLI: --split-stages / --one-process.
+    split_stages: bool | None = None
     heartbeat_interval_s: float = 1.0
     jitter_window_chunks: int = 8
     # The segmenter takes up to this many chunks at once (all channels' VAD in one batch,

@@ -23,11 +23,16 @@ ASR_READY = "ASR model loaded"
 
 
 def worker_env(bootstrap: str, topics: Topics, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a test's worker: one process for both stages unless the test asks
+    otherwise (``split_stages="true"``, or ``--split-stages``), because these tests read one
+    process's log and kill one process; ``test_split_stages.py`` runs the default, which on
+    2 cores or more is a process per stage."""
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "STREAMSCRIBE_TOPIC_PREFIX": topics.prefix,
         "STREAMSCRIBE_WORKER_DATA_DIR": str(data_dir),
         "STREAMSCRIBE_IDLE_TIMEOUT_S": "30",
+        "STREAMSCRIBE_SPLIT_STAGES": "false",
     }
     env.update({f"STREAMSCRIBE_{k.upper()}": v for k, v in extra.items()})
     return env

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import doctest
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -179,8 +180,11 @@ def test_worker_children_are_started_from_the_cli_module(
     # child 1 exits 1: the others are stopped and the parent exits 1
     assert cli.main(["worker", "--workers", "2", "--stages", "segmenter"]) == 1
     assert [c[:3] for c in started] == [[sys.executable, "-m", "streamscribe.cli"]] * 2
-    assert [c[-2:] for c in started] == [["--instance-index", "0"], ["--instance-index", "1"]]
-    assert started[0][3:-2] == [
+    parent = str(os.getpid())  # a child dies with its parent (PR_SET_PDEATHSIG)
+    assert [c[-4:] for c in started] == [
+        ["--instance-index", str(i), "--parent-pid", parent] for i in (0, 1)
+    ]
+    assert started[0][3:-4] == [
         "--log-level", "WARNING", "worker", "--stages", "segmenter", "--worker-log-level", "info"
     ]  # fmt: skip
 
@@ -209,11 +213,73 @@ def test_split_stages_starts_a_process_per_stage(monkeypatch: pytest.MonkeyPatch
     assert cli.main(["worker", "--split-stages", "--workers", "2", "--group-id", "g"]) == 0
     stages = [c[c.index("--stages") + 1] for c in started]
     assert stages == ["segmenter", "segmenter", "recognizer", "recognizer"]
-    assert [c[-1] for c in started] == ["0", "1", "2", "3"]  # --instance-index i
+    assert [c[c.index("--instance-index") + 1] for c in started] == ["0", "1", "2", "3"]
     assert all("--split-stages" not in c and "--workers" not in c for c in started)
     assert all(c[c.index("--group-id") + 1] == "g" for c in started)  # one group
     # a usage error (exit 2, one line): one stage cannot be split
     assert cli.main(["worker", "--split-stages", "--stages", "recognizer"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("cores", "argv", "env", "processes"),
+    [
+        (2, [], {}, 2),  # the default on 2 cores: a process per stage
+        (1, [], {}, 0),  # on one core: both stages here
+        (2, ["--one-process"], {}, 0),
+        (2, [], {"STREAMSCRIBE_SPLIT_STAGES": "false"}, 0),
+        (1, ["--split-stages"], {}, 2),
+        (1, [], {"STREAMSCRIBE_SPLIT_STAGES": "true"}, 2),
+        (2, ["--stages", "segmenter"], {}, 0),  # one stage: nothing to split
+    ],
+)
+def test_the_worker_splits_its_stages_where_it_has_two_cores(
+    monkeypatch: pytest.MonkeyPatch,
+    cores: int,
+    argv: list[str],
+    env: dict[str, str],
+    processes: int,
+) -> None:
+    started: list[list[str]] = []
+    ran: list[tuple[str, ...]] = []
+
+    class FakeChild:
+        def __init__(self, cmd: list[str]) -> None:
+            started.append(cmd)
+            self.returncode = 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+        def poll(self) -> int:
+            return 0
+
+        def terminate(self) -> None:
+            pass
+
+    from streamscribe.processors import worker as processors_worker
+
+    monkeypatch.delenv("STREAMSCRIBE_SPLIT_STAGES", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(worker, "require_broker", lambda settings: None)
+    monkeypatch.setattr(worker, "usable_cores", lambda: cores)
+    monkeypatch.setattr(worker.subprocess, "Popen", FakeChild)
+    monkeypatch.setattr(
+        processors_worker, "run_worker", lambda settings, stages, **kw: ran.append(stages)
+    )
+    assert cli.main(["worker", *argv]) == 0
+    assert len(started) == processes
+    if processes:
+        assert [c[c.index("--stages") + 1] for c in started] == ["segmenter", "recognizer"]
+        assert ran == []
+    else:
+        assert len(ran) == 1
+    expected = processes or 1
+    choice = {"--one-process": False, "--split-stages": True}.get(argv[0] if argv else "")
+    if choice is None and env:
+        choice = env["STREAMSCRIBE_SPLIT_STAGES"] == "true"
+    if argv[:1] != ["--stages"]:
+        assert worker.worker_processes(choice) == expected
 
 
 @pytest.mark.parametrize(
