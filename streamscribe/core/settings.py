@@ -85,10 +85,12 @@ class Settings(BaseModel):
     # restart waits for the old member's session to time out (session_timeout_s).
     instance_id: str | None = None
     # `streamscribe worker` runs the segmenter and the recognizer in processes of their own
-    # (one consumer group) when True; in one process when False; None = split when the
-    # process may use 2 cores or more (on 2 cores it cut the 32-session p95 about 3x:
-    # bench/README.md). CLI: --split-stages / --one-process.
-    split_stages: bool | None = None
+    # (one consumer group) when True; in one process when False. CLI: --split-stages /
+    # --one-process. On a slow day of this 2-core box split cut the 32-session p95 2-6x,
+    # but a takeover after `kill -9` of one of two workers took 6.8-7.6 s instead of 2.1 s
+    # (stage processes keep no standby tables), so one process stays the default
+    # (bench/README.md, "A process per stage, measured as the default").
+    split_stages: bool = False
     heartbeat_interval_s: float = 1.0
     jitter_window_chunks: int = 8
     # The segmenter takes up to this many chunks at once (all channels' VAD in one batch,

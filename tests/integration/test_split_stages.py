@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from streamscribe.cli.worker import usable_cores
 from streamscribe.processors.asr import MoonshineAsr
 from streamscribe.processors.offline import transcribe_file
 from streamscribe.schemas.topics import Topics
@@ -80,21 +79,18 @@ def test_split_stages_give_the_offline_finals_and_stop_together(
         proc.stop()
 
 
-def test_the_default_worker_runs_a_process_per_stage_and_a_sigkill_of_it_kills_them_all(
+def test_a_sigkill_of_a_split_worker_kills_its_stage_processes_and_loses_no_line(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path
 ) -> None:
-    """On 2 cores or more, plain ``streamscribe worker`` runs the two stages in processes of
-    their own (issue 11, lever 5). SIGKILL to the worker's own pid, not to its process
-    group, takes its stage processes with it (``PR_SET_PDEATHSIG``): none is left holding
+    """``STREAMSCRIBE_SPLIT_STAGES=true``: the worker runs a process per stage. SIGKILL to
+    the worker's own pid, not to its process group (what ``kill -9 PID`` or an OOM kill
+    does), takes its stage processes with it (``PR_SET_PDEATHSIG``): none is left holding
     partitions; a new worker then gives every line of the session killed mid-stream, with
     the offline text."""
-    if usable_cores() < 2:
-        pytest.skip("one usable core: the default worker is one process")
     wav = assets / "beckett.wav"
     offline = [u.text for u in transcribe_file(wav, asr=MoonshineAsr.load())]
     group = f"dflt-{uuid.uuid4().hex[:6]}"
-    env = worker_env(kafka_bootstrap, topics, tmp_path / "data")
-    del env["STREAMSCRIBE_SPLIT_STAGES"]  # the default
+    env = worker_env(kafka_bootstrap, topics, tmp_path / "data", split_stages="true")
     cmd = streamscribe_cmd("worker", "--group-id", group, "--from-earliest")
     first = Proc(cmd, tmp_path / "first.log", env=env)
     second: Proc | None = None
