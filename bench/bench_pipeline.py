@@ -336,12 +336,16 @@ def failover_figures(
     """Kill one of two workers: the delay its sessions' finals suffered, and completeness.
 
     Latency as in :func:`outside_figures`; *extra delay* = the worst latency of a final
-    whose speech ended after the kill minus the median before it. Complete: per channel,
+    that arrived after the kill minus the median of those that arrived before it. (Until
+    2026-12-03 the split was by speech end, which left out the lines worst hit: those whose
+    speech ended just before the kill and whose final the killed worker still owed.)
+    Complete: per channel,
     the utterance numbers with a final are 0..max with none missing; duplicates (the same
     line published twice, which at-least-once allows and the sink stores once) counted.
     """
     kill_us = marks["killed"] * 1e6
     before, after = [], []
+    late: list[tuple[float, Any, int, int]] = []
     lines: dict[tuple[str, int], set[int]] = defaultdict(set)
     seen: Counter[tuple[str, int, int]] = Counter()
     for f, arrival in finals:
@@ -349,7 +353,9 @@ def failover_figures(
         lines[(f.session_id, f.channel)].add(f.utterance)
         cap = clock.captured_us(f.session_id, f.channel, f.end_ms)
         if cap is not None:
-            (after if cap >= kill_us else before).append((arrival - cap) / 1000)
+            (after if arrival >= kill_us else before).append((arrival - cap) / 1000)
+            if arrival >= kill_us:
+                late.append((arrival - cap, f, cap, arrival))
     missing = sum(max(u) + 1 - len(u) for u in lines.values())
     usual = float(np.median(before)) if before else float("nan")
     worst = max(after) if after else float("nan")
@@ -359,6 +365,17 @@ def failover_figures(
         "worst_extra_delay_ms": round(worst - usual, 1),
         "lines_missing": missing,
         "lines_published_twice": sum(1 for c in seen.values() if c > 1),
+        # the five latest finals after the kill: when their speech ended and when they
+        # arrived, in ms from the kill (where the delay came from)
+        "worst_lines": [
+            {
+                "line": f"{f.session_id}/{f.channel}/{f.utterance}",
+                "latency_ms": round(lat / 1000, 1),
+                "speech_end_from_kill_ms": round((cap - kill_us) / 1000, 1),
+                "arrival_from_kill_ms": round((arrival - kill_us) / 1000, 1),
+            }
+            for lat, f, cap, arrival in sorted(late, key=lambda x: -x[0])[:5]
+        ],
     }
 
 
@@ -487,7 +504,12 @@ def run_point(
                 time.sleep(args.kill_at)
                 second.kill9()
                 marks["killed"] = time.time()
-                print(f"  SIGKILLed the second worker {args.kill_at:g} s into the load", flush=True)
+                print(
+                    f"  SIGKILLed the second worker {args.kill_at:g} s into the load"
+                    f" ({time.strftime('%H:%M:%S', time.localtime(marks['killed']))}"
+                    f".{int(marks['killed'] % 1 * 1000):03d})",
+                    flush=True,
+                )
             try:
                 producer.popen.wait(timeout=limit)
             except subprocess.TimeoutExpired:
@@ -789,6 +811,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--worker-env", action="append", default=[], metavar="FIELD=VALUE",
                     help="worker setting STREAMSCRIBE_FIELD, e.g. partial_growth=0.5")  # fmt: skip
     ap.add_argument("--kill-at", type=float, help="run two workers; SIGKILL one S s into the load")
+    ap.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keep the workers' and producer's logs here (default: a"
+        " temporary folder, removed at the end)",
+    )
     args = ap.parse_args(argv)
     if args.continuous:
         args.files = list(CONTINUOUS)
@@ -826,8 +854,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print("loading the bare model ...", flush=True)
     bare = BareModel()
-    with tempfile.TemporaryDirectory(prefix="bench-pipe-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.work_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pipe-")))
+        else:
+            work = args.work_dir
+            work.mkdir(parents=True, exist_ok=True)
         files = [tiled(f, args.duration, work) for f in args.files]
         for n in args.sessions:
             print(f"N={n}: {n} sessions x {args.duration:g} s at real time ...", flush=True)

@@ -41,7 +41,8 @@ from streamscribe.core.errors import StreamscribeError
 from streamscribe.core.security import aiokafka_credentials
 from streamscribe.core.security import install as install_security
 from streamscribe.core.settings import Settings
-from streamscribe.processors.faust_fixes import install_faust_fixes
+from streamscribe.processors.faust_assignor import GroupChangelogAssignor
+from streamscribe.processors.faust_fixes import FETCH_MAX_WAIT_ATTR, install_faust_fixes
 from streamscribe.schemas.events import DEAD_LETTER_MAX_RAW_BYTES, DeadLetter
 from streamscribe.schemas.topics import Topics
 
@@ -112,16 +113,15 @@ def make_app(
     :func:`install_seek_before_resume`; ``bench/bench_crash_restart.py --arms static``.)
 
     ``standby_replicas``: faust's ``table_standby_replicas`` (a warm copy of other members'
-    tables, for a faster takeover). A process that runs only some of the stages must use
-    0: the group's leader builds every member's assignment from its own tables, so a
-    standby of a table the leader does not have fails faust's assignment check in the
-    member (``AssertionError`` in ``on_assignment``: ``worker --split-stages --workers 2``).
+    tables, for a faster takeover). The group's assignor
+    (:class:`~streamscribe.processors.faust_assignor.GroupChangelogAssignor`) keeps them
+    also where the members run different stages (``worker --split-stages``).
     """
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     install_faust_fixes()
     # The same client properties file as every other client, translated for aiokafka.
     credentials, ssl_context = aiokafka_credentials(install_security(settings))
-    return faust.App(
+    app = faust.App(
         settings.group_id,
         broker=f"kafka://{settings.bootstrap}",
         broker_credentials=credentials,
@@ -141,7 +141,10 @@ def make_app(
         stream_wait_empty=False,
         topic_allow_declare=True,
         table_standby_replicas=standby_replicas,
+        PartitionAssignor=GroupChangelogAssignor,
     )
+    setattr(app, FETCH_MAX_WAIT_ATTR, settings.fetch_max_wait_ms)  # install_fetch_max_wait
+    return app
 
 
 @dataclass

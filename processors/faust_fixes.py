@@ -243,8 +243,44 @@ def install_commit_below_pending() -> None:
     Consumer._streamscribe_commit_below_pending = True
 
 
+FETCH_MAX_WAIT_ATTR = "streamscribe_fetch_max_wait_ms"
+
+
+def install_fetch_max_wait() -> None:
+    """Let the app choose its consumer's ``fetch_max_wait_ms`` (faust fixes it at 1500).
+
+    A fetch of partitions with nothing new waits at the broker up to ``fetch_max_wait_ms``,
+    and Kafka answers one connection's requests in order, so every other request of the
+    consumer to that broker (metadata, list offsets) waits behind it. After a rebalance
+    the new owner of a killed worker's partitions asks for their changelogs' end offsets
+    before it restores them; with a fetch of quiet partitions in flight that took 1.1 to
+    1.5 s in a stage process, and the group leader's metadata update as long
+    (``bench/README.md``, "Standby tables for stage processes"). With
+    ``app.streamscribe_fetch_max_wait_ms`` set (:func:`make_app` sets it from
+    ``Settings.fetch_max_wait_ms``) the consumer waits at most that long; data that
+    arrives still ends a fetch at once.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(AIOKafkaConsumerThread, "_streamscribe_fetch_max_wait", False):
+        return
+    create = AIOKafkaConsumerThread._create_worker_consumer
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        wait_ms = getattr(self.app, FETCH_MAX_WAIT_ATTR, None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = int(wait_ms)  # read when the consumer starts
+        return consumer
+
+    _create_worker_consumer.__wrapped__ = create
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    AIOKafkaConsumerThread._streamscribe_fetch_max_wait = True
+
+
 def install_faust_fixes() -> None:
     """The fixes above; every streamscribe worker installs them before faust starts."""
+    install_fetch_max_wait()
     install_complete_producer_flush()
     install_seek_before_resume()
     install_fetch_snapshot()

@@ -41,17 +41,8 @@ def build_worker(
     instance: str | None = None,
     from_earliest: bool = False,
 ) -> tuple[faust.App, list[Any]]:
-    """The faust app with the chosen stages registered on it (nothing runs yet).
-
-    A process of some of the stages keeps no standby tables (:func:`make_app`).
-    """
-    every_stage = set(stages) >= set(STAGES)
-    app = make_app(
-        settings,
-        instance=instance,
-        from_earliest=from_earliest,
-        standby_replicas=1 if every_stage else 0,
-    )
+    """The faust app with the chosen stages registered on it (nothing runs yet)."""
+    app = make_app(settings, instance=instance, from_earliest=from_earliest)
     topics = StageTopics.declare(app, settings)
     built: list[Any] = []
     if "segmenter" in stages:

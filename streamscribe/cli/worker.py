@@ -2,18 +2,21 @@
 
 ``--workers N`` starts N children, each ``streamscribe ... worker ... --instance-index i``;
 their command line is built from the parsed arguments (:func:`child_argv`), never copied
-from ``sys.argv``. ``--split-stages`` (``STREAMSCRIBE_SPLIT_STAGES``) runs the two stages
-in processes of their own (N of each): one process shares one interpreter lock between
-both stages' Python work (``bench/README.md`` has the figures for and against). A child
-dies with its parent (``PR_SET_PDEATHSIG``), so a SIGKILL of the worker is a SIGKILL of
-all of it, as for one process.
+from ``sys.argv``. Where the process may use two cores or more, the two stages run in
+processes of their own by default (N of each; :func:`split_stages`): one process shares
+one interpreter lock between both stages' Python work, which on 2 cores made the
+32-session p95 2-6x worse (``bench/README.md``); the stage processes keep standby tables
+(``processors/faust_assignor.py``), so a takeover costs what it costs one-process workers.
+A child dies with its parent
+(``PR_SET_PDEATHSIG``), so a SIGKILL of the worker is a SIGKILL of all of it, as for one
+process.
 
 Example::
 
     streamscribe worker --group-id streamscribe-processors
     streamscribe worker --workers 3 --instance-id pod-a    # children pod-a-0 .. pod-a-2
-    streamscribe worker --split-stages      # a segmenter process and a recognizer process
-    streamscribe worker --one-process       # both stages in this process (the default)
+    streamscribe worker                     # 2+ cores: a segmenter and a recognizer process
+    streamscribe worker --one-process       # both stages in this process
     streamscribe worker --group-id retranscribe-2026-11   # a new group reads all history
     streamscribe worker --group-id live-only --from-latest  # a new group skips history
     streamscribe worker --metrics-host 0.0.0.0 --metrics-port 9109        # /metrics
@@ -93,17 +96,28 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def split_stages(choice: bool, stages: tuple[str, ...]) -> bool:
-    """Whether the worker runs each stage in processes of its own: asked for (the flag or
-    ``STREAMSCRIBE_SPLIT_STAGES``) and more than one stage to run.
+def split_stages(choice: bool | None, stages: tuple[str, ...]) -> bool:
+    """Whether the worker runs each stage in processes of its own: ``choice`` (the flag or
+    ``STREAMSCRIBE_SPLIT_STAGES``) when given, else when it runs both stages and may use
+    two cores or more (:func:`usable_cores`).
 
-        >>> split_stages(True, ("segmenter",)), split_stages(True, ("a", "b"))
-        (False, True)
+        >>> split_stages(None, ("segmenter",)), split_stages(False, ("a", "b"))
+        (False, False)
     """
-    return choice and len(stages) > 1
+    if choice is not None:
+        return choice and len(stages) > 1
+    return len(stages) > 1 and usable_cores() >= 2
 
 
-def worker_processes(choice: bool = False, workers: int = 1) -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_processes(choice: bool | None = None, workers: int = 1) -> int:
     """How many worker processes ``streamscribe worker [--workers N]`` runs for both
     stages (each logs faust's ``Ready`` once it holds its partitions)."""
     from streamscribe.processors.worker import STAGES
@@ -242,16 +256,15 @@ def register(sub: SubParsers) -> None:
         const=True,
         default=None,
         help="run each stage in processes of its own (with --workers N: N per stage), one"
-        " consumer group, so the Python work of the two stages runs in parallel: lower"
-        " latency under load on 2 cores, slower takeover after a crash"
-        " (STREAMSCRIBE_SPLIT_STAGES=true)",
+        " consumer group, so the Python work of the two stages runs in parallel; the default"
+        " where this process may use 2 cores or more (STREAMSCRIBE_SPLIT_STAGES)",
     )
     mode.add_argument(
         "--one-process",
         dest="split_stages",
         action="store_const",
         const=False,
-        help="run both stages in one process (the default)",
+        help="run both stages in one process (the default on one core)",
     )
     p.add_argument(
         "--instance-id",

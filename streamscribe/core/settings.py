@@ -85,13 +85,19 @@ class Settings(BaseModel):
     # restart waits for the old member's session to time out (session_timeout_s).
     instance_id: str | None = None
     # `streamscribe worker` runs the segmenter and the recognizer in processes of their own
-    # (one consumer group) when True; in one process when False. CLI: --split-stages /
-    # --one-process. On a slow day of this 2-core box split cut the 32-session p95 2-6x,
-    # but a takeover after `kill -9` of one of two workers took 6.8-7.6 s instead of 2.1 s
-    # (stage processes keep no standby tables), so one process stays the default
-    # (bench/README.md, "A process per stage, measured as the default").
-    split_stages: bool = False
+    # (one consumer group) when True; in one process when False; None = split when the
+    # process may use 2 cores or more: on this 2-core box it cut the 32-session p95 2-6x,
+    # and since stage processes keep standby tables (processors/faust_assignor.py) and
+    # wait less at the broker (fetch_max_wait_ms), `kill -9` of one of two workers costs
+    # about what it costs one-process workers (bench/README.md, "Standby tables for stage
+    # processes"). CLI: --split-stages / --one-process.
+    split_stages: bool | None = None
     heartbeat_interval_s: float = 1.0
+    # The worker's consumer waits at the broker at most this long for new records (faust
+    # fixes 1500 ms). Kafka answers a connection's requests in order, so a takeover's
+    # metadata and end-offset requests waited behind such fetches: 1.1-1.5 s of a stage
+    # process's takeover after `kill -9` of another worker (bench/README.md).
+    fetch_max_wait_ms: int = 100
     jitter_window_chunks: int = 8
     # The segmenter takes up to this many chunks at once (all channels' VAD in one batch,
     # one executor hop), waiting at most segmenter_batch_wait_s for more; 1 = one by one.

@@ -23,10 +23,10 @@ ASR_READY = "ASR model loaded"
 
 
 def worker_env(bootstrap: str, topics: Topics, data_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a test's worker: one process for both stages (the default, set
-    here so that a ``STREAMSCRIBE_SPLIT_STAGES`` of the caller's shell does not change what
-    the tests measure) unless the test asks otherwise (``split_stages="true"``, or
-    ``--split-stages``): these tests read one process's log and kill one process."""
+    """The environment of a test's worker: one process for both stages unless the test asks
+    otherwise (``split_stages="true"``, or ``--split-stages``), because these tests read one
+    process's log and kill one process; ``test_split_stages.py`` runs the default, which on
+    2 cores or more is a process per stage."""
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "STREAMSCRIBE_TOPIC_PREFIX": topics.prefix,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from streamscribe.cli.worker import usable_cores
 from streamscribe.processors.asr import MoonshineAsr
 from streamscribe.processors.offline import transcribe_file
 from streamscribe.schemas.topics import Topics
@@ -36,8 +37,9 @@ def test_split_stages_give_the_offline_finals_and_stop_together(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path, workers: int
 ) -> None:
     """With ``--workers 2`` (two processes per stage) the group's leader runs one stage
-    only: before standby tables were turned off in such processes, every member of the
-    other stage died in faust's assignment check."""
+    only: with faust's own assignor every member of the other stage died in faust's
+    assignment check once it kept standby tables (``processors/faust_assignor.py``); now
+    each stage process keeps standbys of its own stage's tables."""
     wav = assets / "beckett.wav"
     offline = [u.text for u in transcribe_file(wav, asr=MoonshineAsr.load())]
     group = f"split-{uuid.uuid4().hex[:6]}"
@@ -71,6 +73,12 @@ def test_split_stages_give_the_offline_finals_and_stop_together(
             assert [by_line[(sid, 0, u)].text for u in range(len(offline))] == offline
         assert len(finals) == len(sessions) * len(offline), len(finals)
         assert "AssertionError" not in proc.log_text()
+        if workers == 2:  # one of each stage's two processes is its partner's warm copy
+            standby = standby_topics(proc.log_text())
+            assert {
+                f"{group}-{table}-changelog"
+                for table in ("segmenter-channels", "recognizer-lines", "recognizer-audio")
+            } <= standby, standby
         os.kill(proc.popen.pid, signal.SIGTERM)
         assert proc.popen.wait(timeout=HANG_GUARD_S) == 0
         for child in children:
@@ -79,18 +87,21 @@ def test_split_stages_give_the_offline_finals_and_stop_together(
         proc.stop()
 
 
-def test_a_sigkill_of_a_split_worker_kills_its_stage_processes_and_loses_no_line(
+def test_the_default_worker_runs_a_process_per_stage_and_a_sigkill_of_it_kills_them_all(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, assets: Path
 ) -> None:
-    """``STREAMSCRIBE_SPLIT_STAGES=true``: the worker runs a process per stage. SIGKILL to
-    the worker's own pid, not to its process group (what ``kill -9 PID`` or an OOM kill
-    does), takes its stage processes with it (``PR_SET_PDEATHSIG``): none is left holding
+    """On 2 cores or more, plain ``streamscribe worker`` runs the two stages in processes of
+    their own (issue 11, lever 5). SIGKILL to the worker's own pid, not to its process
+    group, takes its stage processes with it (``PR_SET_PDEATHSIG``): none is left holding
     partitions; a new worker then gives every line of the session killed mid-stream, with
     the offline text."""
+    if usable_cores() < 2:
+        pytest.skip("one usable core: the default worker is one process")
     wav = assets / "beckett.wav"
     offline = [u.text for u in transcribe_file(wav, asr=MoonshineAsr.load())]
     group = f"dflt-{uuid.uuid4().hex[:6]}"
-    env = worker_env(kafka_bootstrap, topics, tmp_path / "data", split_stages="true")
+    env = worker_env(kafka_bootstrap, topics, tmp_path / "data")
+    del env["STREAMSCRIBE_SPLIT_STAGES"]  # the default
     cmd = streamscribe_cmd("worker", "--group-id", group, "--from-earliest")
     first = Proc(cmd, tmp_path / "first.log", env=env)
     second: Proc | None = None
@@ -148,3 +159,19 @@ def _wait_ready(proc: Proc, processes: int) -> None:
 
 def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists() or _zombie(pid)
+
+
+def standby_topics(log_text: str) -> set[str]:
+    """The changelog topics in faust's "Reading Starts At - Standby" tables of a log."""
+    topics: set[str] = set()
+    inside = False
+    for line in log_text.splitlines():
+        if line.startswith("+Reading Starts At - Standby"):
+            inside = True
+        elif not line.startswith(("+", "|")):
+            inside = False  # the table ends where the next log line starts
+        elif inside and line.startswith("|"):
+            name = line.strip("|").split("|")[0].strip()
+            if name not in ("topic", "\u3003"):
+                topics.add(name)
+    return topics

@@ -221,18 +221,23 @@ def test_split_stages_starts_a_process_per_stage(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize(
-    ("argv", "env", "processes"),
+    ("cores", "argv", "env", "processes"),
     [
-        ([], {}, 0),  # the default: both stages here
-        (["--split-stages"], {}, 2),
-        ([], {"STREAMSCRIBE_SPLIT_STAGES": "true"}, 2),
-        (["--one-process"], {"STREAMSCRIBE_SPLIT_STAGES": "true"}, 0),  # the flag wins
-        ([], {"STREAMSCRIBE_SPLIT_STAGES": "true"}, 2),
-        (["--stages", "segmenter"], {"STREAMSCRIBE_SPLIT_STAGES": "true"}, 0),  # one stage
+        (2, [], {}, 2),  # the default on 2 cores: a process per stage
+        (1, [], {}, 0),  # on one core: both stages here
+        (2, ["--one-process"], {}, 0),
+        (2, [], {"STREAMSCRIBE_SPLIT_STAGES": "false"}, 0),
+        (1, ["--split-stages"], {}, 2),
+        (1, [], {"STREAMSCRIBE_SPLIT_STAGES": "true"}, 2),
+        (2, ["--stages", "segmenter"], {}, 0),  # one stage: nothing to split
     ],
 )
-def test_the_worker_splits_its_stages_when_asked(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], processes: int
+def test_the_worker_splits_its_stages_where_it_has_two_cores(
+    monkeypatch: pytest.MonkeyPatch,
+    cores: int,
+    argv: list[str],
+    env: dict[str, str],
+    processes: int,
 ) -> None:
     started: list[list[str]] = []
     ran: list[tuple[str, ...]] = []
@@ -257,6 +262,7 @@ def test_the_worker_splits_its_stages_when_asked(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(worker, "require_broker", lambda settings: None)
+    monkeypatch.setattr(worker, "usable_cores", lambda: cores)
     monkeypatch.setattr(worker.subprocess, "Popen", FakeChild)
     monkeypatch.setattr(
         processors_worker, "run_worker", lambda settings, stages, **kw: ran.append(stages)
@@ -266,10 +272,14 @@ def test_the_worker_splits_its_stages_when_asked(
     if processes:
         assert [c[c.index("--stages") + 1] for c in started] == ["segmenter", "recognizer"]
         assert ran == []
-        assert worker.worker_processes(True) == 2
     else:
         assert len(ran) == 1
-    assert worker.worker_processes() == 1
+    expected = processes or 1
+    choice = {"--one-process": False, "--split-stages": True}.get(argv[0] if argv else "")
+    if choice is None and env:
+        choice = env["STREAMSCRIBE_SPLIT_STAGES"] == "true"
+    if argv[:1] != ["--stages"]:
+        assert worker.worker_processes(choice) == expected
 
 
 @pytest.mark.parametrize(

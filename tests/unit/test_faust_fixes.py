@@ -211,3 +211,23 @@ def test_no_commit_past_a_message_handed_to_the_stream_and_not_acked() -> None:
     assert Consumer._new_offset(other, A0) == 91
     behind = _commit_state(80, [80, 81, 83], [_Msg(A0, 82)])  # commits the run below it
     assert Consumer._new_offset(behind, A0) == 82
+
+
+def test_the_worker_s_consumer_waits_at_most_fetch_max_wait_ms_at_the_broker() -> None:
+    """faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500``; a worker's
+    consumer gets ``Settings.fetch_max_wait_ms`` instead (a takeover's requests queue
+    behind a waiting fetch), and an app that does not ask keeps faust's."""
+    import faust
+
+    async def built(app: Any) -> int:
+        consumer = app.consumer._thread._create_consumer(asyncio.get_running_loop())
+        try:
+            return int(consumer._fetch_max_wait_ms)
+        finally:
+            await consumer.stop()
+
+    ours = make_app(Settings(fetch_max_wait_ms=77, group_id="fetch-wait"))
+    assert asyncio.run(built(ours)) == 77
+    assert Settings().fetch_max_wait_ms == 100
+    plain = faust.App("plain-fetch-wait", broker="kafka://127.0.0.1:1", store="memory://")
+    assert asyncio.run(built(plain)) == 1500
