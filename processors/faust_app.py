@@ -108,7 +108,7 @@ def make_app(
     ``instance`` turns on static group membership (``group.instance.id``; it must be unique
     per worker process): a worker restarted after a crash with the same id takes its
     partitions back at once, without a rebalance. Without one, a restart waits for the old
-    member's session to expire (``session_timeout_s``, 6 s by default). (Static
+    member's session to expire (``session_timeout_s``, 2 s by default). (Static
     membership once lost messages here; that was faust's restart seek bug, fixed by
     :func:`install_seek_before_resume`; ``bench/bench_crash_restart.py --arms static``.)
 

@@ -206,7 +206,7 @@ class LocalBroker:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             # A SIGKILLed worker's partitions move after the worker's session timeout
-            # (session_timeout_s, 3 s); the stock minimum (6 s) would not allow it.
+            # (session_timeout_s, 2 s); the stock minimum (6 s) would not allow it.
             "group.min.session.timeout.ms": "1000",
             "auto.create.topics.enable": "true",
             "message.max.bytes": "2097152",

@@ -120,7 +120,7 @@ def session_timeout_ms(settings: Settings) -> int:
     """``session_timeout_s`` in ms, raised to the cluster's ``group.min.session.timeout.ms``.
 
     The local broker allows 1 s (``streamscribe broker start``), so a SIGKILLed member's
-    partitions move after 3 s (the default); a cluster with the stock minimum (6 s) would
+    partitions move after 2 s (the default); a cluster with the stock minimum (6 s) would
     refuse a group member asking for less, so its minimum is used there. Looked up once
     per cluster; a refused look-up (no ACL for it) keeps the setting.
     """
