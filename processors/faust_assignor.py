@@ -9,7 +9,8 @@ run different stages (``streamscribe worker --split-stages``: segmenter processe
 recognizer processes) the leader has the tables of one stage only: it drops the standbys
 of the other stage's tables and their members fail that assertion (``AssertionError`` in
 ``on_assignment``), so split workers used to run without standbys and a takeover restored
-the lost member's tables from their changelogs (7 s against 2 s, ``bench/README.md``).
+the lost member's tables from their changelogs (``bench/README.md``, "Standby tables for
+stage processes").
 
 :class:`GroupChangelogAssignor` gives the leader's assignor a view of the tables in which
 every changelog topic that some member subscribes to counts: faust names them
