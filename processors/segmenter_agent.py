@@ -8,15 +8,26 @@ with each channel's in-memory state (:class:`~streamscribe.processors.segmenter_
 ChannelStates`; rebuilt from the ``segmenter-channels`` table on a miss), to the core in
 the executor (admission, resampling and VAD are CPU work). Back on the loop: chunks the core
 rejected become dead letters (one per chunk), utterance messages and session events are
-sent, and only once the producer has delivered all of them is each state's changelog copy
-written to the table (the full state after each batch; a finished channel's copy is
-deleted and a small end marker kept in the ``segmenter-ended`` table for
-:data:`~streamscribe.processors.segmenter_sessions.ENDED_KEPT_S`, which refuses later
-chunks and a reused session id). That order is what makes a
-crash inside a batch safe: a changelog copy never gets ahead of the outputs it implies, so
-a replay either regenerates the same outputs (deduped downstream by ``part``) or finds
-them delivered. Ticks finalise sessions idle for longer than ``idle_timeout_s``. A
-partition revoke drops that partition's in-memory states.
+sent, and only once the producer has delivered all of them is a state's changelog copy
+written to the table (a finished channel's copy is deleted and a small end marker kept in
+the ``segmenter-ended`` table for :data:`~streamscribe.processors.segmenter_sessions.
+ENDED_KEPT_S`, which refuses later chunks and a reused session id). That order is what
+makes a crash inside a batch safe: a changelog copy never gets ahead of the outputs it
+implies, so a replay either regenerates the same outputs (deduped downstream by ``part``)
+or finds them delivered.
+
+**Checkpoints.** A live channel's copy (8-14 KB: the audio not yet sent on, the VAD's and
+the resampler's state) is written at most every ``segmenter_checkpoint_s`` (1 s), not after
+every batch: at real time a batch holds about one 100 ms chunk per channel, and writing
+each channel's copy after each of them put more bytes on the changelog than the audio
+itself (bench/README.md). The events a copy does not cover yet stay unacked (their
+message's reference count raised; acked once a copy covering them is written), and faust
+commits an offset only when every offset before it is acked, so after a crash the
+survivor reads every such chunk again from the committed offset and the restored copy,
+fed the same chunks, gives the same messages. A batch that writes no copy does not wait for
+the producer either. A finished, failed or revoked channel releases its events (a
+revoke without acking them: faust then reads the partition again from its committed
+offset). Ticks finalise sessions idle for longer than ``idle_timeout_s``.
 
 See :mod:`streamscribe.processors.faust_app` for the delivery guarantee.
 """
@@ -28,6 +39,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -83,6 +95,7 @@ class SegmenterStage:
         self.jitter_config = JitterConfig.from_settings(settings)
         self.core: StreamSegmenter | None = None
         self.states = ChannelStates()
+        self._clock: Callable[[], float] = time.monotonic  # checkpoint ages (tests set it)
         p = settings.partitions
         self.channels = app.Table(
             "segmenter-channels",
@@ -100,7 +113,7 @@ class SegmenterStage:
             partitions=p,
             default=None,
         )
-        self.stats = {"chunks": 0, "batches": 0, "dead_letters": 0}
+        self.stats = {"chunks": 0, "batches": 0, "dead_letters": 0, "checkpoints": 0}
 
         @app.agent(topics.audio, name="segmenter", concurrency=1)
         async def segmenter(stream: Any) -> None:
@@ -176,9 +189,13 @@ class SegmenterStage:
             for batch, res in zip(batches, results, strict=True):
                 self.stats["chunks"] += len(batch.arrivals) - len(res.rejected) - res.replayed
                 await self._send_outputs(res, batch.arrivals[-1].ref)
-            await self._flush()
-            for batch, res in zip(batches, results, strict=True):
-                self._store_state(res, batch.arrivals[-1].ref)
+            now = self._clock()
+            saves = [self._save_due(res, now) for res in results]
+            if any(saves):
+                await self._flush()
+            for batch, res, save in zip(batches, results, saves, strict=True):
+                refs = [a.ref for a in batch.arrivals]
+                self._store_state(res, batch.arrivals[-1].ref, save=save, refs=refs, now=now)
             self._touch_sessions(by_channel, results)
         for tick in ticks:
             with event_scope(tick):
@@ -204,7 +221,29 @@ class SegmenterStage:
         """Send one channel's outputs, then (delivered) write its state."""
         await self._send_outputs(res, last_ref)
         await self._flush()
-        self._store_state(res, last_ref)
+        self._store_state(res, last_ref, save=True, refs=[], now=self._clock())
+
+    def _save_due(self, res: ChannelResult, now: float) -> bool:
+        """Whether this batch writes ``res``'s changelog copy (or deletes it)."""
+        if res.failed is not None or res.ended or res.state is None:
+            return res.ended
+        return self.states.save_due(res.key, now, self.settings.segmenter_checkpoint_s)
+
+    @staticmethod
+    def _release(events: list[Any]) -> None:
+        """Ack events held until a changelog copy covered them (see :meth:`_hold`)."""
+        for ev in events:
+            ev.ack()
+
+    def _hold(self, key: ChannelKey, refs: list[Any]) -> None:
+        """Keep this batch's events of ``key`` unacked: its changelog copy lags them.
+
+        The batch's own ack (faust's ``take_events``) then only lowers each message's
+        reference count; :meth:`_release` acks it once a copy covering it is written.
+        """
+        for ref in refs:
+            ref.message.incref()
+        self.states.hold(key, refs)
 
     async def _send_outputs(self, res: ChannelResult, last_ref: Any) -> None:
         for ref, err in res.rejected:
@@ -214,7 +253,9 @@ class SegmenterStage:
                     self.topics, ref, err, stage=STAGE, session_id=res.key.session_id
                 )
         if res.failed is not None:
-            self.states.drop(res.key)  # maybe half-changed: rebuild from the table next time
+            # maybe half-changed: rebuild from the table next time; what the table's copy
+            # does not cover is lost with the failure (it is dead-lettered here)
+            self._release(self.states.drop(res.key))
             log.error("channel %s failed: %s", res.key, res.failed.reason)
             with event_scope(last_ref):
                 self.stats["dead_letters"] += 1
@@ -235,12 +276,15 @@ class SegmenterStage:
             with event_scope(ref or last_ref):
                 await self.topics.events.send(key=key, value=sev.encode())
 
-    def _store_state(self, res: ChannelResult, last_ref: Any) -> None:
+    def _store_state(
+        self, res: ChannelResult, last_ref: Any, *, save: bool, refs: list[Any], now: float
+    ) -> None:
+        """Keep ``res``'s state; write its changelog copy if ``save``, else hold ``refs``."""
         if res.failed is not None:
             return
         with event_scope(last_ref):
             if res.ended:
-                self.states.drop(res.key)
+                held = self.states.drop(res.key)
                 self.channels.pop(str(res.key), None)
                 if res.end_marker is not None:
                     marker = dataclasses.replace(
@@ -248,9 +292,15 @@ class SegmenterStage:
                     )
                     self.ended[str(res.key)] = marker.to_doc()
                 self._end_channel(res.key)
+                self._release(held)
             elif res.state is not None:
                 self.states.put(res.key, last_ref.message.partition, res.state)
-                self.channels[str(res.key)] = res.state.to_bytes()
+                if save:
+                    self.channels[str(res.key)] = res.state.to_bytes()
+                    self.stats["checkpoints"] += 1
+                    self._release(self.states.saved(res.key, now))
+                else:
+                    self._hold(res.key, refs)
 
     # --------------------------------------------------------------- sessions
     def _touch_sessions(

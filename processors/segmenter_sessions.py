@@ -35,7 +35,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from streamscribe.core.errors import ContractError
@@ -81,10 +81,17 @@ def parse_arrival(
 class _Held:
     partition: int
     state: ChannelState
+    saved_at: float = float("-inf")  # when its changelog copy was last written
+    unsaved: list[Any] = field(default_factory=list)  # events its copy does not cover yet
 
 
 class ChannelStates:
-    """In-memory channel states by key, each with the partition that owns it."""
+    """In-memory channel states by key, each with the partition that owns it.
+
+    A state's changelog copy may lag its in-memory object (the segmenter writes it at most
+    every ``segmenter_checkpoint_s``); the events it does not cover yet are kept with it,
+    unacked, and handed back by :meth:`saved` once a copy covering them is written.
+    """
 
     def __init__(self) -> None:
         self._held: dict[ChannelKey, _Held] = {}
@@ -106,14 +113,39 @@ class ChannelStates:
 
     def put(self, key: ChannelKey, partition: int, state: ChannelState) -> None:
         """Keep ``state`` (its changelog copy is written by the caller)."""
-        self._held[key] = _Held(partition, state)
+        old = self._held.get(key)
+        if old is None:
+            self._held[key] = _Held(partition, state)
+        else:
+            old.partition, old.state = partition, state
 
-    def drop(self, key: ChannelKey) -> None:
-        """Forget ``key``'s state (ended, failed, or no longer trusted)."""
-        self._held.pop(key, None)
+    def save_due(self, key: ChannelKey, now: float, every_s: float) -> bool:
+        """Whether ``key``'s changelog copy is due (never written, or ``every_s`` old)."""
+        held = self._held.get(key)
+        return held is None or every_s <= 0 or now - held.saved_at >= every_s
+
+    def hold(self, key: ChannelKey, events: Iterable[Any]) -> None:
+        """Keep ``events`` (already applied to the in-memory state) until a copy covers them."""
+        self._held[key].unsaved.extend(events)
+
+    def saved(self, key: ChannelKey, now: float) -> list[Any]:
+        """Note that a copy of the state was written now; the events it covers from now on."""
+        held = self._held.get(key)
+        if held is None:
+            return []
+        held.saved_at = now
+        events, held.unsaved = held.unsaved, []
+        return events
+
+    def drop(self, key: ChannelKey) -> list[Any]:
+        """Forget ``key``'s state (ended, failed, or no longer trusted); its held events."""
+        held = self._held.pop(key, None)
+        return held.unsaved if held is not None else []
 
     def drop_partitions(self, partitions: Iterable[int]) -> int:
-        """Forget the states of ``partitions`` (revoked); returns how many were dropped."""
+        """Forget the states of ``partitions`` (revoked), and their held events unacked: after
+        a rebalance faust reads every partition again from its committed offset, which a held
+        event keeps at or before it. Returns how many states were dropped."""
         gone = set(partitions)
         keys = [k for k, h in self._held.items() if h.partition in gone]
         for k in keys:

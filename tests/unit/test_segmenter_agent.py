@@ -190,17 +190,30 @@ def test_channel_states_drop_by_partition(vad: SileroVad) -> None:
 
 @dataclasses.dataclass
 class _Message:
+    """faust's message as the agent uses it: a reference count that an ack lowers."""
+
     value: bytes
     key: bytes | None
     partition: int
     offset: int
     topic: str = "t.audio"
     timestamp: float | None = None
+    refcount: int = 1
+    acked: bool = False
+
+    def incref(self, n: int = 1) -> None:
+        self.refcount += n
 
 
 class _Event:
     def __init__(self, message: _Message) -> None:
         self.message = message
+
+    def ack(self) -> None:
+        m = self.message
+        if not m.acked:
+            m.refcount = max(m.refcount - 1, 0)
+            m.acked = m.refcount == 0
 
 
 class _Topic:
@@ -260,7 +273,7 @@ def _sent(topic: Any, kind: type) -> list[Any]:
 def test_agent_logic_without_a_broker(vad: SileroVad) -> None:
     """Dead letters, in-memory states and their changelog copies, sessions table, done
     markers, origin, and a partition revoke in the middle: the same messages as the core."""
-    settings = Settings(group_id="g-test")
+    settings = Settings(group_id="g-test", segmenter_checkpoint_s=0)  # a copy every batch
     stage, topics, _ = _stage(settings, vad)
     chunks = [a.chunk for a in _arrivals("s1")]
     events = _events(chunks)
@@ -331,3 +344,88 @@ def test_agent_idle_scan_finalises_a_silent_session(vad: SileroVad) -> None:
     assert kinds.count("idle_timeout") == 1 and "session_end" not in kinds
     finals = [u for u in _sent(topics.utterances, UtteranceMessage) if u.kind == "final"]
     assert finals[-1].reason == "idle" and finals[-1].end_sample == 52 * 1600
+
+
+def _utterance_fields(topic: Any) -> list[tuple]:
+    return [
+        (u.utterance, u.kind, u.part, u.offset_sample, u.end_sample, u.payload)
+        for u in _sent(topic, UtteranceMessage)
+    ]
+
+
+def _committed(events: list[_Event]) -> int:
+    """The offset faust would commit: the first one not acked (every one before it is)."""
+    return next((e.message.offset for e in events if not e.message.acked), len(events))
+
+
+def test_checkpoints_hold_chunks_unacked_until_a_copy_covers_them(vad: SileroVad) -> None:
+    """At real time (two 100 ms chunks a batch) a channel's changelog copy is written once a
+    second; the chunks it does not cover stay unacked, so the committed offset never passes
+    a chunk the table does not hold."""
+    stage, topics, _ = _stage(Settings(segmenter_checkpoint_s=1.0), vad)
+    now = [100.0]
+    stage._clock = lambda: now[0]
+    events = _events([a.chunk for a in _arrivals("s1")], partition=1)
+    key = ChannelKey("s1", 0)
+    written: list[int] = []  # batches after which the table's copy was the state in memory
+    for n, i in enumerate(range(0, len(events), 2)):
+        batch = events[i : i + 2]
+        asyncio.run(stage.handle(batch))
+        for ev in batch:  # faust's take_events acks a batch once the agent took it
+            ev.ack()
+        state = stage.states.get(key)
+        if state is None:
+            break  # end of stream
+        copy = stage.channels.get(str(key))
+        if copy == state.to_bytes():
+            written.append(n)
+            assert _committed(events) == i + len(batch)  # every chunk so far is acked
+        else:
+            assert copy is not None and _committed(events) == written[-1] * 2 + 2
+            assert all(e.message.refcount == 1 for e in events[written[-1] * 2 + 2 : i + 2])
+        now[0] += 0.2
+    assert written[:4] == [0, 5, 10, 15]  # the first batch, then every 1 s of stream
+    assert stage.stats["checkpoints"] == len(written)
+    assert _committed(events) == len(events)  # the end of stream released every chunk
+    assert stage.channels == {}
+    want = _run(StreamSegmenter(vad, clock=lambda: 0), _arrivals("s1"), 16)
+    assert _utterance_fields(topics.utterances) == want[0]
+
+
+@pytest.mark.parametrize("crash_batch", [7, 23, 38])
+def test_a_crash_between_checkpoints_replays_the_unsaved_chunks_to_the_same_messages(
+    vad: SileroVad, crash_batch: int
+) -> None:
+    """Kill the stage after ``crash_batch`` batches (mid-way between two copies); a new one
+    starts from the tables and from the committed offset, as faust would: deduped by part
+    (as the recognizer does), the messages are the core's, and every replayed one is
+    byte-identical to the one it repeats."""
+    settings = Settings(segmenter_checkpoint_s=1.0)
+    stage, topics, _ = _stage(settings, vad)
+    now = [100.0]
+    stage._clock = lambda: now[0]
+    chunks = [a.chunk for a in _arrivals("s1")]
+    events = _events(chunks, partition=1)
+    for i in range(0, 2 * crash_batch, 2):
+        asyncio.run(stage.handle(events[i : i + 2]))
+        for ev in events[i : i + 2]:
+            ev.ack()
+        now[0] += 0.2
+    start = _committed(events)
+    assert 0 < start < 2 * crash_batch  # some chunks were applied but are not covered yet
+    survivor, topics2, _ = _stage(settings, vad)
+    for table in ("channels", "sessions", "ended"):
+        getattr(survivor, table).update(getattr(stage, table))
+    replay = _events(chunks, partition=1)
+    for i in range(start, len(replay), 2):
+        asyncio.run(survivor.handle(replay[i : i + 2]))
+        for ev in replay[i : i + 2]:
+            ev.ack()
+        now[0] += 0.2
+    first, second = _utterance_fields(topics.utterances), _utterance_fields(topics2.utterances)
+    by_part: dict[tuple, tuple] = {}
+    for msg in first + second:
+        assert by_part.setdefault(msg[:3], msg) == msg  # a repeat is byte-identical
+    assert len(by_part) < len(first) + len(second)  # the survivor did repeat some
+    want = _run(StreamSegmenter(vad, clock=lambda: 0), _arrivals("s1"), 16)
+    assert list(by_part.values()) == want[0]
