@@ -142,6 +142,15 @@ class ChannelStates:
         held = self._held.pop(key, None)
         return held.unsaved if held is not None else []
 
+    def unsaved(self, partitions: Iterable[int]) -> list[tuple[ChannelKey, ChannelState, Any]]:
+        """The states of ``partitions`` whose copy lags them, each with its last held event."""
+        gone = set(partitions)
+        return [
+            (k, h.state, h.unsaved[-1])
+            for k, h in self._held.items()
+            if h.partition in gone and h.unsaved
+        ]
+
     def drop_partitions(self, partitions: Iterable[int]) -> int:
         """Forget the states of ``partitions`` (revoked), and their held events unacked: after
         a rebalance faust reads every partition again from its committed offset, which a held
