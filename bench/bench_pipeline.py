@@ -320,6 +320,21 @@ def outside_figures(
     }
 
 
+def local_broker_pid() -> int | None:
+    """Pid of a Kafka broker running on this machine (``kafka.Kafka`` in its command line),
+    so its CPU is measured beside the worker's; None when the broker is elsewhere."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in cmdline:
+            return int(proc.name)
+    return None
+
+
 def worker_processes(worker_args: Sequence[str]) -> int:
     """N of ``--workers N`` (or ``--workers=N``) among the worker's arguments, else 1."""
     for i, arg in enumerate(worker_args):
@@ -494,6 +509,8 @@ def run_point(
                     per_stage=per_stage,
                 )
                 cpu.add("second", second.pid)
+            if (broker_pid := local_broker_pid()) is not None:
+                cpu.add("broker", broker_pid)
             marks["ready"] = time.time()
             time.sleep(args.settle)  # partitions assigned; idle CPU measured meanwhile
             marks["load_start"] = time.time()
@@ -545,6 +562,10 @@ def run_point(
     wall = marks["drained"] - marks["load_start"]
     load_wall = max(marks["load_end"] - marks["load_start"], 1e-9)
     box = (cpu.at("box", marks["drained"]) - cpu.at("box", marks["load_start"])) / wall
+    broker_cores = None
+    if cpu.samples.get("broker"):
+        broker_cpu = cpu.at("broker", marks["drained"]) - cpu.at("broker", marks["load_start"])
+        broker_cores = round(broker_cpu / wall, 3)
 
     print("  reading back transcripts and utterances ...", flush=True)
     starts = session_starts(bootstrap, topics.audio, sessions)
@@ -639,6 +660,7 @@ def run_point(
             "producer_cpu_s": round(producer_cpu, 2),
             "producer_cores": round(producer_cpu / load_wall, 3),
             "box_busy_cores": round(box, 2),
+            "broker_cores": broker_cores,
         },
         "loadavg_before": load_before,
         "loadavg_after": load_after,

@@ -162,7 +162,10 @@ class RecognizerStage:
             from streamscribe.processors.asr import MoonshineAsr
 
             def load() -> Any:
-                asr = MoonshineAsr.load(intra_threads=self.settings.ort_intra_threads)
+                asr = MoonshineAsr.load(
+                    intra_threads=self.settings.ort_intra_threads,
+                    step_graph=self.settings.asr_step_graph,
+                )
                 asr.warm_up()
                 return asr
 

@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
@@ -75,6 +76,8 @@ def run_worker(
     ``/metrics`` (:mod:`~streamscribe.processors.worker_metrics`).
     """
     settings = session_timeout(settings)
+    if settings.recognizer_nice and "recognizer" in stages and "segmenter" not in stages:
+        os.nice(settings.recognizer_nice)
     app, built = build_worker(
         settings, stages=stages, instance=instance, from_earliest=from_earliest
     )

@@ -126,6 +126,9 @@ class Settings(BaseModel):
     idle_timeout_s: float = 30.0
     energy_gate_dbfs: float = -70.0
     ort_intra_threads: int = 1
+    # Decoder steps after the first run the merged decoder's with-cache branch as a graph
+    # of its own (processors/asr_graph.py): the same tokens, less time a step.
+    asr_step_graph: bool = True
     asr_workers: int = 2  # decode slots: one for finals then partials, the others finals only
     max_error_rate: float = 0.2
     partial_growth: float = 0.0  # optional: partial also waits for growth * decoded new audio
@@ -151,6 +154,10 @@ class Settings(BaseModel):
     # Niceness added to the partial-decode thread (Linux: that thread only). Off: measured,
     # it made finals later (a low-priority thread preempted while holding the GIL).
     partial_nice: int = 0
+    # Niceness added to a stage process that runs the recognizer without the segmenter
+    # (split stages, Linux): on a box short of CPU the segmenter, which every final waits
+    # for, then gets its share first. 0: off.
+    recognizer_nice: int = 0
     partial_stale_s: float = 1.5  # shed a partial whose update is older than this
     asr_fail_lines: str = ""  # fault injection: comma list of line-id patterns that fail
     # fault injection: comma list of line-id patterns whose decode first sleeps asr_slow_s
