@@ -186,6 +186,8 @@ class Decoded:
     encode_s: float
     decode_s: float
     audio_s: float
+    decoder_runs: int = 0  # decoder session runs (one a token without a draft)
+    draft_tokens: int = 0  # tokens taken from the draft (checked, not decoded one by one)
 
 
 @dataclass(frozen=True)
@@ -304,10 +306,13 @@ class MoonshineAsr:
         tokenizer: tokenizers.Tokenizer,
         config: DecodeConfig | None = None,
         step_decoder: ort.InferenceSession | None = None,
+        draft_decoders: tuple[ort.InferenceSession, ort.InferenceSession] | None = None,
     ) -> None:
         self._encoder = encoder
         self._decoder = decoder
         self._step_decoder = step_decoder
+        # (prefill, per-row step): the graphs that check a draft of many tokens in one run
+        self._draft_decoders = draft_decoders if step_decoder is not None else None
         self._tokenizer = tokenizer
         self.config = config or DecodeConfig()
         enc_inputs = {i.name for i in encoder.get_inputs()}
@@ -315,6 +320,12 @@ class MoonshineAsr:
             raise AsrModelError(f"unexpected encoder inputs {sorted(enc_inputs)}")
         self._layout = _CacheLayout.from_session(decoder)
         self._step_outputs = [_LOGITS, *self._layout.decoder_present]
+        self._vocab = int(decoder.get_outputs()[0].shape[-1] or 0) or 32768
+        self._prefill_inputs: list[str] = []
+        self._step_inputs: list[str] = []
+        if self._draft_decoders is not None:
+            self._prefill_inputs = [i.name for i in self._draft_decoders[0].get_inputs()]
+            self._step_inputs = [i.name for i in self._draft_decoders[1].get_inputs()]
         self._first_outputs = [_LOGITS, *self._layout.present_names]
         for token, expected in (("<s>", BOS_TOKEN_ID), ("</s>", EOS_TOKEN_ID)):
             if tokenizer.token_to_id(token) != expected:
@@ -328,6 +339,7 @@ class MoonshineAsr:
         files: ModelFiles | None = None,
         config: DecodeConfig | None = None,
         step_graph: bool = True,
+        drafts: bool = False,
     ) -> MoonshineAsr:
         """Build the sessions (CPU, sequential, ``inter_op=1``) and the tokenizer.
 
@@ -335,7 +347,10 @@ class MoonshineAsr:
         With ``step_graph`` (the default) every decoder step after the first runs the merged
         decoder's with-cache branch as a graph of its own
         (:func:`~streamscribe.processors.asr_graph.cache_step_decoder`): the same tokens,
-        13-15 % less time a step; False runs the merged decoder for every step.
+        12-18 % less time a step; False runs the merged decoder for every step.
+        With ``drafts`` (and ``step_graph``) :meth:`transcribe` can check a draft of the
+        transcript in one decoder run (:func:`~streamscribe.processors.asr_graph.
+        prefill_decoder`); 1-1.5 s more to load.
         """
         import onnxruntime as ort
         import tokenizers
@@ -366,7 +381,23 @@ class MoonshineAsr:
                 step = ort.InferenceSession(graph, options, providers=providers)
             except Exception as exc:  # ORT raises its own (untyped) errors
                 raise AsrModelError(f"cannot load the decoder's step graph: {exc}") from exc
-        return cls(encoder, decoder, tokenizer, config, step)
+        checkers = None
+        if step_graph and drafts:
+            from streamscribe.processors.asr_graph import cache_step_decoder, prefill_decoder
+
+            graphs = (
+                prefill_decoder(files.decoder),
+                cache_step_decoder(files.decoder, per_row=True),
+            )
+            try:
+                prefill, rows = (
+                    ort.InferenceSession(g.SerializeToString(), options, providers=providers)
+                    for g in graphs
+                )
+            except Exception as exc:  # ORT raises its own (untyped) errors
+                raise AsrModelError(f"cannot load the decoder's draft graphs: {exc}") from exc
+            checkers = (prefill, rows)
+        return cls(encoder, decoder, tokenizer, config, step, checkers)
 
     @property
     def input_names(self) -> dict[str, list[str]]:
@@ -391,8 +422,22 @@ class MoonshineAsr:
         self.transcribe((0.01 * rng.standard_normal(SAMPLE_RATE)).astype(np.float32))
         return time.perf_counter() - start
 
-    def transcribe(self, audio: npt.NDArray[np.floating[Any]]) -> Decoded:
+    @property
+    def drafts(self) -> bool:
+        """Whether :meth:`transcribe` checks a ``draft`` (the model was loaded with drafts)."""
+        return self._draft_decoders is not None
+
+    def transcribe(
+        self, audio: npt.NDArray[np.floating[Any]], draft: Sequence[int] | None = None
+    ) -> Decoded:
         """Transcribe one utterance of mono 16 kHz audio (float, nominally in [-1, 1]).
+
+        ``draft``: token ids the transcript probably holds (an earlier decode of the same
+        audio, or of most of it). The decoder checks them in one run and decodes one by one
+        only where the draft is wrong, then looks for its way back into the draft
+        (:meth:`_greedy_drafted`). The tokens are the greedy decode's either way (up to float
+        rounding, see the method); a draft only changes the time. Ignored unless
+        :attr:`drafts`.
 
         Empty audio, or audio shorter than ``config.min_audio_s``, returns an empty
         transcript without running the model; other audio shorter than
@@ -416,7 +461,13 @@ class MoonshineAsr:
                 ["last_hidden_state"], {"input_values": x, "attention_mask": mask}
             )
             t1 = time.perf_counter()
-            token_ids, logprobs, truncated = self._greedy(hidden, mask, budget)
+            if draft and self._draft_decoders is not None:
+                token_ids, logprobs, truncated, runs, taken = self._greedy_drafted(
+                    hidden, mask, budget, draft
+                )
+            else:
+                token_ids, logprobs, truncated = self._greedy(hidden, mask, budget)
+                runs, taken = len(logprobs), 0
             t2 = time.perf_counter()
         except AsrError:
             raise
@@ -434,10 +485,14 @@ class MoonshineAsr:
             encode_s=t1 - t0,
             decode_s=t2 - t1,
             audio_s=n / SAMPLE_RATE,
+            decoder_runs=runs,
+            draft_tokens=taken,
         )
 
     def transcribe_batch(
-        self, audios: Sequence[npt.NDArray[np.floating[Any]]]
+        self,
+        audios: Sequence[npt.NDArray[np.floating[Any]]],
+        drafts: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Decoded | AsrError]:
         """Transcribe several utterances together: each is encoded alone, then all are decoded
         in one batch (one decoder run per step for every utterance still going).
@@ -449,6 +504,11 @@ class MoonshineAsr:
         batch of 8). One utterance's bad input is its own :class:`AsrInputError` in the
         list, the others are decoded; an ONNX Runtime failure raises :class:`AsrError`.
         ``decode_s`` is the batch's decoding time, shared by its utterances.
+
+        ``drafts`` (one per utterance, or None): in a batch of at most
+        :data:`DRAFT_BATCH_MAX`, an utterance with a draft is decoded alone with it
+        (:meth:`transcribe`); in a larger batch a step's share is already small and the
+        drafts are not used.
         """
         out: list[Decoded | AsrError | None] = [None] * len(audios)
         todo: list[tuple[int, npt.NDArray[np.float32], int]] = []  # (index, padded, samples)
@@ -465,6 +525,11 @@ class MoonshineAsr:
                 if n < MIN_AUDIO_SAMPLES:
                     samples = np.pad(samples, (0, MIN_AUDIO_SAMPLES - n))
                 todo.append((i, samples, n))
+        if drafts is not None and self.drafts and len(todo) <= DRAFT_BATCH_MAX:
+            alone = [t for t in todo if drafts[t[0]]]
+            for i, _, _ in alone:
+                out[i] = self.transcribe(audios[i], drafts[i])
+            todo = [t for t in todo if not drafts[t[0]]]
         if len(todo) == 1:
             i, _, _ = todo[0]
             out[i] = self.transcribe(audios[i])
@@ -627,12 +692,138 @@ class MoonshineAsr:
             names = self._step_outputs
             outputs = self._step(names, feed)
 
+    def _greedy_drafted(
+        self,
+        hidden: npt.NDArray[np.float32],
+        mask: npt.NDArray[np.int64],
+        budget: int,
+        draft: Sequence[int],
+    ) -> tuple[list[int], list[float], bool, int, int]:
+        """Greedy decoding that checks a draft instead of decoding token by token.
+
+        Draft-and-check ("prompt lookup") decoding: the prefill graph takes ``<s>`` and the
+        whole draft and gives, in one run, the logits at every position; the greedy token at
+        position j is accepted, and the next position's logits are valid, while it equals
+        the draft token fed there. At the first difference the greedy token is kept, the
+        self-attention cache is cut back to the positions accepted, and the next run feeds
+        that token plus a *proposal*: the draft's continuation after the place where the last
+        decoded tokens occur in it (the longest of the last 3, 2 or 1 tokens found within
+        :data:`DRAFT_SEARCH` positions of where the draft was last aligned): 4 tokens,
+        doubled while a proposal is taken whole, up to :data:`DRAFT_PROPOSAL`; with no
+        proposal the run is one plain step. The
+        budget and the repetition stop are applied token by token as in :meth:`_greedy`.
+
+        The graphs quantize each token's activations on their own
+        (:func:`~streamscribe.processors.asr_graph.per_row_quantized`), so a run of many
+        tokens computes what one token at a time computes, up to float rounding in the
+        attention over more keys (measured: logits within 1e-5; a rounding that moves a
+        quantized value by one step can move a log-probability by ~1e-2 at a later
+        position). A token can differ from the one-by-one decode only where its two best
+        logits are that close. Returns ``(tokens, logprobs, truncated, runs, taken)``.
+        """
+        assert self._draft_decoders is not None and self._step_decoder is not None
+        prefill, rows = self._draft_decoders
+        vocab = self._vocab
+        cfg = self.config
+        draft = [int(t) for t in draft if 0 <= t < vocab and t not in (BOS_TOKEN_ID, EOS_TOKEN_ID)]
+        draft = draft[:budget]
+        feed: dict[str, Any] = {
+            "encoder_hidden_states": hidden,
+            "encoder_attention_mask": mask,
+            "input_ids": np.array([[BOS_TOKEN_ID, *draft]], dtype=np.int64),
+        }
+        names: list[str] = self._first_outputs
+        outputs = prefill.run(names, {k: feed[k] for k in self._prefill_inputs})
+        runs, taken = 1, 0
+        fed = [BOS_TOKEN_ID, *draft]  # the inputs of the last run
+        base = 0  # cache positions before the last run
+        shift = 0  # draft index - token index where the draft was last aligned
+        size = 4  # tokens of the next proposal
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        while True:
+            logits = outputs[0][0]
+            j = 0
+            for j in range(len(fed)):
+                token, logprob = _argmax_logprob(logits[j])
+                logprobs.append(logprob)
+                if j:
+                    taken += 1  # fed[j] was a draft token, now confirmed
+                if token == EOS_TOKEN_ID:
+                    return tokens, logprobs, False, runs, taken
+                tokens.append(token)
+                if len(tokens) >= budget:
+                    return tokens, logprobs, True, runs, taken
+                if k := cfg.repeated_block(tokens):
+                    drop = (cfg.repeat_copies - 1) * k  # keep one copy of the block
+                    return tokens[:-drop], logprobs[:-drop], True, runs, taken
+                if j + 1 >= len(fed) or fed[j + 1] != token:
+                    break
+            valid = base + j + 1  # cache positions that hold accepted inputs
+            for name, value in zip(names[1:], outputs[1:], strict=True):
+                past = "past_key_values." + name.removeprefix("present.")
+                feed[past] = (
+                    value[:, :, :valid] if value.shape[2] > valid and ".decoder." in name else value
+                )
+            base = valid
+            # A proposal starts short and doubles while it is taken whole (a wrong one
+            # costs a run of its length instead of one step).
+            size = size * 2 if j + 1 == len(fed) and len(fed) > 1 and base > len(fed) else 4
+            proposal, shift = _proposal(draft, tokens, shift, min(size, DRAFT_PROPOSAL))
+            fed = [token, *proposal]
+            feed["input_ids"] = np.array([fed], dtype=np.int64)
+            names = self._step_outputs
+            session = rows if proposal else self._step_decoder
+            outputs = session.run(names, {k: feed[k] for k in self._step_inputs})
+            runs += 1
+
     def _step(self, names: list[str], feed: dict[str, Any]) -> list[Any]:
         """One decoder step after the first (the cache is in ``feed``)."""
         if self._step_decoder is None:
             return list(self._decoder.run(names, feed))
         step_feed = {k: v for k, v in feed.items() if k != "use_cache_branch"}
         return list(self._step_decoder.run(names, step_feed))
+
+
+DRAFT_BATCH_MAX: Final = 2
+"""Largest batch whose utterances with a draft are decoded alone with it (measured on 3 s
+pieces: a batch of 2 cost 162 ms, alone with drafts 136; of 4, 238 and 307)."""
+DRAFT_SEARCH: Final = 8
+"""How far (in tokens) from the draft's last alignment its way back is looked for."""
+DRAFT_PROPOSAL: Final = 24
+"""Most draft tokens fed in one run after a difference."""
+
+
+def _proposal(
+    draft: list[int], tokens: list[int], shift: int, size: int = DRAFT_PROPOSAL
+) -> tuple[list[int], int]:
+    """The draft tokens that probably come next, and the new alignment (see
+    :meth:`MoonshineAsr._greedy_drafted`): after the last place, within
+    :data:`DRAFT_SEARCH` of ``len(tokens) - 1 + shift``, where the draft holds the last
+    3, 2 or 1 of ``tokens`` (the longest found, the nearest of those); at most ``size``.
+
+    >>> _proposal([5, 6, 7, 8, 9], [5, 6, 4, 8], 0)
+    ([9], 0)
+    >>> _proposal([5, 6, 7, 8, 9], [5, 6, 3], 0)
+    ([], 0)
+    """
+    n_tok = len(tokens)
+    expected = n_tok - 1 + shift  # draft index of the last token if still aligned
+    lo = max(0, expected - DRAFT_SEARCH)
+    hi = min(len(draft) - 1, expected + DRAFT_SEARCH)
+    for n in (3, 2, 1):
+        if n > n_tok:
+            continue
+        tail = tokens[-n:]
+        best = None
+        for end in range(max(lo, n - 1), hi + 1):
+            if draft[end - n + 1 : end + 1] == tail and (
+                best is None or abs(end - expected) < abs(best - expected)
+            ):
+                best = end
+        if best is not None:
+            return draft[best + 1 : best + 1 + size], best - (n_tok - 1)
+    return [], shift
 
 
 def _feed_back(feed: dict[str, Any], names: list[str], outputs: list[Any]) -> None:

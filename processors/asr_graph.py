@@ -77,49 +77,67 @@ def read_ort_model(path: Path | str) -> Any:
     )
 
 
-def cache_step_decoder(merged_path: Path | str) -> Any:
+def cache_step_decoder(merged_path: Path | str, *, per_row: bool = False) -> Any:
     """The merged decoder's with-cache branch as a model of its own (see the module doc).
 
+    ``per_row``: activations quantized token by token (:func:`per_row_quantized`), for
+    runs of several tokens or rows whose results must not depend on each other.
     Raises :class:`AsrModelError` when the merged graph is not the expected one ``If`` on
     :data:`CACHE_FLAG`.
     """
-    import onnx
-
     merged = read_ort_model(merged_path)
+    graph, branch = _merged_if(merged, merged_path)
+    then = next((a.g for a in branch.attribute if a.name == "then_branch"), None)
+    if then is None or len(then.output) != len(branch.output):
+        raise AsrModelError(f"{merged_path}: the If has no then_branch matching its outputs")
+    wanted = [o for o in graph.output if o.name == LOGITS or ".decoder." in o.name]
+    return _branch_model(merged, branch, then, wanted, "decoder_with_cache", per_row=per_row)
+
+
+def _merged_if(merged: Any, merged_path: Path | str) -> tuple[Any, Any]:
     graph = merged.graph
     branches = [n for n in graph.node if n.op_type == "If"]
     if len(branches) != 1 or list(branches[0].input) != [CACHE_FLAG]:
         raise AsrModelError(f"{merged_path}: not a merged decoder with one If on {CACHE_FLAG}")
-    branch = branches[0]
-    then = next((a.g for a in branch.attribute if a.name == "then_branch"), None)
-    if then is None or len(then.output) != len(branch.output):
-        raise AsrModelError(f"{merged_path}: the If has no then_branch matching its outputs")
+    return graph, branches[0]
+
+
+def _branch_model(
+    merged: Any, branch: Any, sub: Any, wanted: list[Any], name: str, *, per_row: bool
+) -> Any:
+    """One branch of the merged decoder's ``If`` with the outer nodes, as a model whose
+    outputs are ``wanted`` (the If's names); nodes none of them needs are dropped."""
+    import onnx
+
+    graph = merged.graph
     outer = [n for n in graph.node if n is not branch]
     # The branch's outputs become the model's, under the If's names.
-    made = {x for n in then.node for x in n.output}
+    made = {x for n in sub.node for x in n.output}
     rename = {
         inner.name: outer_name
-        for inner, outer_name in zip(then.output, branch.output, strict=True)
+        for inner, outer_name in zip(sub.output, branch.output, strict=True)
         if inner.name in made
     }
     nodes = []
-    for node in [*outer, *then.node]:
+    for node in [*outer, *sub.node]:
         node = onnx.NodeProto.FromString(node.SerializeToString())
         node.output[:] = [rename.get(x, x) for x in node.output]
         node.input[:] = [rename.get(x, x) for x in node.input]
         nodes.append(node)
-    wanted = [o for o in graph.output if o.name == LOGITS or ".decoder." in o.name]
     produced = {x for n in nodes for x in n.output}
     missing = [o.name for o in wanted if o.name not in produced]
     if missing or not wanted or wanted[0].name != LOGITS:
-        raise AsrModelError(f"{merged_path}: the then_branch does not produce {missing}")
+        raise AsrModelError(f"{name}: the branch does not produce {missing}")
+    initializers = [*graph.initializer, *sub.initializer]
+    if per_row:
+        nodes = per_row_quantized(nodes, initializers, keep={i.name for i in graph.input})
     nodes = _needed(nodes, [o.name for o in wanted])
     used = {x for n in nodes for x in n.input}
-    initializers = [t for t in [*graph.initializer, *then.initializer] if t.name in used]
+    initializers = [t for t in initializers if t.name in used]
     inputs = [i for i in graph.input if i.name != CACHE_FLAG and i.name in used]
-    step = onnx.helper.make_graph(nodes, "decoder_with_cache", inputs, wanted, initializers)
+    model = onnx.helper.make_graph(nodes, name, inputs, wanted, initializers)
     return onnx.helper.make_model(
-        step, opset_imports=merged.opset_import, ir_version=merged.ir_version
+        model, opset_imports=merged.opset_import, ir_version=merged.ir_version
     )
 
 
@@ -283,3 +301,133 @@ def _in_dependency_order(nodes: list[Any], implicit: list[list[str]]) -> list[An
                 (producer[x], False) for x in reads if x in producer and producer[x] not in done
             )
     return order
+
+
+def prefill_decoder(merged_path: Path | str) -> Any:
+    """The merged decoder's first step (the *else* branch) as a model of its own, for many
+    tokens at once, each token's activations quantized on their own (:func:`per_row_quantized`).
+
+    Inputs ``input_ids`` (``batch x tokens``), ``encoder_hidden_states`` and
+    ``encoder_attention_mask``; outputs ``logits`` for every position and every
+    ``present.*``. Fed ``<s>`` and a draft of tokens, one run gives the logits a step-by-step
+    decode would compute at each position (the self-attention is causal), so a draft is
+    checked in one run instead of one run per token.
+    """
+    merged = read_ort_model(merged_path)
+    graph, branch = _merged_if(merged, merged_path)
+    other = next((a.g for a in branch.attribute if a.name == "else_branch"), None)
+    if other is None or len(other.output) != len(branch.output):
+        raise AsrModelError(f"{merged_path}: the If has no else_branch matching its outputs")
+    wanted = list(graph.output)
+    return _branch_model(merged, branch, other, wanted, "decoder_prefill", per_row=True)
+
+
+def per_row_quantized(nodes: list[Any], initializers: list[Any], keep: set[str]) -> list[Any]:
+    """``nodes`` with every dynamic quantization of an activation done row by row.
+
+    ORT's ``DynamicQuantizeLinear`` and ``DynamicQuantizeMatMul`` quantize a whole tensor
+    with one scale and zero point, so the result for one token depends on the other
+    tokens of the same run. Rewritten here with standard operators, each row (token) gets
+    the scale and zero point ORT computes for that row alone, and the same integer
+    products: ``(xq - zx) . (wq - zw)`` as ``MatMulInteger(xq, wq - zw) - zx * colsum``
+    (ORT's ``MatMulInteger`` takes one zero point for ``x``). Quantizations of the names
+    in ``keep`` (the encoder's output, one tensor for every token) are left as they are.
+    ``initializers`` gets the new constants.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {t.name: t for t in initializers}
+    quantized_by: dict[str, tuple[str, str]] = {}  # DQL output -> (its input, role)
+    out: list[Any] = []
+    made: dict[str, dict[str, str]] = {}  # activation -> names of its per-row quantization
+    counter = [0]
+
+    def const(value: Any, hint: str) -> str:
+        counter[0] += 1
+        name = f"per_row/{hint}_{counter[0]}"
+        initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op: str, inputs: list[str], hint: str, **attrs: Any) -> str:
+        counter[0] += 1
+        name = f"per_row/{hint}_{counter[0]}"
+        out.append(onnx.helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def rows_of(x: str, k: int) -> dict[str, str]:
+        if x in made:
+            return made[x]
+        x2 = node("Reshape", [x, const(np.array([-1, k], np.int64), "rk")], "x2")
+        axis = const(np.array([1], np.int64), "axis")
+        zero = const(np.float32(0.0), "zero")
+        lo = node("Min", [node("ReduceMin", [x2, axis], "min", keepdims=1), zero], "lo")
+        hi = node("Max", [node("ReduceMax", [x2, axis], "max", keepdims=1), zero], "hi")
+        raw = node("Div", [node("Sub", [hi, lo], "range"), const(np.float32(255.0), "q")], "s")
+        scale = node(
+            "Where", [node("Equal", [hi, lo], "flat"), const(np.float32(1.0), "one"), raw], "scale"
+        )
+        initial = node("Sub", [zero, node("Div", [lo, scale], "lo_s")], "izp")
+        zp = node(
+            "Round", [node("Clip", [initial, zero, const(np.float32(255.0), "qmax")], "c")], "zp"
+        )
+        flat = const(np.array([-1], np.int64), "flat")
+        zp_u8 = node(
+            "Reshape", [node("Cast", [zp], "zp_u8", to=onnx.TensorProto.UINT8), flat], "zp1"
+        )
+        xq = node("QuantizeLinear", [x2, node("Reshape", [scale, flat], "s1"), zp_u8], "xq", axis=0)
+        zp_i32 = node("Cast", [zp], "zp_i32", to=onnx.TensorProto.INT32)
+        lead = node(
+            "Slice",
+            [
+                node("Shape", [x], "shape"),
+                const(np.array([0], np.int64), "b"),
+                const(np.array([-1], np.int64), "e"),
+            ],
+            "lead",
+        )
+        made[x] = {"xq": xq, "scale": scale, "zp": zp_i32, "lead": lead}
+        return made[x]
+
+    def matmul(x: str, w: str, w_scale: str, w_zp: str, bias: str, y: str) -> None:
+        wq = numpy_helper.to_array(weights[w])
+        zw = numpy_helper.to_array(weights[w_zp]).astype(np.int32)
+        k, n = wq.shape
+        if zw.size != 1:
+            raise AsrModelError(f"{w}: per-column zero points are not rewritten")
+        colsum = (wq.astype(np.int32) - zw).sum(axis=0, dtype=np.int32)
+        q = rows_of(x, k)
+        acc = node("MatMulInteger", [q["xq"], w, "", w_zp], "acc")
+        acc = node("Sub", [acc, node("Mul", [q["zp"], const(colsum, "colsum")], "corr")], "acc_x")
+        val = node(
+            "Mul",
+            [
+                node("Cast", [acc], "accf", to=onnx.TensorProto.FLOAT),
+                node("Mul", [q["scale"], w_scale], "mult"),
+            ],
+            "val",
+        )
+        if bias:
+            val = node("Add", [val, bias], "bias")
+        shape = node("Concat", [q["lead"], const(np.array([n], np.int64), "n")], "shape_y", axis=0)
+        out.append(onnx.helper.make_node("Reshape", [val, shape], [y], name=f"per_row/{y}"))
+
+    for n in nodes:
+        if n.op_type == "DynamicQuantizeLinear" and n.input[0] not in keep:
+            for role, name in zip(("xq", "scale", "zp"), n.output, strict=True):
+                quantized_by[name] = (n.input[0], role)
+            continue
+        if n.op_type == "DynamicQuantizeMatMul" and n.input[0] not in keep:
+            x, w, w_scale, w_zp, *rest = [*n.input, "", ""][:5]
+            matmul(x, w, w_scale, w_zp, rest[0], n.output[0])
+            continue
+        if n.op_type == "MatMulIntegerToFloat" and n.input[0] in quantized_by:
+            xq, w, _, w_scale, _, w_zp, *rest = [*n.input, ""][:7]
+            matmul(quantized_by[xq][0], w, w_scale, w_zp, rest[0], n.output[0])
+            continue
+        out.append(n)
+    still = {x for n in out for x in n.input} & set(quantized_by)
+    if still:
+        raise AsrModelError(f"per-tensor quantizations still read by other nodes: {sorted(still)}")
+    return out

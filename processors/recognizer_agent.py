@@ -59,6 +59,7 @@ from streamscribe.processors.decode_scheduler import (
     DecodeScheduler,
     lower_thread_priority,
 )
+from streamscribe.processors.drafts import DraftBook
 from streamscribe.processors.faust_app import (
     EXIT_STAGE_FAILURE,
     StageTopics,
@@ -116,10 +117,18 @@ class RecognizerStage:
         self.lines = app.Table(LINES_TABLE, partitions=p, default=None)
         self.pieces = app.Table(AUDIO_TABLE, partitions=p, default=None, value_type=bytes)
         self.core = RecognizerCore(config, self.lines, self.pieces)
+        # The tokens of each line's earlier decodes, drafts for its next (memory only).
+        self.drafts = DraftBook()
+        faults = injected_failures(
+            lambda _audio: None, config.fail_patterns, config.slow_patterns, config.slow_s
+        )
+
+        def decode_fn(lid: str, audio: Audio) -> Any:
+            faults(lid, audio)
+            return self._transcribe(lid, audio)
+
         self.scheduler = DecodeScheduler(
-            injected_failures(
-                self._transcribe, config.fail_patterns, config.slow_patterns, config.slow_s
-            ),
+            decode_fn,
             executor,
             workers=settings.asr_workers,
             stale_after_s=settings.partial_stale_s,
@@ -165,6 +174,7 @@ class RecognizerStage:
                 asr = MoonshineAsr.load(
                     intra_threads=self.settings.ort_intra_threads,
                     step_graph=self.settings.asr_step_graph,
+                    drafts=self.settings.asr_drafts,
                 )
                 asr.warm_up()
                 return asr
@@ -174,8 +184,13 @@ class RecognizerStage:
             log.info("ASR model loaded and warmed up")
         return self.asr
 
-    def _transcribe(self, audio: Audio) -> Any:
-        return self.asr.transcribe(audio)
+    def _transcribe(self, lid: str, audio: Audio) -> Any:
+        if not getattr(self.asr, "drafts", False):  # a model loaded without drafts
+            return self.asr.transcribe(audio)
+        draft = self.drafts.draft(lid, audio)
+        decoded = self.asr.transcribe(audio, draft)
+        self.drafts.decoded(lid, audio, draft, decoded)
+        return decoded
 
     def _transcribe_batch(self, items: list[tuple[str, Audio]]) -> list[Any]:
         """Partial segments, or finals of sessions not watched live, in one batch; an
@@ -189,10 +204,22 @@ class RecognizerStage:
                 todo.append(i)
             except StreamscribeError as exc:
                 out[i] = exc
-        for i, decoded in zip(
-            todo, self.asr.transcribe_batch([items[i][1] for i in todo]), strict=True
+        if not getattr(self.asr, "drafts", False):  # a model loaded without drafts
+            for i, decoded in zip(
+                todo, self.asr.transcribe_batch([items[i][1] for i in todo]), strict=True
+            ):
+                out[i] = decoded
+            return out
+        drafts = [self.drafts.draft(items[i][0], items[i][1]) for i in todo]
+        for i, draft, decoded in zip(
+            todo,
+            drafts,
+            self.asr.transcribe_batch([items[i][1] for i in todo], drafts=drafts),
+            strict=True,
         ):
             out[i] = decoded
+            if not isinstance(decoded, Exception):
+                self.drafts.decoded(items[i][0], items[i][1], draft, decoded)
         return out
 
     def _partitions(self, tp_sets: Iterable[Iterable[Any]]) -> set[int]:
@@ -295,6 +322,7 @@ class RecognizerStage:
                 )
                 await sent  # delivered (acks=all) before anything says the line is done
                 published.set_result(None)
+                self.drafts.forget(decode.line_id)
                 if done.dead_letter is not None:
                     await send_dead_letter(
                         self.topics,

@@ -110,6 +110,14 @@ DECODE_COUNTERS: Final = {
 }
 
 
+DRAFT_COUNTERS: Final = {
+    "decodes": "Segments decoded by the model (finals, speculations, partial segments)",
+    "drafted": "Of those, decoded with a draft: the tokens of the line's earlier decodes",
+    "tokens": "Tokens those decodes gave",
+    "draft_tokens": "Of those, taken from a draft (checked in one run, not one by one)",
+}
+
+
 def _counters(prefix: str, stats: Any, helps: Mapping[str, str]) -> Iterator[Metric]:
     values = stats if isinstance(stats, Mapping) else vars(stats)
     for field, help_text in helps.items():
@@ -323,6 +331,8 @@ class WorkerCollector(Collector):
         core, scheduler = stage.core, stage.scheduler
         yield from _counters("streamscribe_recognizer", core.stats, RECOGNIZER_COUNTERS)
         yield from _counters("streamscribe_decode", scheduler.stats, DECODE_COUNTERS)
+        if (drafts := getattr(stage, "drafts", None)) is not None:
+            yield from _counters("streamscribe_asr_draft", drafts.stats, DRAFT_COUNTERS)
         yield _gauge(
             "streamscribe_recognizer_open_lines",
             "Open lines (utterances being recognised) held in memory",

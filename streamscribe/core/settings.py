@@ -129,6 +129,11 @@ class Settings(BaseModel):
     # Decoder steps after the first run the merged decoder's with-cache branch as a graph
     # of its own (processors/asr_graph.py): the same tokens, less time a step.
     asr_step_graph: bool = True
+    # A line's decode checks the tokens of its earlier decodes as a draft in one decoder
+    # run (processors/drafts.py, MoonshineAsr.transcribe): the same tokens up to near ties,
+    # 18 % less model CPU a line at light load; off by default (no gain measured in the
+    # pipeline at 32 and 48 sessions, bench/README.md "Drafts").
+    asr_drafts: bool = False
     asr_workers: int = 2  # decode slots: one for finals then partials, the others finals only
     max_error_rate: float = 0.2
     partial_growth: float = 0.0  # optional: partial also waits for growth * decoded new audio

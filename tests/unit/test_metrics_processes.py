@@ -153,6 +153,10 @@ def test_worker_metrics_read_the_stages_own_counters(worker_stages: list[Any]) -
     recognizer.scheduler.submit_partial("line-b", [b"z"], noop)
     recognizer.core.stats.finals += 5
     recognizer.core.stats.errors += 1
+    recognizer.drafts.stats.decodes += 7
+    recognizer.drafts.stats.drafted += 3
+    recognizer.drafts.stats.tokens += 90
+    recognizer.drafts.stats.draft_tokens += 40
     segmenter.stats["chunks"] += 40
     segmenter.stats["dead_letters"] += 2
     s = samples(registry)
@@ -161,6 +165,10 @@ def test_worker_metrics_read_the_stages_own_counters(worker_stages: list[Any]) -
     assert s[("streamscribe_recognizer_finals_total", ())] == 5
     assert s[("streamscribe_recognizer_errors_total", ())] == 1
     assert s[("streamscribe_recognizer_open_lines", ())] == 0
+    assert s[("streamscribe_asr_draft_decodes_total", ())] == 7
+    assert s[("streamscribe_asr_draft_drafted_total", ())] == 3
+    assert s[("streamscribe_asr_draft_tokens_total", ())] == 90
+    assert s[("streamscribe_asr_draft_draft_tokens_total", ())] == 40
     assert s[("streamscribe_segmenter_chunks_total", ())] == 40
     assert s[("streamscribe_segmenter_dead_letters_total", ())] == 2
     assert s[("streamscribe_segmenter_channels", ())] == 0
