@@ -320,7 +320,10 @@ class MoonshineAsr:
             raise AsrModelError(f"unexpected encoder inputs {sorted(enc_inputs)}")
         self._layout = _CacheLayout.from_session(decoder)
         self._step_outputs = [_LOGITS, *self._layout.decoder_present]
-        self._vocab = int(decoder.get_outputs()[0].shape[-1] or 0) or 32768
+        vocab = decoder.get_outputs()[0].shape[-1]  # logits: [batch, tokens, vocabulary]
+        if not isinstance(vocab, int):
+            raise AsrModelError(f"decoder logits have no fixed vocabulary size: {vocab!r}")
+        self._vocab = vocab
         self._prefill_inputs: list[str] = []
         self._step_inputs: list[str] = []
         if self._draft_decoders is not None:
@@ -768,7 +771,8 @@ class MoonshineAsr:
             base = valid
             # A proposal starts short and doubles while it is taken whole (a wrong one
             # costs a run of its length instead of one step).
-            size = size * 2 if j + 1 == len(fed) and len(fed) > 1 and base > len(fed) else 4
+            taken_whole = j + 1 == len(fed) and len(fed) > 1
+            size = size * 2 if taken_whole and runs > 1 else 4  # runs > 1: not the prefill
             proposal, shift = _proposal(draft, tokens, shift, min(size, DRAFT_PROPOSAL))
             fed = [token, *proposal]
             feed["input_ids"] = np.array([fed], dtype=np.int64)
