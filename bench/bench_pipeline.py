@@ -320,6 +320,25 @@ def outside_figures(
     }
 
 
+def stage_processes(pid: int) -> dict[str, int]:
+    """The stage processes a split worker ``pid`` runs: ``{stages: pid}`` read from the
+    children's command lines (``--stages segmenter`` / ``--stages recognizer``); empty when
+    the worker runs its stages in its own process."""
+    out: dict[str, int] = {}
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in children:
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if "--stages" in argv[:-1]:
+            out[argv[argv.index("--stages") + 1]] = int(child)
+    return out
+
+
 def local_broker_pid() -> int | None:
     """Pid of a Kafka broker running on this machine (``kafka.Kafka`` in its command line),
     so its CPU is measured beside the worker's; None when the broker is elsewhere."""
@@ -511,6 +530,8 @@ def run_point(
                 cpu.add("second", second.pid)
             if (broker_pid := local_broker_pid()) is not None:
                 cpu.add("broker", broker_pid)
+            for stage_name, stage_pid in stage_processes(worker.pid).items():
+                cpu.add(f"stage:{stage_name}", stage_pid)  # the split worker's stage processes
             marks["ready"] = time.time()
             time.sleep(args.settle)  # partitions assigned; idle CPU measured meanwhile
             marks["load_start"] = time.time()
@@ -562,6 +583,13 @@ def run_point(
     wall = marks["drained"] - marks["load_start"]
     load_wall = max(marks["load_end"] - marks["load_start"], 1e-9)
     box = (cpu.at("box", marks["drained"]) - cpu.at("box", marks["load_start"])) / wall
+    stage_cores = {
+        name.split(":", 1)[1]: round(
+            (cpu.at(name, marks["drained"]) - cpu.at(name, marks["load_start"])) / wall, 3
+        )
+        for name in cpu.samples
+        if name.startswith("stage:")
+    }
     broker_cores = None
     if cpu.samples.get("broker"):
         broker_cpu = cpu.at("broker", marks["drained"]) - cpu.at("broker", marks["load_start"])
@@ -661,6 +689,8 @@ def run_point(
             "producer_cores": round(producer_cpu / load_wall, 3),
             "box_busy_cores": round(box, 2),
             "broker_cores": broker_cores,
+            # the first worker's stage processes (split stages): cores each, same window
+            "stage_cores": stage_cores or None,
         },
         "loadavg_before": load_before,
         "loadavg_after": load_after,
@@ -894,7 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{o['partial_interval_ms']}, lines>1.5s without partial "
                 f"{o['lines_over_1_5s_without_partial']}/{o['lines_over_1_5s']}, by length "
                 f"{ {k: (v['p50'], v['p95']) for k, v in o['by_utterance_length_ms'].items()} }, "
-                f"worker cores {p['cpu']['worker_cores']}, lag {p['lag']['audio'].get('lag_end_s')}"
+                f"worker cores {p['cpu']['worker_cores']} (stages {p['cpu']['stage_cores']}, "
+                f"broker {p['cpu']['broker_cores']}), lag {p['lag']['audio'].get('lag_end_s')}"
                 f"/{p['lag']['utterances'].get('lag_end_s')} s",
                 flush=True,
             )
